@@ -1,0 +1,97 @@
+"""Command line: `pyserving serve|mnist ...` and `tensorflow_model_server` (TF Serving's flags)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+from typing import Sequence
+
+from . import __version__
+from .options import ServerOptions
+
+_TRUE = {"true", "1", "yes", "t", "y"}
+_FALSE = {"false", "0", "no", "f", "n"}
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_server_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per ServerOptions field, spelled as TF Serving spells it."""
+    for f in dataclasses.fields(ServerOptions):
+        kind = type(f.default)
+        help_text = f.metadata["help"] + ("" if f.metadata["supported"] else " [accepted; no effect yet]")
+        if kind is bool:
+            parser.add_argument(f"--{f.name}", type=_parse_bool, nargs="?", const=True,
+                                default=f.default, metavar="true|false", help=help_text)
+        else:
+            parser.add_argument(f"--{f.name}", type=kind, default=f.default, help=help_text)
+
+
+def options_from_args(args: argparse.Namespace) -> ServerOptions:
+    return ServerOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServerOptions)})
+
+
+def _setup_logging() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=os.environ.get("PYSERVING_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname).1s %(name)s] %(message)s")
+    # TensorFlow's loader logs routine notes at INFO through absl.
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+def serve(options: ServerOptions) -> int:
+    from .config import ConfigError, check_options, models_from_options
+
+    if options.version:
+        print(f"TensorFlow ModelServer: pyserving-{__version__}")
+        return 0
+    _setup_logging()
+    log = logging.getLogger("pyserving")
+    try:
+        check_options(options)
+        models = models_from_options(options)
+    except ConfigError as e:
+        print(f"tensorflow_model_server: {e}", file=sys.stderr)
+        return 1
+    for name in options.unsupported_flags_set():
+        log.warning("--%s is accepted for compatibility but has no effect in pyserving yet", name)
+    from .server import run
+
+    return run(options, models)
+
+
+def model_server_main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="tensorflow_model_server",
+        description="pyserving: a drop-in tensorflow_model_server (TF Serving's flags).")
+    add_server_flags(parser)
+    return serve(options_from_args(parser.parse_args(argv)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pyserving", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"pyserving {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_parser = commands.add_parser("serve", help="run the model server (TF Serving's flags)")
+    add_server_flags(serve_parser)
+    serve_parser.set_defaults(func=lambda a: serve(options_from_args(a)))
+    from .mnist.cli import add_mnist_commands
+
+    add_mnist_commands(commands)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Tensor codecs: TensorProto and JSON to and from numpy."""

@@ -1,0 +1,236 @@
+"""JSON <-> numpy for TF Serving's REST predict formats.
+
+Request: ``instances`` (row format) or ``inputs`` (columnar), values typed by
+the signature's input dtypes, ``{"b64": ...}`` for binary strings, and the
+non-standard ``NaN`` / ``Infinity`` literals that Python's json accepts.
+Response: ``predictions`` for row requests, ``outputs`` for columnar; a lone
+output is given without its name.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..errors import ServingError
+from .dtypes import BY_ENUM, DType
+
+
+@dataclass(frozen=True)
+class PredictBody:
+    signature_name: str
+    row_format: bool
+    payload: Any  # the value of "instances" or "inputs"
+
+
+def parse_json(raw: bytes | str) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ServingError.invalid_argument(f"JSON Parse error: {e}") from None
+
+
+def parse_predict_body(body: Any) -> PredictBody:
+    if not isinstance(body, dict):
+        raise ServingError.invalid_argument("JSON Value: request body must be a JSON object")
+    has_instances, has_inputs = "instances" in body, "inputs" in body
+    if has_instances == has_inputs:
+        if has_instances:
+            raise ServingError.invalid_argument("Not both 'instances' and 'inputs' can be specified")
+        raise ServingError.invalid_argument("Missing 'inputs' or 'instances' key")
+    signature_name = body.get("signature_name", "")
+    if not isinstance(signature_name, str):
+        raise ServingError.invalid_argument("'signature_name' key must be a string value")
+    payload = body["instances"] if has_instances else body["inputs"]
+    return PredictBody(signature_name, has_instances, payload)
+
+
+def _is_b64(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and "b64" in value
+
+
+def decode_inputs(body: PredictBody, input_dtypes: Mapping[str, int]) -> dict[str, np.ndarray]:
+    """Tensors for the signature's inputs (alias -> DataType enum)."""
+    if body.row_format:
+        return _decode_rows(body.payload, input_dtypes)
+    return _decode_columns(body.payload, input_dtypes)
+
+
+def _decode_rows(instances: Any, input_dtypes: Mapping[str, int]) -> dict[str, np.ndarray]:
+    if not isinstance(instances, list):
+        raise ServingError.invalid_argument("'instances' must be a JSON list")
+    if not instances:
+        raise ServingError.invalid_argument("'instances' is an empty list")
+    if isinstance(instances[0], dict) and not _is_b64(instances[0]):
+        return _decode_named_rows(instances, input_dtypes)
+    name = _only_input(input_dtypes, "instances")
+    return {name: to_array(instances, input_dtypes[name], name)}
+
+
+def _decode_named_rows(instances: list, input_dtypes: Mapping[str, int]) -> dict[str, np.ndarray]:
+    keys = set(instances[0])
+    columns: dict[str, list] = {k: [] for k in keys}
+    for i, row in enumerate(instances):
+        if not isinstance(row, dict) or _is_b64(row) or set(row) != keys:
+            raise ServingError.invalid_argument(
+                f"Failed to process element: {i} of 'instances' list. "
+                f"All objects in 'instances' must have the same keys: {sorted(keys)}")
+        for k, v in row.items():
+            columns[k].append(v)
+    return {k: to_array(v, _dtype_of(input_dtypes, k), k) for k, v in columns.items()}
+
+
+def _decode_columns(inputs: Any, input_dtypes: Mapping[str, int]) -> dict[str, np.ndarray]:
+    if isinstance(inputs, dict) and not _is_b64(inputs):
+        return {k: to_array(v, _dtype_of(input_dtypes, k), k) for k, v in inputs.items()}
+    name = _only_input(input_dtypes, "inputs")
+    return {name: to_array(inputs, input_dtypes[name], name)}
+
+
+def _only_input(input_dtypes: Mapping[str, int], key: str) -> str:
+    if len(input_dtypes) != 1:
+        raise ServingError.invalid_argument(
+            f"The signature has {len(input_dtypes)} inputs ({', '.join(sorted(input_dtypes))}): "
+            f"'{key}' must name them as JSON objects keyed by input name")
+    return next(iter(input_dtypes))
+
+
+def _dtype_of(input_dtypes: Mapping[str, int], name: str) -> int:
+    try:
+        return input_dtypes[name]
+    except KeyError:
+        # Validation against the signature reports it with the full picture.
+        return 0
+
+
+def to_array(value: Any, dtype_enum: int, name: str) -> np.ndarray:
+    dt = BY_ENUM.get(dtype_enum)
+    try:
+        if dt is None:
+            return np.asarray(value)
+        if dt.is_string:
+            return _string_array(value)
+        if _contains_b64(value):
+            raise ServingError.invalid_argument(
+                f"input '{name}': b64 values are only allowed for string (DT_STRING) inputs, "
+                f"this input is {dt.name}")
+        return _numeric_array(value, dt)
+    except ServingError:
+        raise
+    except (ValueError, TypeError, OverflowError) as e:
+        raise ServingError.invalid_argument(f"input '{name}': {_reason(e, dt)}") from None
+
+
+def _reason(e: Exception, dt: DType | None) -> str:
+    text = str(e)
+    if "inhomogeneous" in text or "sequence" in text:
+        return "values must form a regular (non-ragged) array with the same length on every row"
+    return f"cannot convert the values to {dt.name if dt else 'a tensor'}: {text}"
+
+
+def _numeric_array(value: Any, dt: DType) -> np.ndarray:
+    if dt.numpy.kind in "iu" or dt.numpy.kind == "b":
+        array = np.asarray(value)
+        if array.dtype.kind == "f":
+            raise ValueError(f"expected {dt.name} values but got floating-point numbers")
+        if dt.numpy.kind == "b" and array.dtype.kind != "b":
+            raise ValueError("expected true/false values")
+        return array.astype(dt.numpy, copy=False) if array.dtype != dt.numpy else array
+    return np.asarray(value, dtype=dt.numpy)
+
+
+def _contains_b64(value: Any) -> bool:
+    while isinstance(value, list) and value:
+        value = value[0]
+    return _is_b64(value)
+
+
+def _string_array(value: Any) -> np.ndarray:
+    converted = _to_bytes_nested(value)
+    shape = _nested_shape(converted)
+    array = np.empty(shape, dtype=object)
+    if shape:
+        array[...] = converted
+    else:
+        array[()] = converted
+    return array
+
+
+def _nested_shape(value: Any) -> tuple[int, ...]:
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        if not value:
+            break
+        value = value[0]
+    return tuple(shape)
+
+
+def _to_bytes_nested(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_to_bytes_nested(v) for v in value]
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if _is_b64(value):
+        try:
+            return base64.b64decode(value["b64"], validate=True)
+        except (binascii.Error, TypeError, ValueError):
+            raise ValueError("'b64' value is not valid base64") from None
+    raise ValueError(f"expected a string or {{\"b64\": ...}} but got {json.dumps(value)[:40]}")
+
+
+# ---- responses -------------------------------------------------------------
+
+def encode_outputs(outputs: Mapping[str, np.ndarray], row_format: bool) -> bytes:
+    if row_format:
+        body = {"predictions": _rows(outputs)}
+    elif len(outputs) == 1:
+        name, array = next(iter(outputs.items()))
+        body = {"outputs": to_json_value(array, name)}
+    else:
+        body = {"outputs": {k: to_json_value(v, k) for k, v in outputs.items()}}
+    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+
+def _rows(outputs: Mapping[str, np.ndarray]) -> Any:
+    if len(outputs) == 1:
+        name, array = next(iter(outputs.items()))
+        return to_json_value(array, name)
+    sizes = {k: (v.shape[0] if v.ndim else None) for k, v in outputs.items()}
+    batch = set(sizes.values())
+    if len(batch) != 1 or None in batch:
+        raise ServingError.invalid_argument(
+            "Tensors in the output have inconsistent or missing batch sizes "
+            f"({', '.join(f'{k}: {s}' for k, s in sizes.items())}); use the columnar 'inputs' format")
+    columns = {k: to_json_value(v, k) for k, v in outputs.items()}
+    return [{k: columns[k][i] for k in columns} for i in range(batch.pop())]
+
+
+def to_json_value(array: np.ndarray, name: str) -> Any:
+    if array.dtype == object or array.dtype.kind in "SU":
+        as_b64 = name.endswith("_bytes")
+        return _strings_to_json(array.tolist(), as_b64)
+    if array.dtype.kind == "c":
+        return np.stack([array.real, array.imag], axis=-1).tolist()
+    if array.dtype.kind == "f" and array.dtype.itemsize < 4 or array.dtype.name == "bfloat16":
+        return array.astype(np.float32).tolist()
+    return array.tolist()
+
+
+def _strings_to_json(value: Any, as_b64: bool) -> Any:
+    if isinstance(value, list):
+        return [_strings_to_json(v, as_b64) for v in value]
+    if isinstance(value, str):
+        value = value.encode("utf-8")
+    if as_b64:
+        return {"b64": base64.b64encode(value).decode("ascii")}
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        # JSON cannot carry raw bytes; base64 keeps the answer valid and lossless.
+        return {"b64": base64.b64encode(value).decode("ascii")}

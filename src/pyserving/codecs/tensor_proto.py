@@ -1,0 +1,118 @@
+"""TensorProto <-> numpy, for every dtype TF Serving supports.
+
+Inputs may use ``tensor_content`` (zero-copy view) or the typed repeated
+fields; outputs use the typed fields, as the official clients read
+``float_val`` and friends, unless tensor_content is asked for.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+
+from ..errors import ServingError
+from .dtypes import BY_ENUM, DType, dtype_name, from_numpy_dtype
+
+_HALF_BITS = (types_pb2.DT_HALF, types_pb2.DT_BFLOAT16)
+_COMPLEX = (types_pb2.DT_COMPLEX64, types_pb2.DT_COMPLEX128)
+
+
+def _shape(proto: tensor_pb2.TensorProto, what: str) -> tuple[int, ...]:
+    if proto.tensor_shape.unknown_rank:
+        raise ServingError.invalid_argument(f"{what}: tensor shape must have a known rank")
+    dims = tuple(d.size for d in proto.tensor_shape.dim)
+    if any(d < 0 for d in dims):
+        raise ServingError.invalid_argument(f"{what}: tensor shape {list(dims)} has a negative dimension")
+    return dims
+
+
+def to_numpy(proto: tensor_pb2.TensorProto, what: str = "tensor") -> np.ndarray:
+    """Decode a request TensorProto; ``what`` names it in error messages."""
+    dt = BY_ENUM.get(proto.dtype)
+    if dt is None:
+        raise ServingError.invalid_argument(f"{what}: unsupported dtype {dtype_name(proto.dtype)}")
+    shape = _shape(proto, what)
+    count = math.prod(shape)
+    if dt.is_string:
+        flat = _strings(proto, what)
+    elif proto.tensor_content:
+        flat = _from_content(proto.tensor_content, dt, count, what)
+    else:
+        try:
+            flat = _from_typed(proto, dt)
+        except (OverflowError, ValueError) as e:
+            raise ServingError.invalid_argument(f"{what}: bad {dt.name} value: {e}") from e
+    return _fit(flat, shape, count, what)
+
+
+def _strings(proto: tensor_pb2.TensorProto, what: str) -> np.ndarray:
+    if proto.tensor_content:
+        raise ServingError.invalid_argument(
+            f"{what}: string tensors must use string_val, not tensor_content")
+    flat = np.empty(len(proto.string_val), dtype=object)
+    flat[:] = list(proto.string_val)
+    return flat
+
+
+def _from_content(content: bytes, dt: DType, count: int, what: str) -> np.ndarray:
+    if len(content) != count * dt.numpy.itemsize:
+        raise ServingError.invalid_argument(
+            f"{what}: tensor_content has {len(content)} bytes but shape and dtype "
+            f"{dt.name} need {count * dt.numpy.itemsize}")
+    return np.frombuffer(content, dtype=dt.numpy)
+
+
+def _from_typed(proto: tensor_pb2.TensorProto, dt: DType) -> np.ndarray:
+    values = getattr(proto, dt.field)
+    if proto.dtype in _HALF_BITS:
+        return np.fromiter(values, dtype=np.uint16, count=len(values)).view(dt.numpy)
+    if proto.dtype in _COMPLEX:
+        parts = np.fromiter(values, dtype=dt.numpy.type(0).real.dtype, count=len(values))
+        return parts.view(dt.numpy)
+    return np.fromiter(values, dtype=dt.numpy, count=len(values))
+
+
+def _fit(flat: np.ndarray, shape: tuple[int, ...], count: int, what: str) -> np.ndarray:
+    if flat.size == count:
+        return flat.reshape(shape)
+    if flat.size == 1:
+        # TensorFlow's own rule: one value fills the whole shape.
+        return np.full(shape, flat[0], dtype=flat.dtype)
+    raise ServingError.invalid_argument(
+        f"{what}: tensor has {flat.size} values but its shape {list(shape)} needs {count}")
+
+
+def from_numpy(array: np.ndarray, tensor_content: bool = False) -> tensor_pb2.TensorProto:
+    """Encode an output array; typed repeated fields unless ``tensor_content``."""
+    array = np.asarray(array)
+    dt = from_numpy_dtype(array.dtype)
+    proto = tensor_pb2.TensorProto(
+        dtype=dt.enum,
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=s) for s in array.shape]))
+    if dt.is_string:
+        proto.string_val.extend(_as_bytes(v) for v in array.reshape(-1))
+    elif tensor_content:
+        proto.tensor_content = np.ascontiguousarray(array).tobytes()
+    else:
+        getattr(proto, dt.field).extend(_typed_values(array, dt))
+    return proto
+
+
+def _typed_values(array: np.ndarray, dt: DType) -> list:
+    flat = np.ascontiguousarray(array).reshape(-1)
+    if dt.enum in _HALF_BITS:
+        return flat.view(np.uint16).tolist()
+    if dt.enum in _COMPLEX:
+        return flat.view(flat.real.dtype).tolist()
+    return flat.tolist()
+
+
+def _as_bytes(value) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    return str(value).encode("utf-8")

@@ -1,0 +1,122 @@
+"""Which models to serve: from --model_name/--model_base_path or a ModelServerConfig file.
+
+Text protos are parsed here, at the edge, into plain dataclasses; nothing
+below this module sees a config proto.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from google.protobuf import text_format
+
+from .errors import ServingError
+from .options import ServerOptions
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """TF Serving's ServableVersionPolicy: latest N (default 1), all, or specific."""
+
+    kind: str = "latest"
+    num_versions: int = 1
+    versions: tuple[int, ...] = ()
+
+    def select(self, available: list[int]) -> list[int]:
+        """The versions to aspire to, from those on disk."""
+        ordered = sorted(available)
+        if self.kind == "all":
+            return ordered
+        if self.kind == "specific":
+            wanted = set(self.versions)
+            return [v for v in ordered if v in wanted]
+        return ordered[-max(self.num_versions, 1):] if ordered else []
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    base_path: str
+    policy: VersionPolicy = field(default_factory=VersionPolicy)
+    labels: tuple[tuple[str, int], ...] = ()
+    platform: str = "tensorflow"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def parse_model_server_config(text: str) -> list[ModelConfig]:
+    """Parse a text-format ModelServerConfig into model configs."""
+    from tensorflow_serving.config import model_server_config_pb2
+
+    proto = model_server_config_pb2.ModelServerConfig()
+    try:
+        text_format.Parse(text, proto)
+    except text_format.ParseError as e:
+        raise ConfigError(
+            f"Error parsing text-format tensorflow.serving.ModelServerConfig: {e}") from e
+    if proto.WhichOneof("config") == "custom_model_config":
+        raise ConfigError("custom_model_config is not supported; use model_config_list")
+    models = [_model_config(c) for c in proto.model_config_list.config]
+    names = [m.name for m in models]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"Illegal to list model {dupes[0]} multiple times in config list")
+    return models
+
+
+def _model_config(c) -> ModelConfig:  # c: tensorflow.serving.ModelConfig
+    if not c.name:
+        raise ConfigError("every model config needs a name")
+    if not c.base_path:
+        raise ConfigError(f"model {c.name} has no base_path")
+    if c.model_platform and c.model_platform != "tensorflow":
+        raise ConfigError(
+            f"model {c.name}: model_platform {c.model_platform!r} is not supported (only 'tensorflow')")
+    which = c.model_version_policy.WhichOneof("policy_choice")
+    if which == "all":
+        policy = VersionPolicy(kind="all")
+    elif which == "specific":
+        policy = VersionPolicy(kind="specific", versions=tuple(c.model_version_policy.specific.versions))
+    elif which == "latest":
+        policy = VersionPolicy(num_versions=c.model_version_policy.latest.num_versions or 1)
+    else:
+        policy = VersionPolicy()
+    return ModelConfig(name=c.name, base_path=c.base_path, policy=policy,
+                       labels=tuple(sorted(c.version_labels.items())))
+
+
+def read_model_config_file(path: str) -> list[ModelConfig]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(
+            f"Error parsing text-format tensorflow.serving.ModelServerConfig: cannot read {path}: {e.strerror}"
+        ) from e
+    return parse_model_server_config(text)
+
+
+def models_from_options(options: ServerOptions) -> list[ModelConfig]:
+    if options.model_config_file:
+        return read_model_config_file(options.model_config_file)
+    return [ModelConfig(name=options.model_name, base_path=options.model_base_path)]
+
+
+def check_options(options: ServerOptions) -> None:
+    """TF Serving's start-up checks; raises ConfigError with a one-line reason."""
+    if not options.model_config_file and not options.model_base_path:
+        raise ConfigError("Both server_model_config_file and model_base_path are empty: "
+                          "pass --model_base_path or --model_config_file")
+    if options.batching_parameters_file and not options.enable_batching:
+        raise ConfigError("--batching_parameters_file requires --enable_batching")
+    if options.rest_api_port and options.rest_api_port == options.port:
+        raise ConfigError("--rest_api_port cannot be the same as --port; "
+                          "use a different port for the REST API")
+    if options.port == 0 and not options.grpc_socket_path:
+        raise ConfigError("--port=0 needs --grpc_socket_path: gRPC must listen somewhere")
+
+
+__all__ = ["ConfigError", "ModelConfig", "VersionPolicy", "ServingError",
+           "check_options", "models_from_options", "parse_model_server_config"]

@@ -1,0 +1,1 @@
+"""Sources, the model manager and servable states. No TensorFlow here."""

@@ -1,0 +1,254 @@
+"""The model manager: loads and unloads versions, and hands out servables.
+
+Sources tell the manager which versions each model aspires to. The manager
+loads new versions off the request path (in a loader thread pool), retries
+failed loads, and unloads a version only once an aspired version is
+AVAILABLE, so a model that had something to serve always does. Requests take
+a handle that keeps its version loaded until the request finishes.
+
+Everything here runs on the event loop thread, so no locks are needed; only
+the loader itself runs in threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping
+
+from ..errors import Code, ServingError
+from .states import VersionState, VersionStatus
+
+log = logging.getLogger("pyserving.manager")
+
+Loader = Callable[[str], Any]  # version path -> servable (blocking; run in a thread)
+
+
+@dataclass
+class _Version:
+    number: int
+    state: VersionState = VersionState.START
+    error: ServingError | None = None
+    servable: Any = None
+    in_flight: int = 0
+    drained: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
+class _Model:
+    name: str
+    base_path: str
+    labels: dict[str, int] = field(default_factory=dict)
+    aspired: dict[int, str] = field(default_factory=dict)  # version -> folder
+    versions: dict[int, _Version] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_retries: int = 5
+    interval_seconds: float = 60.0
+
+
+class ModelManager:
+    def __init__(self, loader: Loader, executor: Executor, retry: RetryPolicy = RetryPolicy(),
+                 allow_labels_for_unavailable: bool = False) -> None:
+        self._loader = loader
+        self._executor = executor
+        self._retry = retry
+        self._allow_unavailable_labels = allow_labels_for_unavailable
+        self._models: dict[str, _Model] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._changed = asyncio.Condition()
+
+    # ---- wiring from sources -------------------------------------------------
+
+    def add_model(self, name: str, base_path: str, labels: dict[str, int] | None = None) -> None:
+        model = self._models.get(name)
+        if model is None:
+            self._models[name] = _Model(name, base_path, dict(labels or {}))
+        else:
+            model.base_path, model.labels = base_path, dict(labels or {})
+
+    def remove_model(self, name: str) -> None:
+        """Stop aspiring to any version: they unload, and status reports them END."""
+        self.set_aspired(name, {})
+
+    def set_aspired(self, name: str, versions: Mapping[int, str]) -> None:
+        """The versions (number -> folder) this model should serve from now on."""
+        model = self._models[name]
+        for number in set(versions) - set(model.aspired):
+            record = model.versions.get(number)
+            if record is not None and record.state == VersionState.END:
+                del model.versions[number]  # came back (or was fixed): load it afresh
+        model.aspired = dict(versions)
+        self._reconcile(model)
+
+    # ---- requests ------------------------------------------------------------
+
+    def model_names(self) -> list[str]:
+        return sorted(self._models)
+
+    def has_model(self, name: str) -> bool:
+        return name in self._models
+
+    def resolve_label(self, name: str, label: str) -> int:
+        model = self._models.get(name)
+        if model is None:
+            raise ServingError.not_found(f"Servable not found for request: Latest({name})")
+        try:
+            return model.labels[label]
+        except KeyError:
+            raise ServingError.invalid_argument(
+                f"Unrecognized servable version label: {label}") from None
+
+    @contextlib.contextmanager
+    def handle(self, name: str, version: int | None = None) -> Iterator[tuple[int, Any]]:
+        """(version, servable) kept loaded for the duration of the ``with`` block."""
+        record = self._pick(name, version)
+        record.in_flight += 1
+        try:
+            yield record.number, record.servable
+        finally:
+            record.in_flight -= 1
+            if record.in_flight == 0:
+                record.drained.set()
+
+    def _pick(self, name: str, version: int | None) -> _Version:
+        model = self._models.get(name)
+        if version is not None:
+            record = model.versions.get(version) if model else None
+            if record is None or record.state != VersionState.AVAILABLE:
+                raise ServingError.not_found(
+                    f"Servable not found for request: Specific({name}, {version})")
+            return record
+        available = [v for v in model.versions.values()
+                     if v.state == VersionState.AVAILABLE] if model else []
+        if available:
+            return max(available, key=lambda v: v.number)
+        if model is None:
+            raise ServingError.not_found(f"Servable not found for request: Latest({name})")
+        raise ServingError.unavailable(
+            f"Servable not found for request: Latest({name}): no version is available yet "
+            f"({self._describe(model)})")
+
+    @staticmethod
+    def _describe(model: _Model) -> str:
+        if not model.versions:
+            return f"no version folders found under {model.base_path}"
+        parts = []
+        for v in sorted(model.versions.values(), key=lambda v: v.number):
+            text = f"version {v.number}: {v.state.name}"
+            if v.error:
+                text += f" ({v.error.message})"
+            parts.append(text)
+        return "; ".join(parts)
+
+    def status(self, name: str, version: int | None = None) -> list[VersionStatus]:
+        model = self._models.get(name)
+        if model is None or not model.versions:
+            if version is not None:
+                raise ServingError.not_found(f"Could not find version {version} of model {name}")
+            raise ServingError.not_found(f"Could not find any versions of model {name}")
+        records = sorted(model.versions.values(), key=lambda v: -v.number)
+        if version is not None:
+            records = [v for v in records if v.number == version]
+            if not records:
+                raise ServingError.not_found(f"Could not find version {version} of model {name}")
+        return [VersionStatus(name, v.number, v.state, v.error) for v in records]
+
+    async def wait_until_settled(self, names: list[str], timeout: float | None = None) -> None:
+        """Until no aspired version of these models is still loading."""
+        async def settled() -> None:
+            async with self._changed:
+                await self._changed.wait_for(lambda: all(self._settled(n) for n in names))
+        await asyncio.wait_for(settled(), timeout)
+
+    def _settled(self, name: str) -> bool:
+        model = self._models.get(name)
+        if model is None:
+            return True
+        return all(model.versions.get(v) is not None
+                   and model.versions[v].state in (VersionState.AVAILABLE, VersionState.END)
+                   for v in model.aspired)
+
+    # ---- loading and unloading -------------------------------------------------
+
+    def _reconcile(self, model: _Model) -> None:
+        for number in sorted(model.aspired):
+            record = model.versions.get(number)
+            if record is None or (record.state == VersionState.END and record.error is None):
+                self._start(model, number)
+        if model.aspired and not any(
+                model.versions[n].state == VersionState.AVAILABLE
+                for n in model.aspired if n in model.versions):
+            return  # availability first: keep old versions until a new one serves
+        for record in list(model.versions.values()):
+            if record.number not in model.aspired and record.state == VersionState.AVAILABLE:
+                self._spawn(self._unload(model, record))
+
+    def _start(self, model: _Model, number: int) -> None:
+        record = _Version(number, VersionState.LOADING)
+        model.versions[number] = record
+        self._spawn(self._load(model, record))
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _load(self, model: _Model, record: _Version) -> None:
+        path = model.aspired.get(record.number) or os.path.join(model.base_path, str(record.number))
+        loop = asyncio.get_running_loop()
+        for attempt in range(self._retry.max_retries + 1):
+            try:
+                record.servable = await loop.run_in_executor(self._executor, self._loader, path)
+                record.state, record.error = VersionState.AVAILABLE, None
+                log.info("Successfully loaded servable version {name: %s version: %d}",
+                         model.name, record.number)
+                break
+            except Exception as e:  # any loader failure is reported in status
+                record.error = e if isinstance(e, ServingError) else ServingError(
+                    Code.UNKNOWN, f"{type(e).__name__}: {e}")
+                log.warning("Loading servable version {name: %s version: %d} failed "
+                            "(attempt %d): %s", model.name, record.number, attempt + 1,
+                            record.error.message)
+                if attempt == self._retry.max_retries or record.number not in model.aspired:
+                    record.state = VersionState.END
+                    break
+                await asyncio.sleep(self._retry.interval_seconds)
+        await self._notify()
+        self._reconcile(model)
+
+    async def _unload(self, model: _Model, record: _Version) -> None:
+        record.state = VersionState.UNLOADING
+        await self._notify()
+        if record.in_flight:
+            record.drained.clear()
+            await record.drained.wait()
+        servable, record.servable = record.servable, None
+        close = getattr(servable, "close", None)
+        if close is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, close)
+        record.state = VersionState.END
+        log.info("Unloaded servable version {name: %s version: %d}", model.name, record.number)
+        await self._notify()
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def stop(self) -> None:
+        """Unload everything (after in-flight requests finish)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for model in self._models.values():
+            model.aspired = {}
+            for record in list(model.versions.values()):
+                if record.state == VersionState.AVAILABLE:
+                    await self._unload(model, record)
+

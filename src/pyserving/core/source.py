@@ -1,0 +1,72 @@
+"""The file-system version source: polls base paths for numbered version folders."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Iterable
+
+from ..config import ModelConfig
+from .manager import ModelManager
+
+log = logging.getLogger("pyserving.source")
+
+
+def list_versions(base_path: str) -> dict[int, str]:
+    """Version number -> folder, for every folder whose name is an integer."""
+    versions: dict[int, str] = {}
+    with os.scandir(base_path) as entries:
+        for entry in entries:
+            if entry.name.isdigit() and entry.is_dir():
+                versions[int(entry.name)] = entry.path
+    return versions
+
+
+class FileSystemSource:
+    """Tells the manager which versions each configured model aspires to."""
+
+    def __init__(self, manager: ModelManager, poll_seconds: float) -> None:
+        self._manager = manager
+        self._poll_seconds = poll_seconds
+        self._models: dict[str, ModelConfig] = {}
+        self._warned: set[str] = set()
+
+    def set_models(self, models: Iterable[ModelConfig]) -> None:
+        new = {m.name: m for m in models}
+        for name in set(self._models) - set(new):
+            self._manager.remove_model(name)
+        for m in new.values():
+            self._manager.add_model(m.name, m.base_path, dict(m.labels))
+        self._models = new
+
+    async def poll_once(self) -> None:
+        for model in list(self._models.values()):
+            try:
+                on_disk = await asyncio.to_thread(list_versions, model.base_path)
+            except OSError as e:
+                # Keep what is loaded: a missing or unreadable base path may be transient.
+                self._warn_once(model.name, f"Cannot list base path {model.base_path} "
+                                            f"of model {model.name}: {e.strerror or e}")
+                continue
+            if not on_disk:
+                self._warn_once(model.name, f"No versions of servable {model.name} found "
+                                            f"under base path {model.base_path}")
+            else:
+                self._warned.discard(model.name)
+            wanted = model.policy.select(list(on_disk))
+            if model.name in self._models:
+                self._manager.set_aspired(model.name, {v: on_disk[v] for v in wanted})
+
+    def _warn_once(self, name: str, message: str) -> None:
+        if name not in self._warned:
+            self._warned.add(name)
+            log.warning(message)
+
+    async def run(self) -> None:
+        """Poll forever (or never again, when the poll interval is 0)."""
+        if self._poll_seconds <= 0:
+            return
+        while True:
+            await asyncio.sleep(self._poll_seconds)
+            await self.poll_once()

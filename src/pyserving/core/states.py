@@ -1,0 +1,27 @@
+"""Servable ids and version states, with TF Serving's enum values."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from ..errors import ServingError
+
+
+class VersionState(enum.IntEnum):
+    UNKNOWN = 0
+    START = 10
+    LOADING = 20
+    AVAILABLE = 30
+    UNLOADING = 40
+    END = 50
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    """A snapshot of one version, as model status reports it."""
+
+    model: str
+    version: int
+    state: VersionState
+    error: ServingError | None = None

@@ -1,0 +1,130 @@
+"""The one request core that gRPC and REST both call.
+
+It resolves a model spec to a loaded version, finds the signature, validates
+the decoded inputs against it and runs it in a worker thread. Protocol layers
+only decode their wire format into numpy and encode the result back, so the
+two protocols cannot disagree about models, validation or errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence, TypeVar
+
+import numpy as np
+
+from .codecs.dtypes import dtype_name, from_numpy_dtype
+from .core.manager import ModelManager
+from .core.states import VersionStatus
+from .errors import ServingError
+from .runtime.saved_model import SavedModelServable, Signature
+
+DEFAULT_SIGNATURE = "serving_default"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    version: int | None = None
+    label: str | None = None
+    signature_name: str = ""
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    model_name: str
+    version: int
+    signature_name: str
+    outputs: Mapping[str, np.ndarray]
+
+
+Decoder = Callable[[Signature], Mapping[str, np.ndarray]]
+
+
+class DataPlane:
+    def __init__(self, manager: ModelManager, executor: Executor) -> None:
+        self._manager = manager
+        self._executor = executor
+
+    def _version_of(self, spec: ModelSpec) -> int | None:
+        if spec.label:
+            return self._manager.resolve_label(spec.name, spec.label)
+        return spec.version
+
+    async def predict(self, spec: ModelSpec, decode: Decoder, output_filter: Sequence[str],
+                      encode: Callable[[PredictResult], T]) -> T:
+        """Decode, validate, run and encode in one worker-thread hop."""
+        if not spec.name:
+            raise ServingError.invalid_argument("Missing ModelSpec: the request names no model")
+        with self._manager.handle(spec.name, self._version_of(spec)) as (version, servable):
+            def work() -> T:
+                signature_name = spec.signature_name or DEFAULT_SIGNATURE
+                signature = find_signature(servable, signature_name)
+                inputs = decode(signature)
+                validate_inputs(signature, inputs)
+                validate_output_filter(signature, output_filter)
+                outputs = servable.run(signature_name, inputs, tuple(output_filter))
+                return encode(PredictResult(spec.name, version, signature_name, outputs))
+            return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+
+    def status(self, spec: ModelSpec) -> list[VersionStatus]:
+        return self._manager.status(spec.name, self._version_of(spec))
+
+    def metadata(self, spec: ModelSpec) -> tuple[int, SavedModelServable]:
+        """(version, servable) for metadata; the servable's signature_defs are read as stored."""
+        with self._manager.handle(spec.name, self._version_of(spec)) as (version, servable):
+            return version, servable
+
+
+def find_signature(servable: SavedModelServable, name: str) -> Signature:
+    try:
+        return servable.signatures[name]
+    except KeyError:
+        raise ServingError.failed_precondition(
+            f"Serving signature key \"{name}\" not found. The model has: "
+            f"{', '.join(sorted(servable.signatures)) or 'no signatures'}") from None
+
+
+def validate_inputs(signature: Signature, inputs: Mapping[str, np.ndarray]) -> None:
+    expected, sent = set(signature.inputs), set(inputs)
+    if expected != sent:
+        raise ServingError.invalid_argument(
+            f"input size does not match signature: {len(sent)}!={len(expected)} "
+            f"len({{{', '.join(sorted(sent))}}}) != len({{{', '.join(sorted(expected))}}}). "
+            f"Sent extra: {{{', '.join(sorted(sent - expected))}}}. "
+            f"Missing but required: {{{', '.join(sorted(expected - sent))}}}.")
+    for alias, array in inputs.items():
+        spec = signature.inputs[alias]
+        try:
+            given = from_numpy_dtype(array.dtype).enum
+        except TypeError:
+            given = -1
+        if given != spec.dtype:
+            given_name = dtype_name(given) if given >= 0 else str(array.dtype)
+            raise ServingError.invalid_argument(
+                f"Expects arg[{alias}] to be {spec.dtype_name} but {given_name} is provided")
+        if not _shape_fits(array.shape, spec.shape):
+            raise ServingError.invalid_argument(
+                f"input '{alias}' has shape [{','.join(map(str, array.shape))}] but the signature "
+                f"expects {spec.shape_text()} (-1 = any size)")
+
+
+def _shape_fits(shape: tuple[int, ...], expected: tuple[int, ...] | None) -> bool:
+    if expected is None:
+        return True
+    return len(shape) == len(expected) and all(e < 0 or e == s for s, e in zip(shape, expected))
+
+
+def validate_output_filter(signature: Signature, output_filter: Sequence[str]) -> None:
+    seen: set[str] = set()
+    for alias in output_filter:
+        if alias not in signature.outputs:
+            raise ServingError.invalid_argument(
+                f"output tensor alias not found in signature: {alias} Outputs expected to be in "
+                f"the set {{{', '.join(sorted(signature.outputs))}}}.")
+        if alias in seen:
+            raise ServingError.invalid_argument(f"duplicate output tensor alias: {alias}")
+        seen.add(alias)

@@ -1,0 +1,110 @@
+"""gRPC: PredictionService and ModelService over grpc.aio, thin over the DataPlane."""
+
+from __future__ import annotations
+
+import grpc
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_pb2,
+                                     model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2_grpc)
+
+from .codecs import tensor_proto
+from .dataplane import DataPlane, ModelSpec, PredictResult
+from .errors import ServingError
+from .responses import metadata_response, status_response
+
+_STATUS = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def spec_from_proto(spec: model_pb2.ModelSpec) -> ModelSpec:
+    choice = spec.WhichOneof("version_choice")
+    return ModelSpec(
+        name=spec.name,
+        version=spec.version.value if choice == "version" else None,
+        label=spec.version_label if choice == "version_label" else None,
+        signature_name=spec.signature_name,
+    )
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: ServingError) -> None:
+    await context.abort(_STATUS[int(error.code)], error.message)
+
+
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, dataplane: DataPlane, tensor_content: bool = False) -> None:
+        self._dataplane = dataplane
+        self._tensor_content = tensor_content
+
+    async def Predict(self, request: predict_pb2.PredictRequest, context) -> predict_pb2.PredictResponse:
+        def decode(_signature):
+            return {alias: tensor_proto.to_numpy(t, f"input '{alias}'")
+                    for alias, t in request.inputs.items()}
+
+        def encode(result: PredictResult) -> predict_pb2.PredictResponse:
+            response = predict_pb2.PredictResponse()
+            _set_spec(response.model_spec, result.model_name, result.version, result.signature_name)
+            for alias, array in result.outputs.items():
+                response.outputs[alias].CopyFrom(tensor_proto.from_numpy(array, self._tensor_content))
+            return response
+
+        try:
+            return await self._dataplane.predict(spec_from_proto(request.model_spec), decode,
+                                                 list(request.output_filter), encode)
+        except ServingError as e:
+            await _abort(context, e)
+
+    async def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
+                               context) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        try:
+            spec = spec_from_proto(request.model_spec)
+            version, servable = self._dataplane.metadata(spec)
+            return metadata_response(spec.name, version, servable.signature_defs,
+                                     list(request.metadata_field))
+        except ServingError as e:
+            await _abort(context, e)
+
+
+def _set_spec(target: model_pb2.ModelSpec, name: str, version: int, signature_name: str) -> None:
+    target.name = name
+    target.version.value = version
+    target.signature_name = signature_name
+
+
+class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, dataplane: DataPlane) -> None:
+        self._dataplane = dataplane
+
+    async def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest,
+                             context) -> get_model_status_pb2.GetModelStatusResponse:
+        try:
+            return status_response(self._dataplane.status(spec_from_proto(request.model_spec)))
+        except ServingError as e:
+            await _abort(context, e)
+
+
+def parse_channel_arguments(text: str) -> list[tuple[str, int | str]]:
+    """--grpc_channel_arguments: comma-separated key=value; numeric values become ints."""
+    args: list[tuple[str, int | str]] = []
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--grpc_channel_arguments: expected key=value, got {item!r}")
+        try:
+            args.append((key.strip(), int(value)))
+        except ValueError:
+            args.append((key.strip(), value.strip()))
+    return args
+
+
+# Clients send large tensors; TF Serving lifts gRPC's 4 MiB default on the server.
+UNLIMITED = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+
+
+def create_server(dataplane: DataPlane, channel_arguments: str = "",
+                  tensor_content: bool = False) -> grpc.aio.Server:
+    options = dict(UNLIMITED)
+    options.update(parse_channel_arguments(channel_arguments))
+    server = grpc.aio.server(options=list(options.items()))
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionServicer(dataplane, tensor_content), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(dataplane), server)
+    return server

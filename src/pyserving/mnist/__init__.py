@@ -1,0 +1,1 @@
+"""The TensorFlow Serving MNIST tutorial: data loading, export, client and CLI."""

@@ -1,0 +1,83 @@
+"""ServerOptions: every TF Serving flag, declared once.
+
+The CLI builds its parser from these fields, so a flag's name, type, default
+and help live in exactly one place. Fields whose metadata says
+``supported=False`` are accepted for compatibility and warned about when set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _flag(default: Any, help: str, supported: bool = True) -> Any:
+    return field(default=default, metadata={"help": help, "supported": supported})
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    port: int = _flag(8500, "TCP port for the gRPC API (0 picks none when --grpc_socket_path is set)")
+    grpc_socket_path: str = _flag("", "Also serve gRPC on this UNIX socket path")
+    rest_api_port: int = _flag(0, "Port for the HTTP/REST API (0 disables it)")
+    rest_api_num_threads: int = _flag(0, "Threads for REST request processing (0 = automatic)")
+    rest_api_timeout_in_ms: int = _flag(30000, "Timeout for a REST request, in milliseconds")
+    rest_api_enable_cors_support: bool = _flag(False, "Answer CORS preflight and add CORS headers")
+    enable_batching: bool = _flag(False, "Batch inference requests", supported=False)
+    allow_version_labels_for_unavailable_models: bool = _flag(
+        False, "Allow labels to point at versions that are not yet available")
+    batching_parameters_file: str = _flag("", "BatchingParameters text proto", supported=False)
+    enable_per_model_batching_parameters: bool = _flag(
+        False, "Read batching_params.pbtxt from each version folder", supported=False)
+    model_config_file: str = _flag("", "ModelServerConfig text proto listing the models to serve")
+    model_config_file_poll_wait_seconds: int = _flag(
+        0, "Seconds between re-reads of --model_config_file (0 = read once)")
+    model_name: str = _flag("default", "Name of the model (with --model_base_path)")
+    model_base_path: str = _flag("", "Folder holding the model's numbered version folders")
+    num_load_threads: int = _flag(0, "Threads that load models (0 = 2)")
+    num_unload_threads: int = _flag(0, "Threads that unload models (ignored: unloads are cheap)")
+    max_num_load_retries: int = _flag(5, "Retries of a failed model load")
+    load_retry_interval_micros: int = _flag(60_000_000, "Wait between load retries, in microseconds")
+    file_system_poll_wait_seconds: int = _flag(
+        1, "Seconds between polls of a model's base path (0 = poll once at start)")
+    flush_filesystem_caches: bool = _flag(True, "Accepted for compatibility", supported=False)
+    tensorflow_session_parallelism: int = _flag(0, "Threads per TensorFlow op pool (0 = automatic)")
+    tensorflow_intra_op_parallelism: int = _flag(0, "TensorFlow intra-op threads (0 = automatic)")
+    tensorflow_inter_op_parallelism: int = _flag(0, "TensorFlow inter-op threads (0 = automatic)")
+    use_alts_credentials: bool = _flag(False, "ALTS credentials", supported=False)
+    ssl_config_file: str = _flag("", "SSLConfig text proto", supported=False)
+    platform_config_file: str = _flag("", "PlatformConfigMap text proto", supported=False)
+    per_process_gpu_memory_fraction: float = _flag(0.0, "GPU memory fraction", supported=False)
+    saved_model_tags: str = _flag("serve", "Comma-separated MetaGraphDef tags to load")
+    grpc_channel_arguments: str = _flag("", "Comma-separated grpc server arguments, key=value")
+    grpc_max_threads: int = _flag(0, "Threads running inference (0 = automatic)")
+    enable_model_warmup: bool = _flag(True, "Replay assets.extra/tf_serving_warmup_requests", supported=False)
+    num_request_iterations_for_warmup: int = _flag(1, "Warmup replays per record", supported=False)
+    version: bool = _flag(False, "Print the version and exit")
+    monitoring_config_file: str = _flag("", "MonitoringConfig text proto", supported=False)
+    remove_unused_fields_from_bundle_metagraph: bool = _flag(True, "Accepted for compatibility", supported=False)
+    prefer_tflite_model: bool = _flag(False, "Serve model.tflite when present", supported=False)
+    num_tflite_pools: int = _flag(1, "TFLite pools", supported=False)
+    num_tflite_interpreters_per_pool: int = _flag(1, "TFLite interpreters per pool", supported=False)
+    enable_signature_method_name_check: bool = _flag(False, "Check signature method names")
+    xla_cpu_compilation_enabled: bool = _flag(False, "XLA on CPU", supported=False)
+    enable_profiler: bool = _flag(True, "Profiler service", supported=False)
+    tensorflow_session_config_file: str = _flag("", "SessionConfig text proto", supported=False)
+    thread_pool_factory_config_file: str = _flag("", "ThreadPoolFactoryConfig", supported=False)
+    mixed_precision: str = _flag("", "Mixed precision mode", supported=False)
+    skip_initialize_tpu: bool = _flag(False, "TPU initialisation", supported=False)
+    enable_grpc_healthcheck_service: bool = _flag(False, "Serve grpc.health.v1.Health", supported=False)
+    enable_serialization_as_tensor_content: bool = _flag(
+        False, "Encode output tensors as tensor_content instead of typed fields")
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        return tuple(t.strip() for t in self.saved_model_tags.split(",") if t.strip())
+
+    def unsupported_flags_set(self) -> list[str]:
+        """Names of flags given a non-default value that pyserving does not act on."""
+        return [
+            f.name for f in dataclasses.fields(self)
+            if not f.metadata["supported"] and getattr(self, f.name) != f.default
+        ]

@@ -1,0 +1,120 @@
+"""REST: TF Serving's /v1/models API on aiohttp, thin over the DataPlane."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import re
+import zlib
+
+from aiohttp import web
+
+from .codecs import json_codec
+from .dataplane import DataPlane, ModelSpec, PredictResult
+from .errors import Code, ServingError, http_status
+from .responses import metadata_json, metadata_response, status_response, to_json_dict
+
+_PATH = re.compile(
+    r"^/v1/models/(?P<name>[^/:]+)"
+    r"(?:/versions/(?P<version>-?\d+)|/labels/(?P<label>[^/:]+))?"
+    r"(?:/(?P<metadata>metadata)|:(?P<verb>predict|classify|regress))?$")
+
+# Parse big bodies off the event loop; small ones are cheaper inline.
+_INLINE_JSON_BYTES = 64 * 1024
+MAX_BODY_BYTES = 1 << 30
+
+
+def _error(code: Code, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=http_status(code))
+
+
+class RestService:
+    def __init__(self, dataplane: DataPlane, timeout_ms: int = 30000, cors: bool = False) -> None:
+        self._dataplane = dataplane
+        self._timeout = timeout_ms / 1000 if timeout_ms > 0 else None
+        self._cors = cors
+
+    def app(self) -> web.Application:
+        middlewares = [self._cors_middleware] if self._cors else []
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
+        app.router.add_route("*", "/{tail:.*}", self.dispatch)
+        return app
+
+    @web.middleware
+    async def _cors_middleware(self, request: web.Request, handler) -> web.StreamResponse:
+        if request.method == "OPTIONS":
+            response: web.StreamResponse = web.Response(status=204)
+        else:
+            response = await handler(request)
+        response.headers["Access-Control-Allow-Origin"] = "*"
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+        response.headers["Access-Control-Allow-Headers"] = "Content-Type, Authorization"
+        return response
+
+    async def dispatch(self, request: web.Request) -> web.Response:
+        match = _PATH.match(request.path)
+        method = request.method
+        if match is None or (method == "GET") == bool(match["verb"]) or method not in ("GET", "POST"):
+            return _error(Code.NOT_FOUND, f"Malformed request: {method} {request.path}")
+        try:
+            spec = ModelSpec(
+                name=match["name"],
+                version=int(match["version"]) if match["version"] else None,
+                label=match["label"])
+            if method == "GET":
+                return self._metadata(spec) if match["metadata"] else self._status(spec)
+            if match["metadata"]:
+                return _error(Code.NOT_FOUND, f"Malformed request: {method} {request.path}")
+            if match["verb"] != "predict":
+                raise ServingError(Code.UNIMPLEMENTED, f"{match['verb']} is not implemented yet")
+            return await asyncio.wait_for(self._predict(spec, request), self._timeout)
+        except ServingError as e:
+            return _error(e.code, e.message)
+        except asyncio.TimeoutError:
+            return _error(Code.DEADLINE_EXCEEDED, "Request timed out (--rest_api_timeout_in_ms)")
+        except web.HTTPRequestEntityTooLarge:
+            return web.json_response(
+                {"error": f"Request body is larger than the limit of {MAX_BODY_BYTES} bytes"},
+                status=413)
+
+    def _status(self, spec: ModelSpec) -> web.Response:
+        return web.json_response(to_json_dict(status_response(self._dataplane.status(spec))))
+
+    def _metadata(self, spec: ModelSpec) -> web.Response:
+        version, servable = self._dataplane.metadata(spec)
+        response = metadata_response(spec.name, version, servable.signature_defs, ["signature_def"])
+        return web.json_response(metadata_json(response))
+
+    async def _predict(self, spec: ModelSpec, request: web.Request) -> web.Response:
+        raw = _decompress(await request.read(), request.headers.get("Content-Encoding", ""))
+        if len(raw) > _INLINE_JSON_BYTES:
+            parsed = await asyncio.to_thread(json_codec.parse_json, raw)
+        else:
+            parsed = json_codec.parse_json(raw)
+        body = json_codec.parse_predict_body(parsed)
+        spec = ModelSpec(spec.name, spec.version, spec.label, body.signature_name)
+
+        def decode(signature):
+            dtypes = {alias: t.dtype for alias, t in signature.inputs.items()}
+            return json_codec.decode_inputs(body, dtypes)
+
+        def encode(result: PredictResult) -> bytes:
+            return json_codec.encode_outputs(result.outputs, body.row_format)
+
+        payload = await self._dataplane.predict(spec, decode, (), encode)
+        return web.Response(body=payload, content_type="application/json")
+
+
+def _decompress(raw: bytes, encoding: str) -> bytes:
+    encoding = encoding.strip().lower()
+    if not encoding or encoding == "identity":
+        return raw
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        raise ServingError.invalid_argument(f"Unsupported Content-Encoding: {encoding}")
+    try:
+        return gzip.decompress(raw) if "gzip" in encoding else zlib.decompress(raw)
+    except (OSError, EOFError, zlib.error) as e:
+        raise ServingError.invalid_argument(f"Request body is not valid {encoding}: {e}") from None
+
+
+__all__ = ["RestService"]

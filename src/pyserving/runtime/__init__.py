@@ -1,0 +1,1 @@
+"""The SavedModel runtime: the only package that runs TensorFlow."""

@@ -1,0 +1,120 @@
+"""Server: wires the source, manager, data plane, gRPC and REST; start, serve, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from aiohttp import web
+
+from . import __version__
+from .config import ModelConfig
+from .core.manager import ModelManager, RetryPolicy
+from .core.source import FileSystemSource
+from .dataplane import DataPlane
+from .grpc_service import create_server
+from .options import ServerOptions
+from .rest_service import RestService
+from .runtime.saved_model import configure_threads, load_saved_model
+
+log = logging.getLogger("pyserving.server")
+
+# Seconds in-flight requests get to finish on SIGTERM before the process exits.
+DRAIN_SECONDS = 10.0
+
+
+class Server:
+    def __init__(self, options: ServerOptions, models: list[ModelConfig]) -> None:
+        self.options = options
+        self._models = models
+        self._should_exit = asyncio.Event()
+        cpus = os.cpu_count() or 2
+        self._request_pool = ThreadPoolExecutor(
+            max_workers=options.grpc_max_threads or max(8, 4 * cpus), thread_name_prefix="request")
+        self._load_pool = ThreadPoolExecutor(
+            max_workers=options.num_load_threads or 2, thread_name_prefix="load")
+        tags = options.tags
+        self.manager = ModelManager(
+            loader=lambda path: load_saved_model(path, tags),
+            executor=self._load_pool,
+            retry=RetryPolicy(options.max_num_load_retries,
+                              options.load_retry_interval_micros / 1e6),
+            allow_labels_for_unavailable=options.allow_version_labels_for_unavailable_models)
+        self.source = FileSystemSource(self.manager, options.file_system_poll_wait_seconds)
+        self.dataplane = DataPlane(self.manager, self._request_pool)
+        self._grpc: grpc.aio.Server | None = None
+        self._rest: web.AppRunner | None = None
+        self._source_task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        o = self.options
+        configure_threads(o.tensorflow_intra_op_parallelism or o.tensorflow_session_parallelism,
+                          o.tensorflow_inter_op_parallelism or o.tensorflow_session_parallelism)
+        self.source.set_models(self._models)
+        await self.source.poll_once()
+        # Like TF Serving, open the ports once the initial versions have loaded (or failed).
+        await self.manager.wait_until_settled([m.name for m in self._models])
+        self._source_task = asyncio.create_task(self.source.run())
+        await self._start_grpc()
+        if o.rest_api_port:
+            await self._start_rest()
+
+    async def _start_grpc(self) -> None:
+        o = self.options
+        self._grpc = create_server(self.dataplane, o.grpc_channel_arguments,
+                                   o.enable_serialization_as_tensor_content)
+        if o.port:
+            self._grpc.add_insecure_port(f"0.0.0.0:{o.port}")
+            log.info("Running gRPC ModelServer at 0.0.0.0:%d ...", o.port)
+        if o.grpc_socket_path:
+            self._grpc.add_insecure_port(f"unix:{o.grpc_socket_path}")
+            log.info("Running gRPC ModelServer at UNIX socket %s ...", o.grpc_socket_path)
+        await self._grpc.start()
+
+    async def _start_rest(self) -> None:
+        o = self.options
+        service = RestService(self.dataplane, o.rest_api_timeout_in_ms, o.rest_api_enable_cors_support)
+        self._rest = web.AppRunner(service.app(), access_log=None, auto_decompress=False,
+                                   handle_signals=False)
+        await self._rest.setup()
+        await web.TCPSite(self._rest, "0.0.0.0", o.rest_api_port).start()
+        log.info("Exporting HTTP/REST API at:localhost:%d ...", o.rest_api_port)
+
+    def request_exit(self) -> None:
+        self._should_exit.set()
+
+    async def serve(self) -> None:
+        await self.start()
+        await self._should_exit.wait()
+        await self.stop()
+
+    async def stop(self, grace: float = DRAIN_SECONDS) -> None:
+        log.info("Shutting down: draining in-flight requests")
+        if self._source_task:
+            self._source_task.cancel()
+        stops = []
+        if self._grpc:
+            stops.append(self._grpc.stop(grace))
+        if self._rest:
+            stops.append(self._rest.cleanup())
+        await asyncio.gather(*stops, return_exceptions=True)
+        await self.manager.stop()
+        self._request_pool.shutdown(wait=False, cancel_futures=True)
+        self._load_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def run(options: ServerOptions, models: list[ModelConfig]) -> int:
+    async def main() -> None:
+        server = Server(options, models)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, server.request_exit)
+        log.info("pyserving %s (TensorFlow Serving compatible) starting", __version__)
+        await server.serve()
+
+    asyncio.run(main())
+    return 0
