@@ -27,8 +27,7 @@ MNIST_DIR = os.environ.get("MNIST_DIR", str(REPO_ROOT.parent / "shared" / "mnist
 
 @pytest.fixture(scope="module")
 def data() -> MnistData:
-    if not Path(MNIST_DIR, "t10k-labels-idx1-ubyte.gz").is_file():
-        pytest.skip(f"MNIST data not found in {MNIST_DIR}")
+    assert Path(MNIST_DIR, "t10k-labels-idx1-ubyte.gz").is_file(), f"MNIST data not found in {MNIST_DIR}"
     return load_mnist(MNIST_DIR)
 
 
@@ -278,8 +277,7 @@ def test_cli_defaults_and_tutorial_spellings() -> None:
 
 
 def test_cli_client_exit_code(rest_server: str, capsys: pytest.CaptureFixture[str]) -> None:
-    if not Path(MNIST_DIR).is_dir():
-        pytest.skip("no MNIST data")
+    assert Path(MNIST_DIR).is_dir(), "no MNIST data"
     ok = _parser().parse_args(["mnist", "client", "--rest", f"--server={rest_server}",
                                "--num_tests=5", f"--data-dir={MNIST_DIR}"])
     assert ok.func(ok) == 0
@@ -290,8 +288,7 @@ def test_cli_client_exit_code(rest_server: str, capsys: pytest.CaptureFixture[st
 
 
 def test_cli_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    if not Path(MNIST_DIR).is_dir():
-        pytest.skip("no MNIST data")
+    assert Path(MNIST_DIR).is_dir(), "no MNIST data"
     args = _parser().parse_args(["mnist", "export", "--training_iteration=20", "--model_version=3",
                                  f"--data-dir={MNIST_DIR}", str(tmp_path)])
     assert args.func(args) == 0

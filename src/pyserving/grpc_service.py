@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import grpc
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_pb2,
-                                     model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc)
+                                     model_service_pb2, model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2, prediction_service_pb2_grpc)
 
 from .codecs import tensor_proto
 from .dataplane import DataPlane, ModelSpec, PredictResult
@@ -99,12 +99,61 @@ def parse_channel_arguments(text: str) -> list[tuple[str, int | str]]:
 UNLIMITED = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
 
 
+class _Unparsable:
+    """What a request that is not a valid proto decodes to; answered INVALID_ARGUMENT."""
+
+    def __init__(self, type_name: str, reason: str) -> None:
+        self.message = f"Could not parse the request as {type_name}: {reason}"
+
+
+def _safe_parser(message_type):
+    def parse(data: bytes):
+        try:
+            return message_type.FromString(data)
+        except Exception as e:  # DecodeError and friends: the client sent garbage
+            return _Unparsable(message_type.DESCRIPTOR.full_name, str(e))
+    return parse
+
+
+def _guarded(method):
+    async def call(request, context):
+        if isinstance(request, _Unparsable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        return await method(request, context)
+    return call
+
+
+def _service_handler(service: str, servicer, methods: dict) -> grpc.GenericRpcHandler:
+    """Like the generated add_*_to_server, but a malformed proto is a client error."""
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            _guarded(getattr(servicer, name)),
+            request_deserializer=_safe_parser(request_type),
+            response_serializer=response_type.SerializeToString)
+        for name, (request_type, response_type) in methods.items()
+    }
+    return grpc.method_handlers_generic_handler(service, handlers)
+
+
+def _methods(service_descriptor) -> dict:
+    from google.protobuf import symbol_database
+
+    db = symbol_database.Default()
+    return {m.name: (db.GetSymbol(m.input_type.full_name), db.GetSymbol(m.output_type.full_name))
+            for m in service_descriptor.methods}
+
+
 def create_server(dataplane: DataPlane, channel_arguments: str = "",
                   tensor_content: bool = False) -> grpc.aio.Server:
     options = dict(UNLIMITED)
     options.update(parse_channel_arguments(channel_arguments))
     server = grpc.aio.server(options=list(options.items()))
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(dataplane, tensor_content), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(dataplane), server)
+    prediction = PredictionServicer(dataplane, tensor_content)
+    models = ModelServicer(dataplane)
+    server.add_generic_rpc_handlers((
+        _service_handler("tensorflow.serving.PredictionService", prediction,
+                         _methods(prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"])),
+        _service_handler("tensorflow.serving.ModelService", models,
+                         _methods(model_service_pb2.DESCRIPTOR.services_by_name["ModelService"])),
+    ))
     return server

@@ -1,0 +1,121 @@
+"""SavedModels the tests export themselves: TF1 builder, TF2 tf.function, Keras."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import tensorflow as tf
+
+# dtype name -> tf dtype, for the identity model that round-trips every dtype.
+DTYPES = {
+    "float": tf.float32, "double": tf.float64, "half": tf.float16, "bfloat16": tf.bfloat16,
+    "int8": tf.int8, "int16": tf.int16, "int32": tf.int32, "int64": tf.int64,
+    "uint8": tf.uint8, "uint16": tf.uint16, "uint32": tf.uint32, "uint64": tf.uint64,
+    "bool": tf.bool, "string": tf.string, "complex64": tf.complex64, "complex128": tf.complex128,
+}
+
+
+def export_tf1_half_plus_two(path: str) -> str:
+    """TF1 SavedModelBuilder export: y = 0.5 * x + 2, plus a lookup table in the main op.
+
+    Signatures: serving_default (predict, x float [-1,1] -> y), 'lookup' (predict,
+    keys int64 [-1] -> names string, via a table initialised by the main op).
+    """
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
+        x = tf.compat.v1.placeholder(tf.float32, shape=[None, 1], name="x")
+        a = tf.Variable(0.5, name="a")
+        b = tf.Variable(2.0, name="b")
+        y = tf.add(tf.multiply(a, x), b, name="y")
+        keys = tf.compat.v1.placeholder(tf.int64, shape=[None], name="keys")
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant([0, 1, 2], tf.int64), tf.constant(["zero", "one", "two"])), "unknown")
+        names = table.lookup(keys)
+        sess.run(tf.compat.v1.global_variables_initializer())
+        info = tf.compat.v1.saved_model.utils.build_tensor_info
+        build = tf.compat.v1.saved_model.signature_def_utils.build_signature_def
+        builder = tf.compat.v1.saved_model.Builder(path)
+        builder.add_meta_graph_and_variables(
+            sess, ["serve"],
+            signature_def_map={
+                "serving_default": build({"x": info(x)}, {"y": info(y)}, "tensorflow/serving/predict"),
+                "lookup": build({"keys": info(keys)}, {"names": info(names)},
+                                "tensorflow/serving/predict"),
+            },
+            main_op=tf.compat.v1.tables_initializer())
+        builder.save()
+    return path
+
+
+class _Linear(tf.Module):
+    """TF2 module: y = x @ w + bias, with two outputs and a multi-input signature."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.w = tf.Variable([[1.0 * scale], [2.0 * scale]])
+        self.bias = tf.Variable(scale)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name="x")])
+    def predict(self, x):
+        y = tf.matmul(x, self.w) + self.bias
+        return {"y": y, "y_sum": tf.reduce_sum(y, axis=1)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="a"),
+                                  tf.TensorSpec([None], tf.float32, name="b")])
+    def add(self, a, b):
+        return {"sum": a + b}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+    def echo_bytes(self, text):
+        return {"text_bytes": tf.identity(text), "length": tf.strings.length(text)}
+
+
+def export_tf2_linear(path: str, scale: float = 1.0) -> str:
+    module = _Linear(scale)
+    tf.saved_model.save(module, path, signatures={
+        "serving_default": module.predict, "add": module.add, "echo": module.echo_bytes})
+    return path
+
+
+def export_keras(path: str) -> str:
+    """Keras 3 model exported for serving with model.export (a SavedModel)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,), name="features"),
+                              keras.layers.Dense(3, activation="softmax", name="probs")])
+    model.export(path, verbose=False)
+    return path
+
+
+def keras_reference(path: str, features: np.ndarray) -> np.ndarray:
+    loaded = tf.saved_model.load(path)  # keep it referenced while its function runs
+    return loaded.serve(features).numpy()
+
+
+class _Identity(tf.Module):
+    pass
+
+
+def export_dtypes(path: str) -> str:
+    """One signature per dtype, 'id_<dtype>': input x -> output y = identity(x)."""
+    module = _Identity()
+    signatures = {}
+    for name, dtype in DTYPES.items():
+        fn = tf.function(lambda x: {"y": tf.identity(x)},
+                         input_signature=[tf.TensorSpec(None, dtype, name="x")])
+        setattr(module, f"id_{name}", fn)
+        signatures[f"id_{name}"] = fn.get_concrete_function()
+    tf.saved_model.save(module, path, signatures=signatures)
+    return path
+
+
+def write_corrupt_version(path: str) -> str:
+    os.makedirs(os.path.join(path, "variables"), exist_ok=True)
+    with open(os.path.join(path, "saved_model.pb"), "wb") as f:
+        f.write(b"this is not a SavedModel protobuf \x00\xff\x13")
+    return path

@@ -1,0 +1,100 @@
+"""Start the real tensorflow_model_server (pyserving) as a process on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import grpc
+import requests
+
+BIN_DIR = Path(sys.executable).parent
+START_TIMEOUT = 120.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
+    """Poll with a deadline (never a bare sleep as synchronisation)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class ServerProcess:
+    def __init__(self, *flags: str, log_path: Path, rest: bool = True,
+                 binary: str = "tensorflow_model_server") -> None:
+        self.grpc_port = free_port()
+        self.rest_port = free_port() if rest else 0
+        self.log_path = log_path
+        args = [str(BIN_DIR / binary)]
+        if binary == "pyserving":
+            args.append("serve")
+        args += [f"--port={self.grpc_port}", f"--rest_api_port={self.rest_port}", *flags]
+        env = dict(os.environ, PYSERVING_LOG_LEVEL="INFO")
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        self.grpc_target = f"127.0.0.1:{self.grpc_port}"
+        self.rest_url = f"http://127.0.0.1:{self.rest_port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def _ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+        try:
+            with socket.create_connection(("127.0.0.1", self.grpc_port), timeout=0.5):
+                pass
+            if self.rest_port:
+                with socket.create_connection(("127.0.0.1", self.rest_port), timeout=0.5):
+                    pass
+            return True
+        except OSError:
+            return False
+
+    def wait_ready(self) -> "ServerProcess":
+        wait_for(self._ready, START_TIMEOUT, "the server to open its ports", interval=0.1)
+        return self
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(self.grpc_target)
+
+    def get(self, path: str, **kw) -> requests.Response:
+        return requests.get(self.rest_url + path, timeout=30, **kw)
+
+    def post(self, path: str, **kw) -> requests.Response:
+        return requests.post(self.rest_url + path, timeout=30, **kw)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+def model_config(models: dict[str, str], extra: dict[str, str] | None = None) -> str:
+    """A text ModelServerConfig for name -> base_path (extra: name -> more config text)."""
+    parts = []
+    for name, path in models.items():
+        more = (extra or {}).get(name, "")
+        parts.append(f'config {{ name: "{name}" base_path: "{path}" model_platform: "tensorflow" {more} }}')
+    return "model_config_list {\n  " + "\n  ".join(parts) + "\n}\n"
