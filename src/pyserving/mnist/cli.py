@@ -15,11 +15,34 @@ from typing import Any
 def add_mnist_commands(subparsers: Any) -> argparse.ArgumentParser:
     """Register `mnist` with `export` and `client` sub-commands on subparsers."""
     mnist = subparsers.add_parser("mnist", help="TF Serving MNIST tutorial: export a model, run the client")
-    commands = mnist.add_subparsers(dest="mnist_command", metavar="{export,client}")
+    commands = mnist.add_subparsers(dest="mnist_command", metavar="{export,client,demo}")
     commands.required = True
     _add_export(commands)
     _add_client(commands)
+    _add_demo(commands)
     return mnist
+
+
+def _add_demo(commands: Any) -> None:
+    parser = commands.add_parser("demo", help="the whole tutorial: export, serve, query, hot-swap a version")
+    _add_data_dir(parser)
+    parser.add_argument("--workdir", default=None, help="where models and the server log go (default: a temp dir)")
+    parser.add_argument("--num_tests", "--num-tests", dest="num_tests", type=_positive_int, default=1000)
+    parser.add_argument("--concurrency", type=_positive_int, default=4)
+    parser.set_defaults(func=run_demo_command)
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from pyserving.mnist.data import MnistFormatError, load_mnist
+    from pyserving.mnist.demo import run_demo
+
+    try:
+        data = load_mnist(args.data_dir)
+    except (MnistFormatError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return run_demo(data, args.workdir, args.num_tests, args.concurrency)
 
 
 def _add_data_dir(parser: argparse.ArgumentParser) -> None:

@@ -161,6 +161,8 @@ def export_mnist(
 
     import tensorflow as tf
 
+    # The tutorial's TF1 API is deprecated on purpose; its warnings are noise here.
+    tf.get_logger().setLevel("ERROR")
     settings = dict(
         training_iteration=training_iteration, batch_size=batch_size, learning_rate=learning_rate, seed=seed
     )

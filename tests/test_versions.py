@@ -1,0 +1,125 @@
+"""Versions come and go under live traffic: no failed request, ever."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2_grpc)
+
+from support import models
+from support.server import ServerProcess, wait_for
+from support.traffic import Traffic
+
+AVAILABLE, END = 30, 50
+
+
+def export_atomically(final_path: str, export) -> None:
+    """Export beside the base path, then rename in: the server never sees half a model."""
+    staging = final_path + ".staging"
+    export(staging)
+    os.rename(staging, final_path)
+
+
+@pytest.fixture()
+def live(tmp_path):
+    base = tmp_path / "linear"
+    models.export_tf2_linear(str(base / "1"), scale=1.0)
+    server = ServerProcess(f"--model_name=linear", f"--model_base_path={base}",
+                           "--file_system_poll_wait_seconds=1", "--max_num_load_retries=0",
+                           log_path=tmp_path / "server.log").wait_ready()
+    channel = server.channel()
+    predict = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    status = model_service_pb2_grpc.ModelServiceStub(channel)
+    yield server, base, predict, status
+    channel.close()
+    assert server.stop() == 0
+
+
+def _send(predict):
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "linear"
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([[1, 1]], np.float32)))
+
+    def send() -> int:
+        response = predict.Predict(request, 10)
+        version = response.model_spec.version.value
+        # Each version computes its own answer: a mixed-up servable would show here.
+        expected = {1: 4.0, 2: 40.0}[version]
+        assert response.outputs["y"].float_val[0] == expected, (version, response)
+        return version
+    return send
+
+
+def _states(status) -> dict[int, tuple[int, str]]:
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = "linear"
+    response = status.GetModelStatus(request, 10)
+    return {s.version: (s.state, s.status.error_message) for s in response.model_version_status}
+
+
+def test_new_version_swaps_in_and_rollback_under_traffic(live):
+    server, base, predict, status = live
+    with Traffic(_send(predict)) as traffic:
+        wait_for(lambda: traffic.seen(1), 30, "traffic on version 1")
+        export_atomically(str(base / "2"), lambda p: models.export_tf2_linear(p, scale=10.0))
+        wait_for(lambda: _states(status).get(1, (0,))[0] == END, 60, "version 1 to be unloaded")
+        assert _states(status)[2][0] == AVAILABLE
+        wait_for(lambda: traffic.latest_version() == 2, 30, "traffic on version 2")
+        # Roll back: removing the newest folder brings version 1 back before 2 goes.
+        shutil.rmtree(base / "2")
+        wait_for(lambda: _states(status).get(2, (0,))[0] == END, 60, "version 2 to be unloaded")
+        assert _states(status)[1][0] == AVAILABLE
+        before = traffic.report.versions[1]
+        wait_for(lambda: traffic.report.versions[1] > before, 30, "traffic back on version 1")
+    report = traffic.report
+    assert report.failures == []
+    assert report.versions[1] > 0 and report.versions[2] > 0
+    assert report.ok > 20
+
+
+def test_corrupt_version_is_reported_and_previous_keeps_serving(live):
+    server, base, predict, status = live
+    with Traffic(_send(predict)) as traffic:
+        wait_for(lambda: traffic.seen(1), 30, "traffic on version 1")
+        export_atomically(str(base / "3"), models.write_corrupt_version)
+        wait_for(lambda: _states(status).get(3, (0,))[0] == END, 60, "version 3 to fail")
+        state, message = _states(status)[3]
+        assert "SavedModel" in message and str(base / "3") in message
+        assert _states(status)[1][0] == AVAILABLE
+        before = traffic.report.ok
+        wait_for(lambda: traffic.report.ok > before + 10, 30, "more answers after the failure")
+    assert traffic.report.failures == []
+    assert set(traffic.report.versions) == {1}
+    # REST shows the same error, with its code.
+    body = server.get("/v1/models/linear/versions/3").json()
+    entry = body["model_version_status"][0]
+    assert entry["state"] == "END" and entry["status"]["error_code"] == "DATA_LOSS"
+    assert "Cannot parse the SavedModel" in entry["status"]["error_message"]
+
+
+def test_model_with_only_a_corrupt_version_is_unavailable(tmp_path):
+    base = tmp_path / "broken"
+    models.write_corrupt_version(str(base / "1"))
+    server = ServerProcess("--model_name=broken", f"--model_base_path={base}",
+                           "--max_num_load_retries=0", log_path=tmp_path / "server.log").wait_ready()
+    try:
+        channel = server.channel()
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "broken"
+        request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.zeros((1, 2), np.float32)))
+        with pytest.raises(grpc.RpcError) as info:
+            prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, 10)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "Servable not found for request: Latest(broken)" in info.value.details()
+        assert "version 1: END" in info.value.details()
+        r = server.post("/v1/models/broken:predict", json={"instances": [[1.0, 2.0]]})
+        assert r.status_code == 503
+        channel.close()
+    finally:
+        assert server.stop() == 0
