@@ -1,0 +1,90 @@
+"""tensorflow_model_server's command line: flags, bad combinations, sockets, shutdown."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from pyserving.cli import model_server_main
+from support import models
+from support.server import BIN_DIR, ServerProcess
+
+
+def run_server_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN_DIR / "tensorflow_model_server"), *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_version_flag():
+    out = run_server_cli("--version")
+    assert out.returncode == 0
+    assert "TensorFlow ModelServer" in out.stdout and "pyserving" in out.stdout
+
+
+@pytest.mark.parametrize("args, needle", [
+    ([], "--model_base_path or --model_config_file"),
+    (["--model_base_path=/m", "--batching_parameters_file=/b"], "requires --enable_batching"),
+    (["--model_base_path=/m", "--port=8600", "--rest_api_port=8600"], "cannot be the same"),
+])
+def test_bad_combinations_exit_with_one_line(args, needle):
+    out = run_server_cli(*args)
+    assert out.returncode != 0
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, out.stderr
+    assert needle in lines[0]
+
+
+def test_malformed_config_file(tmp_path):
+    config = tmp_path / "bad.config"
+    config.write_text("model_config_list { config { name: 'm' base_path: } }")
+    out = run_server_cli(f"--model_config_file={config}")
+    assert out.returncode != 0
+    assert "Error parsing text-format tensorflow.serving.ModelServerConfig" in out.stderr
+    missing = run_server_cli(f"--model_config_file={tmp_path / 'missing.config'}")
+    assert missing.returncode != 0
+    assert "Error parsing text-format tensorflow.serving.ModelServerConfig" in missing.stderr
+
+
+def test_unknown_flag_is_rejected():
+    out = run_server_cli("--model_base_path=/m", "--no_such_flag=1")
+    assert out.returncode == 2
+    assert "--no_such_flag" in out.stderr
+
+
+def test_flag_spellings_parse_alike(monkeypatch):
+    from pyserving import cli
+    seen = []
+    monkeypatch.setattr(cli, "serve", lambda options: seen.append(options) or 0)
+    model_server_main(["--port", "9000", "--model_name", "m", "--model_base_path=/x",
+                       "--rest_api_enable_cors_support", "--enable_model_warmup=false"])
+    model_server_main(["--port=9000", "--model_name=m", "--model_base_path", "/x",
+                       "--rest_api_enable_cors_support=true", "--enable_model_warmup", "false"])
+    assert seen[0] == seen[1]
+    assert seen[0].port == 9000 and seen[0].rest_api_enable_cors_support is True
+    assert seen[0].enable_model_warmup is False
+
+
+def test_unix_socket_and_sigterm_exit_zero(tmp_path):
+    base = tmp_path / "tf1"
+    models.export_tf1_half_plus_two(str(base / "1"))
+    socket_path = tmp_path / "grpc.sock"
+    server = ServerProcess("--model_name=tf1", f"--model_base_path={base}",
+                           f"--grpc_socket_path={socket_path}", "--grpc_channel_arguments=grpc.max_concurrent_streams=100",
+                           log_path=tmp_path / "server.log", rest=False).wait_ready()
+    try:
+        with grpc.insecure_channel(f"unix:{socket_path}") as channel:
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = "tf1"
+            request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([[6.0]], np.float32)))
+            response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, 10)
+            assert list(response.outputs["y"].float_val) == [5.0]
+    finally:
+        assert server.stop() == 0
+    assert "Shutting down" in server.log()
