@@ -134,14 +134,20 @@ def _reason(e: Exception, dt: DType | None) -> str:
 
 
 def _numeric_array(value: Any, dt: DType) -> np.ndarray:
-    if dt.numpy.kind in "iu" or dt.numpy.kind == "b":
-        array = np.asarray(value)
-        if array.dtype.kind == "f":
-            raise ValueError(f"expected {dt.name} values but got floating-point numbers")
-        if dt.numpy.kind == "b" and array.dtype.kind != "b":
+    probe = np.asarray(value)
+    if probe.dtype.kind in "USO":
+        raise ValueError(f"expected {dt.name} values but got strings or mixed values")
+    if dt.numpy.kind == "b":
+        if probe.dtype.kind != "b":
             raise ValueError("expected true/false values")
-        return array.astype(dt.numpy, copy=False) if array.dtype != dt.numpy else array
-    return np.asarray(value, dtype=dt.numpy)
+        return probe
+    if dt.numpy.kind in "iu":
+        if probe.dtype.kind == "f":
+            raise ValueError(f"expected {dt.name} values but got floating-point numbers")
+        if probe.size and (probe.min() < np.iinfo(dt.numpy).min or probe.max() > np.iinfo(dt.numpy).max):
+            raise ValueError(f"a value is out of range for {dt.name}")
+        return probe.astype(dt.numpy, copy=False)
+    return probe.astype(dt.numpy, copy=False)
 
 
 def _contains_b64(value: Any) -> bool:
@@ -153,12 +159,25 @@ def _contains_b64(value: Any) -> bool:
 def _string_array(value: Any) -> np.ndarray:
     converted = _to_bytes_nested(value)
     shape = _nested_shape(converted)
+    _check_regular(converted, shape)
     array = np.empty(shape, dtype=object)
     if shape:
         array[...] = converted
     else:
         array[()] = converted
     return array
+
+
+def _check_regular(value: Any, shape: tuple[int, ...]) -> None:
+    """numpy would broadcast ragged lists of objects silently; refuse them instead."""
+    if not shape:
+        if isinstance(value, list):
+            raise ValueError("values must form a regular (non-ragged) array")
+        return
+    if not isinstance(value, list) or len(value) != shape[0]:
+        raise ValueError("values must form a regular (non-ragged) array with the same length on every row")
+    for item in value:
+        _check_regular(item, shape[1:])
 
 
 def _nested_shape(value: Any) -> tuple[int, ...]:

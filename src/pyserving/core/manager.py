@@ -188,6 +188,8 @@ class ModelManager:
             return  # availability first: keep old versions until a new one serves
         for record in list(model.versions.values()):
             if record.number not in model.aspired and record.state == VersionState.AVAILABLE:
+                # Mark it now, not when the task runs, so a second reconcile can't unload it twice.
+                record.state = VersionState.UNLOADING
                 self._spawn(self._unload(model, record))
 
     def _start(self, model: _Model, number: int) -> None:

@@ -18,7 +18,8 @@ def list_versions(base_path: str) -> dict[int, str]:
     versions: dict[int, str] = {}
     with os.scandir(base_path) as entries:
         for entry in entries:
-            if entry.name.isdigit() and entry.is_dir():
+            # ASCII digits only: str.isdigit() also accepts '²' and other Unicode digits.
+            if entry.name.isascii() and entry.name.isdigit() and entry.is_dir():
                 versions[int(entry.name)] = entry.path
     return versions
 
