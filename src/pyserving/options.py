@@ -70,6 +70,9 @@ class ServerOptions:
     enable_grpc_healthcheck_service: bool = _flag(False, "Serve grpc.health.v1.Health", supported=False)
     enable_serialization_as_tensor_content: bool = _flag(
         False, "Encode output tensors as tensor_content instead of typed fields")
+    # pyserving's own flags (not in TF Serving):
+    rest_api_max_request_bytes: int = _flag(
+        1 << 30, "pyserving: largest REST request body accepted (413 above it)")
 
     @property
     def tags(self) -> tuple[str, ...]:

@@ -21,7 +21,6 @@ _PATH = re.compile(
 
 # Parse big bodies off the event loop; small ones are cheaper inline.
 _INLINE_JSON_BYTES = 64 * 1024
-MAX_BODY_BYTES = 1 << 30
 
 
 def _error(code: Code, message: str) -> web.Response:
@@ -29,14 +28,16 @@ def _error(code: Code, message: str) -> web.Response:
 
 
 class RestService:
-    def __init__(self, dataplane: DataPlane, timeout_ms: int = 30000, cors: bool = False) -> None:
+    def __init__(self, dataplane: DataPlane, timeout_ms: int = 30000, cors: bool = False,
+                 max_body_bytes: int = 1 << 30) -> None:
         self._dataplane = dataplane
+        self._max_body_bytes = max_body_bytes
         self._timeout = timeout_ms / 1000 if timeout_ms > 0 else None
         self._cors = cors
 
     def app(self) -> web.Application:
         middlewares = [self._cors_middleware] if self._cors else []
-        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
+        app = web.Application(client_max_size=self._max_body_bytes, middlewares=middlewares)
         app.router.add_route("*", "/{tail:.*}", self.dispatch)
         return app
 
@@ -74,7 +75,8 @@ class RestService:
             return _error(Code.DEADLINE_EXCEEDED, "Request timed out (--rest_api_timeout_in_ms)")
         except web.HTTPRequestEntityTooLarge:
             return web.json_response(
-                {"error": f"Request body is larger than the limit of {MAX_BODY_BYTES} bytes"},
+                {"error": f"Request body is larger than the limit of {self._max_body_bytes} bytes "
+                          "(--rest_api_max_request_bytes)"},
                 status=413)
 
     def _status(self, spec: ModelSpec) -> web.Response:

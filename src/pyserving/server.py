@@ -77,7 +77,8 @@ class Server:
 
     async def _start_rest(self) -> None:
         o = self.options
-        service = RestService(self.dataplane, o.rest_api_timeout_in_ms, o.rest_api_enable_cors_support)
+        service = RestService(self.dataplane, o.rest_api_timeout_in_ms, o.rest_api_enable_cors_support,
+                              o.rest_api_max_request_bytes)
         self._rest = web.AppRunner(service.app(), access_log=None, auto_decompress=False,
                                    handle_signals=False)
         await self._rest.setup()

@@ -119,3 +119,19 @@ def write_corrupt_version(path: str) -> str:
     with open(os.path.join(path, "saved_model.pb"), "wb") as f:
         f.write(b"this is not a SavedModel protobuf \x00\xff\x13")
     return path
+
+
+class _Sleeper(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([], tf.int64, name="micros")])
+    def sleep(self, micros):
+        from tensorflow.python.data.experimental.ops import testing
+
+        ds = tf.data.Dataset.range(1).apply(testing.sleep(micros))
+        return {"slept": ds.reduce(tf.constant(0, tf.int64), lambda acc, _: acc + micros)}
+
+
+def export_sleeper(path: str) -> str:
+    """A model whose Predict takes as long as its input says (micros): for deadlines and drains."""
+    module = _Sleeper()
+    tf.saved_model.save(module, path, signatures={"serving_default": module.sleep})
+    return path
