@@ -32,15 +32,23 @@ def _add_demo(commands: Any) -> None:
     parser.set_defaults(func=run_demo_command)
 
 
-def run_demo_command(args: argparse.Namespace) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def _load_data(args: argparse.Namespace):
+    """The MNIST data, or None after printing why it could not be read."""
     from pyserving.mnist.data import MnistFormatError, load_mnist
-    from pyserving.mnist.demo import run_demo
 
     try:
-        data = load_mnist(args.data_dir)
+        return load_mnist(args.data_dir)
     except (MnistFormatError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from pyserving.mnist.demo import run_demo
+
+    data = _load_data(args)
+    if data is None:
         return 2
     return run_demo(data, args.workdir, args.num_tests, args.concurrency)
 
@@ -94,13 +102,10 @@ def _non_negative_int(text: str) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from pyserving.mnist.data import MnistFormatError, load_mnist
     from pyserving.mnist.export import export_mnist
 
-    try:
-        data = load_mnist(args.data_dir)
-    except (MnistFormatError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    data = _load_data(args)
+    if data is None:
         return 2
     print("Training model...", flush=True)
     try:
@@ -118,12 +123,9 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_client_command(args: argparse.Namespace) -> int:
     from pyserving.mnist.client import format_result, run_client
-    from pyserving.mnist.data import MnistFormatError, load_mnist
 
-    try:
-        data = load_mnist(args.data_dir)
-    except (MnistFormatError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    data = _load_data(args)
+    if data is None:
         return 2
     result = run_client(args.server, data, num_tests=args.num_tests, concurrency=args.concurrency,
                         rest=args.rest, model_name=args.model_name, timeout=args.timeout)
