@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf import text_format
 
+from .config_protos import ConfigFileError as ConfigError, read_text_proto
 from .errors import ServingError
 from .options import ServerOptions
 
@@ -42,10 +43,6 @@ class ModelConfig:
     platform: str = "tensorflow"
 
 
-class ConfigError(ValueError):
-    pass
-
-
 def parse_model_server_config(text: str) -> list[ModelConfig]:
     """Parse a text-format ModelServerConfig into model configs."""
     from tensorflow_serving.config import model_server_config_pb2
@@ -56,6 +53,11 @@ def parse_model_server_config(text: str) -> list[ModelConfig]:
     except text_format.ParseError as e:
         raise ConfigError(
             f"Error parsing text-format tensorflow.serving.ModelServerConfig: {e}") from e
+    return models_from_proto(proto)
+
+
+def models_from_proto(proto) -> list[ModelConfig]:
+    """ModelConfigs from a tensorflow.serving.ModelServerConfig message."""
     if proto.WhichOneof("config") == "custom_model_config":
         raise ConfigError("custom_model_config is not supported; use model_config_list")
     models = [_model_config(c) for c in proto.model_config_list.config]
@@ -88,14 +90,9 @@ def _model_config(c) -> ModelConfig:  # c: tensorflow.serving.ModelConfig
 
 
 def read_model_config_file(path: str) -> list[ModelConfig]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise ConfigError(
-            f"Error parsing text-format tensorflow.serving.ModelServerConfig: cannot read {path}: {e.strerror}"
-        ) from e
-    return parse_model_server_config(text)
+    from tensorflow_serving.config import model_server_config_pb2
+
+    return models_from_proto(read_text_proto(path, model_server_config_pb2.ModelServerConfig))
 
 
 def models_from_options(options: ServerOptions) -> list[ModelConfig]:
