@@ -109,3 +109,22 @@ def test_classification_signature_via_predict(server, data):
     assert np.all(np.diff(scores, axis=1) <= 0)  # top_k: best first
     predicted = np.array([int(c) for c in classes[:, 0]])
     assert np.mean(predicted == data.test_labels[:20]) >= 0.8
+
+
+def test_mnist_classify_over_grpc_and_rest(server, data):
+    """The tutorial's serving_default classification signature through both protocols."""
+    from tensorflow_serving.apis import classification_pb2
+
+    images, labels = data.test_images[:50], data.test_labels[:50]
+    request = classification_pb2.ClassificationRequest()
+    request.model_spec.name = "mnist"
+    for image in images:
+        request.input.example_list.examples.add().features.feature["x"].float_list.value.extend(image)
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Classify(request, 10)
+    grpc_best = [int(c.classes[0].label) for c in response.result.classifications]
+    assert np.mean(np.array(grpc_best) == labels) >= 0.8
+    r = server.post("/v1/models/mnist:classify", json={"examples": [{"x": image.tolist()} for image in images]})
+    assert r.status_code == 200, r.text
+    rest_best = [int(result[0][0]) for result in r.json()["results"]]
+    assert rest_best == grpc_best

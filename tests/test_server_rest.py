@@ -125,7 +125,7 @@ def test_gzip_request_body(server):
     ("/v1/models/tf1:predict", {}, 400, "Missing 'inputs' or 'instances' key"),
     ("/v1/models/tf1:predict", {"instances": [[1.0]], "inputs": [[1.0]]}, 400, "Not both"),
     ("/v1/models/tf2/labels/nolabel:predict", {"instances": [[1.0, 1.0]]}, 400, "nolabel"),
-    ("/v1/models/tf1:classify", {"examples": []}, 501, "classify"),
+    ("/v1/models/tf1:classify", {"examples": [{"x": 1.0}]}, 400, "serialized tf.Examples"),
 ])
 def test_error_statuses(server, path, body, status, needle):
     r = server.post(path, json=body)

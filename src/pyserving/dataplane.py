@@ -15,6 +15,9 @@ from typing import Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
+from tensorflow_serving.apis import classification_pb2, inference_pb2, regression_pb2
+
+from . import inference
 from .codecs.dtypes import dtype_name, from_numpy_dtype
 from .core.manager import ModelManager
 from .core.states import VersionStatus
@@ -44,31 +47,102 @@ class PredictResult:
 Decoder = Callable[[Signature], Mapping[str, np.ndarray]]
 
 
+@dataclass(frozen=True)
+class InferenceTask:
+    """One task of a MultiInference call: a signature and the method it must have."""
+
+    signature_name: str
+    method_name: str
+
+
 class DataPlane:
-    def __init__(self, manager: ModelManager, executor: Executor) -> None:
+    def __init__(self, manager: ModelManager, executor: Executor,
+                 strict_method_names: bool = False) -> None:
         self._manager = manager
         self._executor = executor
+        self._strict = strict_method_names
 
     def _version_of(self, spec: ModelSpec) -> int | None:
         if spec.label:
             return self._manager.resolve_label(spec.name, spec.label)
         return spec.version
 
-    async def predict(self, spec: ModelSpec, decode: Decoder, output_filter: Sequence[str],
-                      encode: Callable[[PredictResult], T]) -> T:
-        """Decode, validate, run and encode in one worker-thread hop."""
+    async def _in_worker(self, spec: ModelSpec,
+                         work: Callable[[int, SavedModelServable], T]) -> T:
+        """Run ``work(version, servable)`` in a worker thread, the version held loaded meanwhile."""
         if not spec.name:
             raise ServingError.invalid_argument("Missing ModelSpec: the request names no model")
         with self._manager.handle(spec.name, self._version_of(spec)) as (version, servable):
-            def work() -> T:
-                signature_name = spec.signature_name or DEFAULT_SIGNATURE
-                signature = find_signature(servable, signature_name)
-                inputs = decode(signature)
-                validate_inputs(signature, inputs)
-                validate_output_filter(signature, output_filter)
-                outputs = servable.run(signature_name, inputs, tuple(output_filter))
-                return encode(PredictResult(spec.name, version, signature_name, outputs))
-            return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, work, version, servable)
+
+    async def predict(self, spec: ModelSpec, decode: Decoder, output_filter: Sequence[str],
+                      encode: Callable[[PredictResult], T]) -> T:
+        """Decode, validate, run and encode in one worker-thread hop."""
+        def work(version: int, servable: SavedModelServable) -> T:
+            signature_name = spec.signature_name or DEFAULT_SIGNATURE
+            signature = find_signature(servable, signature_name)
+            if self._strict:
+                inference.check_method(signature, inference.PREDICT_METHOD, strict=True)
+            inputs = decode(signature)
+            validate_inputs(signature, inputs)
+            validate_output_filter(signature, output_filter)
+            outputs = servable.run(signature_name, inputs, tuple(output_filter))
+            return encode(PredictResult(spec.name, version, signature_name, outputs))
+        return await self._in_worker(spec, work)
+
+    async def classify(self, spec: ModelSpec, examples: Callable[[], list[bytes]]
+                       ) -> classification_pb2.ClassificationResponse:
+        def work(version: int, servable: SavedModelServable):
+            response = classification_pb2.ClassificationResponse()
+            name = spec.signature_name or DEFAULT_SIGNATURE
+            fill_model_spec(response.model_spec, spec.name, version, name)
+            task = InferenceTask(name, inference.CLASSIFY_METHOD)
+            response.result.CopyFrom(self._run_task(servable, task, examples()))
+            return response
+        return await self._in_worker(spec, work)
+
+    async def regress(self, spec: ModelSpec, examples: Callable[[], list[bytes]]
+                      ) -> regression_pb2.RegressionResponse:
+        def work(version: int, servable: SavedModelServable):
+            response = regression_pb2.RegressionResponse()
+            name = spec.signature_name or DEFAULT_SIGNATURE
+            fill_model_spec(response.model_spec, spec.name, version, name)
+            task = InferenceTask(name, inference.REGRESS_METHOD)
+            response.result.CopyFrom(self._run_task(servable, task, examples()))
+            return response
+        return await self._in_worker(spec, work)
+
+    async def multi_inference(self, spec: ModelSpec, tasks: Sequence[InferenceTask],
+                              examples: Callable[[], list[bytes]]) -> inference_pb2.MultiInferenceResponse:
+        """Several classify/regress tasks on one input, all on the same model version."""
+        _check_tasks(tasks)
+
+        def work(version: int, servable: SavedModelServable):
+            serialized = examples()
+            response = inference_pb2.MultiInferenceResponse()
+            for task in tasks:
+                result = response.results.add()
+                fill_model_spec(result.model_spec, spec.name, version, task.signature_name)
+                outcome = self._run_task(servable, task, serialized)
+                target = (result.classification_result if task.method_name == inference.CLASSIFY_METHOD
+                          else result.regression_result)
+                target.CopyFrom(outcome)
+            return response
+        return await self._in_worker(spec, work)
+
+    def _run_task(self, servable: SavedModelServable, task: InferenceTask, serialized: list[bytes]):
+        signature = find_signature(servable, task.signature_name or DEFAULT_SIGNATURE)
+        inference.check_method(signature, task.method_name, self._strict)
+        alias = inference.examples_input(signature)
+        classify = task.method_name == inference.CLASSIFY_METHOD
+        names = (inference.classification_outputs if classify else inference.regression_outputs)(signature)
+        batch = np.empty(len(serialized), dtype=object)
+        batch[:] = serialized
+        outputs = servable.run(signature.key, {alias: batch}, names)
+        if classify:
+            return inference.classification_result(outputs, len(serialized))
+        return inference.regression_result(outputs, len(serialized))
 
     def status(self, spec: ModelSpec) -> list[VersionStatus]:
         return self._manager.status(spec.name, self._version_of(spec))
@@ -77,6 +151,26 @@ class DataPlane:
         """(version, servable) for metadata; the servable's signature_defs are read as stored."""
         with self._manager.handle(spec.name, self._version_of(spec)) as (version, servable):
             return version, servable
+
+
+def _check_tasks(tasks: Sequence[InferenceTask]) -> None:
+    if not tasks:
+        raise ServingError.invalid_argument("MultiInferenceRequest must contain at least one task")
+    seen: set[str] = set()
+    for task in tasks:
+        if task.method_name not in (inference.CLASSIFY_METHOD, inference.REGRESS_METHOD):
+            raise ServingError.invalid_argument(f"Unsupported signature method_name: {task.method_name}")
+        name = task.signature_name or DEFAULT_SIGNATURE
+        if name in seen:
+            raise ServingError.invalid_argument(f"Duplicate evaluation of signature: {name}")
+        seen.add(name)
+
+
+def fill_model_spec(target, name: str, version: int, signature_name: str) -> None:
+    """Echo the resolved model spec into a response's model_spec."""
+    target.name = name
+    target.version.value = version
+    target.signature_name = signature_name
 
 
 def find_signature(servable: SavedModelServable, name: str) -> Signature:

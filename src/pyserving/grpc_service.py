@@ -8,7 +8,8 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      prediction_service_pb2, prediction_service_pb2_grpc)
 
 from .codecs import tensor_proto
-from .dataplane import DataPlane, ModelSpec, PredictResult
+from .codecs.examples import serialize_input
+from .dataplane import DataPlane, InferenceTask, ModelSpec, PredictResult, fill_model_spec
 from .errors import ServingError
 from .responses import metadata_response, status_response
 
@@ -41,7 +42,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
         def encode(result: PredictResult) -> predict_pb2.PredictResponse:
             response = predict_pb2.PredictResponse()
-            _set_spec(response.model_spec, result.model_name, result.version, result.signature_name)
+            fill_model_spec(response.model_spec, result.model_name, result.version, result.signature_name)
             for alias, array in result.outputs.items():
                 response.outputs[alias].CopyFrom(tensor_proto.from_numpy(array, self._tensor_content))
             return response
@@ -49,6 +50,32 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         try:
             return await self._dataplane.predict(spec_from_proto(request.model_spec), decode,
                                                  list(request.output_filter), encode)
+        except ServingError as e:
+            await _abort(context, e)
+
+    async def Classify(self, request, context):
+        try:
+            return await self._dataplane.classify(
+                spec_from_proto(request.model_spec), lambda: serialize_input(request.input))
+        except ServingError as e:
+            await _abort(context, e)
+
+    async def Regress(self, request, context):
+        try:
+            return await self._dataplane.regress(
+                spec_from_proto(request.model_spec), lambda: serialize_input(request.input))
+        except ServingError as e:
+            await _abort(context, e)
+
+    async def MultiInference(self, request, context):
+        try:
+            specs = [spec_from_proto(t.model_spec) for t in request.tasks]
+            if len({s.name for s in specs}) > 1:
+                raise ServingError.invalid_argument(
+                    "All ModelSpecs in a MultiInferenceRequest must access the same model name.")
+            tasks = [InferenceTask(s.signature_name, t.method_name) for s, t in zip(specs, request.tasks)]
+            spec = specs[0] if specs else ModelSpec(name="")
+            return await self._dataplane.multi_inference(spec, tasks, lambda: serialize_input(request.input))
         except ServingError as e:
             await _abort(context, e)
 
@@ -61,12 +88,6 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                                      list(request.metadata_field))
         except ServingError as e:
             await _abort(context, e)
-
-
-def _set_spec(target: model_pb2.ModelSpec, name: str, version: int, signature_name: str) -> None:
-    target.name = name
-    target.version.value = version
-    target.signature_name = signature_name
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):

@@ -10,6 +10,7 @@ import zlib
 from aiohttp import web
 
 from .codecs import json_codec
+from .codecs.examples import examples_from_json
 from .dataplane import DataPlane, ModelSpec, PredictResult
 from .errors import Code, ServingError, http_status
 from .responses import metadata_json, metadata_response, status_response, to_json_dict
@@ -66,9 +67,8 @@ class RestService:
                 return self._metadata(spec) if match["metadata"] else self._status(spec)
             if match["metadata"]:
                 return _error(Code.NOT_FOUND, f"Malformed request: {method} {request.path}")
-            if match["verb"] != "predict":
-                raise ServingError(Code.UNIMPLEMENTED, f"{match['verb']} is not implemented yet")
-            return await asyncio.wait_for(self._predict(spec, request), self._timeout)
+            verb = self._predict if match["verb"] == "predict" else self._example_verb(match["verb"])
+            return await asyncio.wait_for(verb(spec, request), self._timeout)
         except ServingError as e:
             return _error(e.code, e.message)
         except asyncio.TimeoutError:
@@ -87,13 +87,28 @@ class RestService:
         response = metadata_response(spec.name, version, servable.signature_defs, ["signature_def"])
         return web.json_response(metadata_json(response))
 
-    async def _predict(self, spec: ModelSpec, request: web.Request) -> web.Response:
+    async def _body(self, request: web.Request):
         raw = _decompress(await request.read(), request.headers.get("Content-Encoding", ""))
         if len(raw) > _INLINE_JSON_BYTES:
-            parsed = await asyncio.to_thread(json_codec.parse_json, raw)
-        else:
-            parsed = json_codec.parse_json(raw)
-        body = json_codec.parse_predict_body(parsed)
+            return await asyncio.to_thread(json_codec.parse_json, raw)
+        return json_codec.parse_json(raw)
+
+    def _example_verb(self, verb: str):
+        async def handle(spec: ModelSpec, request: web.Request) -> web.Response:
+            body = await self._body(request)
+            if not isinstance(body, dict):
+                raise ServingError.invalid_argument("JSON Value: request body must be a JSON object")
+            signature_name = body.get("signature_name", "")
+            if not isinstance(signature_name, str):
+                raise ServingError.invalid_argument("'signature_name' key must be a string value")
+            spec = ModelSpec(spec.name, spec.version, spec.label, signature_name)
+            run = self._dataplane.classify if verb == "classify" else self._dataplane.regress
+            response = await run(spec, lambda: examples_from_json(body))
+            return web.json_response({"results": _results_json(response.result, verb)})
+        return handle
+
+    async def _predict(self, spec: ModelSpec, request: web.Request) -> web.Response:
+        body = json_codec.parse_predict_body(await self._body(request))
         spec = ModelSpec(spec.name, spec.version, spec.label, body.signature_name)
 
         def decode(signature):
@@ -105,6 +120,13 @@ class RestService:
 
         payload = await self._dataplane.predict(spec, decode, (), encode)
         return web.Response(body=payload, content_type="application/json")
+
+
+def _results_json(result, verb: str) -> list:
+    if verb == "classify":
+        return [[[c.label, c.score] for c in classification.classes]
+                for classification in result.classifications]
+    return [r.value for r in result.regressions]
 
 
 def _decompress(raw: bytes, encoding: str) -> bytes:

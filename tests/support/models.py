@@ -135,3 +135,40 @@ def export_sleeper(path: str) -> str:
     module = _Sleeper()
     tf.saved_model.save(module, path, signatures={"serving_default": module.sleep})
     return path
+
+
+def export_tf1_examples(path: str) -> str:
+    """TF1 Example-based model: feature x (float) and optional bias (float, default 0).
+
+    Signatures: 'classify' (classes "neg"/"pos" with softmax scores of [-x, x]),
+    'scores_only' (classify, scores only), 'regress' (outputs = 2x + bias),
+    'regress_2d' (same, shape [batch, 1]), 'predict' (predict method, x -> y).
+    """
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
+        serialized = tf.compat.v1.placeholder(tf.string, shape=[None], name="tf_example")
+        parsed = tf.io.parse_example(serialized, {
+            "x": tf.io.FixedLenFeature([], tf.float32),
+            "bias": tf.io.FixedLenFeature([], tf.float32, default_value=0.0)})
+        x, bias = parsed["x"], parsed["bias"]
+        logits = tf.stack([-x, x], axis=1)
+        scores = tf.nn.softmax(logits)
+        batch = tf.shape(x)[0]
+        classes = tf.tile(tf.constant([["neg", "pos"]]), [batch, 1])
+        outputs = 2.0 * x + bias
+        info = tf.compat.v1.saved_model.utils.build_tensor_info
+        build = tf.compat.v1.saved_model.signature_def_utils.build_signature_def
+        inputs = {"inputs": info(serialized)}
+        builder = tf.compat.v1.saved_model.Builder(path)
+        builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map={
+            "classify": build(inputs, {"classes": info(classes), "scores": info(scores)},
+                              "tensorflow/serving/classify"),
+            "scores_only": build(inputs, {"scores": info(scores)}, "tensorflow/serving/classify"),
+            "regress": build(inputs, {"outputs": info(outputs)}, "tensorflow/serving/regress"),
+            "regress_2d": build(inputs, {"outputs": info(tf.expand_dims(outputs, 1))},
+                                "tensorflow/serving/regress"),
+            "serving_default": build(inputs, {"outputs": info(outputs)}, "tensorflow/serving/regress"),
+            "predict": build(inputs, {"y": info(outputs)}, "tensorflow/serving/predict"),
+        })
+        builder.save()
+    return path

@@ -131,10 +131,19 @@ class SavedModelServable:
         self._loaded = None
 
 
+_NOISE = ("Graph execution error", "Detected at node", "Stack trace", "Traceback", "Function call stack",
+          "File \"")
+
+
 def _op_error_message(e) -> str:
-    # TF appends long graph tracebacks; the first lines carry the reason.
-    text = e.message.strip()
-    return text.split("\n\n")[0] if text else type(e).__name__
+    """The reason out of a TF error, without its graph trace and node dumps."""
+    text = (e.message or "").strip()
+    for paragraph in text.split("\n\n"):
+        lines = [line for line in paragraph.strip().splitlines()
+                 if line.strip() and not line.strip().startswith("[[")]
+        if lines and not lines[0].startswith(_NOISE):
+            return " ".join(line.strip() for line in lines)[:2000]
+    return text[:2000] or type(e).__name__
 
 
 def configure_threads(intra_op: int, inter_op: int) -> None:
