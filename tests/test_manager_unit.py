@@ -315,7 +315,7 @@ def test_unloaded_version_that_reappears_is_loaded_again():
         m.add_model("m", "/b")
         m.set_aspired("m", {1: "/b/1"})
         await m.wait_until_settled(["m"], timeout=DEADLINE)
-        m.remove_model("m")
+        m.set_aspired("m", {})  # the folder went away
         await until(lambda: state(m, "m", 1) == VersionState.END, "v1 to unload")
         _expect(Code.UNAVAILABLE, lambda: _serving(m), "Latest(m)")
         m.set_aspired("m", {1: "/b/1"})
@@ -324,6 +324,42 @@ def test_unloaded_version_that_reappears_is_loaded_again():
 
     run(body, loader)
     assert loader.count("/b/1") == 2
+
+
+def test_model_removed_from_config_is_not_found_until_added_back():
+    loader = FakeLoader()
+
+    async def body(m: ModelManager):
+        m.add_model("m", "/b")
+        m.set_aspired("m", {1: "/b/1"})
+        await m.wait_until_settled(["m"], timeout=DEADLINE)
+        m.remove_model("m")
+        await until(lambda: state(m, "m", 1) == VersionState.END, "v1 to unload")
+        _expect(Code.NOT_FOUND, lambda: _serving(m), "Latest(m)")
+        assert m.model_names() == [] and not m.has_model("m")
+        m.add_model("m", "/b")
+        m.set_aspired("m", {1: "/b/1"})
+        await m.wait_until_settled(["m"], timeout=DEADLINE)
+        assert m.has_model("m") and state(m, "m", 1) == VersionState.AVAILABLE
+
+    run(body, loader)
+
+
+def test_set_labels_needs_available_versions():
+    loader = FakeLoader()
+
+    async def body(m: ModelManager):
+        m.add_model("m", "/b")
+        m.set_aspired("m", {1: "/b/1"})
+        await m.wait_until_settled(["m"], timeout=DEADLINE)
+        m.set_labels("m", {"stable": 1})
+        assert m.resolve_label("m", "stable") == 1
+        _expect(Code.FAILED_PRECONDITION, lambda: m.set_labels("m", {"stable": 1, "canary": 2}),
+                "version 2 of model m")
+        assert m.resolve_label("m", "stable") == 1  # the failed update changed nothing
+        _expect(Code.INVALID_ARGUMENT, lambda: m.resolve_label("m", "canary"), "canary")
+
+    run(body, loader)
 
 
 # ---- handles and errors --------------------------------------------------------

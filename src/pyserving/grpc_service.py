@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Awaitable, Callable
+
 import grpc
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_pb2,
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_management_pb2, model_pb2,
                                      model_service_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2, prediction_service_pb2_grpc)
 
 from .codecs import tensor_proto
 from .codecs.examples import serialize_input
 from .dataplane import DataPlane, InferenceTask, ModelSpec, PredictResult, fill_model_spec
-from .errors import ServingError
+from .config import ConfigError, ModelConfig, models_from_proto
+from .errors import Code, ServingError
 from .responses import metadata_response, status_response
 
 _STATUS = {c.value[0]: c for c in grpc.StatusCode}
@@ -90,9 +93,29 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             await _abort(context, e)
 
 
+ReloadConfig = Callable[[list[ModelConfig]], Awaitable[None]]
+
+
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, reload_config: ReloadConfig | None = None) -> None:
         self._dataplane = dataplane
+        self._reload_config = reload_config
+
+    async def HandleReloadConfigRequest(self, request: model_management_pb2.ReloadConfigRequest,
+                                        context) -> model_management_pb2.ReloadConfigResponse:
+        try:
+            if self._reload_config is None:
+                raise ServingError(Code.UNIMPLEMENTED, "This server does not take config reloads")
+            try:
+                models = models_from_proto(request.config)
+            except ConfigError as e:
+                raise ServingError.invalid_argument(str(e)) from None
+            await self._reload_config(models)
+        except ServingError as e:
+            await _abort(context, e)
+        response = model_management_pb2.ReloadConfigResponse()
+        response.status.error_code = 0
+        return response
 
     async def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest,
                              context) -> get_model_status_pb2.GetModelStatusResponse:
@@ -165,12 +188,13 @@ def _methods(service_descriptor) -> dict:
 
 
 def create_server(dataplane: DataPlane, channel_arguments: str = "",
-                  tensor_content: bool = False) -> grpc.aio.Server:
+                  tensor_content: bool = False,
+                  reload_config: ReloadConfig | None = None) -> grpc.aio.Server:
     options = dict(UNLIMITED)
     options.update(parse_channel_arguments(channel_arguments))
     server = grpc.aio.server(options=list(options.items()))
     prediction = PredictionServicer(dataplane, tensor_content)
-    models = ModelServicer(dataplane)
+    models = ModelServicer(dataplane, reload_config)
     server.add_generic_rpc_handlers((
         _service_handler("tensorflow.serving.PredictionService", prediction,
                          _methods(prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"])),

@@ -45,6 +45,7 @@ class _Model:
     labels: dict[str, int] = field(default_factory=dict)
     aspired: dict[int, str] = field(default_factory=dict)  # version -> folder
     versions: dict[int, _Version] = field(default_factory=dict)
+    configured: bool = True  # False once a config reload dropped it
 
 
 @dataclass(frozen=True)
@@ -67,15 +68,33 @@ class ModelManager:
     # ---- wiring from sources -------------------------------------------------
 
     def add_model(self, name: str, base_path: str, labels: dict[str, int] | None = None) -> None:
+        """Serve this model (again); ``labels`` None keeps the current ones."""
         model = self._models.get(name)
         if model is None:
             self._models[name] = _Model(name, base_path, dict(labels or {}))
-        else:
-            model.base_path, model.labels = base_path, dict(labels or {})
+            return
+        model.base_path, model.configured = base_path, True
+        if labels is not None:
+            model.labels = dict(labels)
 
     def remove_model(self, name: str) -> None:
-        """Stop aspiring to any version: they unload, and status reports them END."""
+        """Stop serving it: its versions unload, and status reports them END."""
+        self._models[name].configured = False
         self.set_aspired(name, {})
+
+    def set_labels(self, name: str, labels: Mapping[str, int]) -> None:
+        """Point version labels; each must name an AVAILABLE version unless allowed otherwise."""
+        model = self._models[name]
+        if not self._allow_unavailable_labels:
+            for label, number in sorted(labels.items()):
+                record = model.versions.get(number)
+                if model.labels.get(label) != number and (
+                        record is None or record.state != VersionState.AVAILABLE):
+                    raise ServingError.failed_precondition(
+                        f"Request to assign label {label} to version {number} of model {name}, which "
+                        "is not currently available for inference "
+                        "(--allow_version_labels_for_unavailable_models lifts this)")
+        model.labels = dict(labels)
 
     def set_aspired(self, name: str, versions: Mapping[int, str]) -> None:
         """The versions (number -> folder) this model should serve from now on."""
@@ -90,14 +109,14 @@ class ModelManager:
     # ---- requests ------------------------------------------------------------
 
     def model_names(self) -> list[str]:
-        return sorted(self._models)
+        return sorted(n for n, m in self._models.items() if m.configured)
 
     def has_model(self, name: str) -> bool:
-        return name in self._models
+        return name in self._models and self._models[name].configured
 
     def resolve_label(self, name: str, label: str) -> int:
         model = self._models.get(name)
-        if model is None:
+        if model is None or not model.configured:
             raise ServingError.not_found(f"Servable not found for request: Latest({name})")
         try:
             return model.labels[label]
@@ -119,6 +138,8 @@ class ModelManager:
 
     def _pick(self, name: str, version: int | None) -> _Version:
         model = self._models.get(name)
+        if model is not None and not model.configured:
+            model = None
         if version is not None:
             record = model.versions.get(version) if model else None
             if record is None or record.state != VersionState.AVAILABLE:

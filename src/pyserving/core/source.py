@@ -38,7 +38,7 @@ class FileSystemSource:
         for name in set(self._models) - set(new):
             self._manager.remove_model(name)
         for m in new.values():
-            self._manager.add_model(m.name, m.base_path, dict(m.labels))
+            self._manager.add_model(m.name, m.base_path)  # labels: ServerCore sets them once loaded
         self._models = new
 
     async def poll_once(self) -> None:
@@ -56,7 +56,7 @@ class FileSystemSource:
             else:
                 self._warned.discard(model.name)
             wanted = model.policy.select(list(on_disk))
-            if model.name in self._models:
+            if self._models.get(model.name) is model:  # not replaced by a reload meanwhile
                 self._manager.set_aspired(model.name, {v: on_disk[v] for v in wanted})
 
     def _warn_once(self, name: str, message: str) -> None:
