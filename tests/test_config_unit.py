@@ -153,9 +153,9 @@ def test_check_options_accepts(kwargs):
 
 def test_unsupported_flags_set():
     assert ServerOptions().unsupported_flags_set() == []
-    opts = ServerOptions(enable_batching=True, ssl_config_file="/ssl", model_base_path="/m",
+    opts = ServerOptions(enable_batching=True, xla_cpu_compilation_enabled=True, model_base_path="/m",
                          rest_api_port=8501, flush_filesystem_caches=True)
-    assert opts.unsupported_flags_set() == ["enable_batching", "ssl_config_file"]
+    assert opts.unsupported_flags_set() == ["enable_batching", "xla_cpu_compilation_enabled"]
     opts = ServerOptions(flush_filesystem_caches=False, per_process_gpu_memory_fraction=0.5)
     # declaration order
     assert opts.unsupported_flags_set() == ["flush_filesystem_caches",

@@ -113,6 +113,10 @@ def check_options(options: ServerOptions) -> None:
                           "use a different port for the REST API")
     if options.port == 0 and not options.grpc_socket_path:
         raise ConfigError("--port=0 needs --grpc_socket_path: gRPC must listen somewhere")
+    if options.ssl_config_file:
+        from .tls import TlsConfig
+
+        TlsConfig.from_file(options.ssl_config_file)  # bad file or PEM material: ConfigError
 
 
 __all__ = ["ConfigError", "ModelConfig", "VersionPolicy", "ServingError",

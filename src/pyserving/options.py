@@ -46,7 +46,8 @@ class ServerOptions:
     tensorflow_intra_op_parallelism: int = _flag(0, "TensorFlow intra-op threads (0 = automatic)")
     tensorflow_inter_op_parallelism: int = _flag(0, "TensorFlow inter-op threads (0 = automatic)")
     use_alts_credentials: bool = _flag(False, "ALTS credentials", supported=False)
-    ssl_config_file: str = _flag("", "SSLConfig text proto", supported=False)
+    ssl_config_file: str = _flag(
+        "", "SSLConfig text proto (PEM contents): TLS on --port and HTTPS on --rest_api_port")
     platform_config_file: str = _flag("", "PlatformConfigMap text proto", supported=False)
     per_process_gpu_memory_fraction: float = _flag(0.0, "GPU memory fraction", supported=False)
     saved_model_tags: str = _flag("serve", "Comma-separated MetaGraphDef tags to load")
@@ -67,7 +68,8 @@ class ServerOptions:
     thread_pool_factory_config_file: str = _flag("", "ThreadPoolFactoryConfig", supported=False)
     mixed_precision: str = _flag("", "Mixed precision mode", supported=False)
     skip_initialize_tpu: bool = _flag(False, "TPU initialisation", supported=False)
-    enable_grpc_healthcheck_service: bool = _flag(False, "Serve grpc.health.v1.Health", supported=False)
+    enable_grpc_healthcheck_service: bool = _flag(
+        False, "Serve grpc.health.v1.Health: '' and each model name SERVING / NOT_SERVING")
     enable_serialization_as_tensor_content: bool = _flag(
         False, "Encode output tensors as tensor_content instead of typed fields")
     # pyserving's own flags (not in TF Serving):

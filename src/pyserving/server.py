@@ -12,14 +12,18 @@ import grpc
 from aiohttp import web
 
 from . import __version__
-from .config import ModelConfig
+from .config import ModelConfig, read_model_config_file
 from .core.manager import ModelManager, RetryPolicy
+from .core.server_core import ServerCore
 from .core.source import FileSystemSource
 from .dataplane import DataPlane
+from .errors import ServingError
 from .grpc_service import create_server
+from .health import HealthReporter
 from .options import ServerOptions
 from .rest_service import RestService
 from .runtime.saved_model import configure_threads, load_saved_model
+from .tls import TlsConfig
 
 log = logging.getLogger("pyserving.server")
 
@@ -45,32 +49,53 @@ class Server:
                               options.load_retry_interval_micros / 1e6),
             allow_labels_for_unavailable=options.allow_version_labels_for_unavailable_models)
         self.source = FileSystemSource(self.manager, options.file_system_poll_wait_seconds)
-        self.dataplane = DataPlane(self.manager, self._request_pool)
+        self.core = ServerCore(self.manager, self.source)
+        self._config_task: asyncio.Task | None = None
+        self.dataplane = DataPlane(self.manager, self._request_pool,
+                                   strict_method_names=options.enable_signature_method_name_check)
         self._grpc: grpc.aio.Server | None = None
         self._rest: web.AppRunner | None = None
         self._source_task: asyncio.Task | None = None
+        # Validated already by config.check_options; read again here for the material.
+        self._tls = TlsConfig.from_file(options.ssl_config_file) if options.ssl_config_file else None
+        self._health = (HealthReporter(self.manager, [m.name for m in models])
+                        if options.enable_grpc_healthcheck_service else None)
+        self._health_task: asyncio.Task | None = None
 
     async def start(self) -> None:
         o = self.options
         configure_threads(o.tensorflow_intra_op_parallelism or o.tensorflow_session_parallelism,
                           o.tensorflow_inter_op_parallelism or o.tensorflow_session_parallelism)
-        self.source.set_models(self._models)
-        await self.source.poll_once()
         # Like TF Serving, open the ports once the initial versions have loaded (or failed).
-        await self.manager.wait_until_settled([m.name for m in self._models])
+        await self.core.apply(self._models)
         self._source_task = asyncio.create_task(self.source.run())
+        if o.model_config_file and o.model_config_file_poll_wait_seconds > 0:
+            self._config_task = asyncio.create_task(self.core.watch_config_file(
+                lambda: read_model_config_file(o.model_config_file),
+                o.model_config_file_poll_wait_seconds))
         await self._start_grpc()
         if o.rest_api_port:
             await self._start_rest()
+        if self._health:
+            await self._health.start()
+            self._health_task = asyncio.create_task(self._health.run())
 
     async def _start_grpc(self) -> None:
         o = self.options
         self._grpc = create_server(self.dataplane, o.grpc_channel_arguments,
-                                   o.enable_serialization_as_tensor_content)
-        if o.port:
+                                   o.enable_serialization_as_tensor_content,
+                                   reload_config=self._reload_config)
+        if self._health:
+            self._health.register(self._grpc)
+        if o.port and self._tls:
+            self._grpc.add_secure_port(f"0.0.0.0:{o.port}", self._tls.grpc_credentials())
+            log.info("Running gRPC ModelServer at 0.0.0.0:%d (TLS%s) ...", o.port,
+                     ", client certificates required" if self._tls.client_verify else "")
+        elif o.port:
             self._grpc.add_insecure_port(f"0.0.0.0:{o.port}")
             log.info("Running gRPC ModelServer at 0.0.0.0:%d ...", o.port)
         if o.grpc_socket_path:
+            # Local only: stays plaintext with or without --ssl_config_file, as in TF Serving.
             self._grpc.add_insecure_port(f"unix:{o.grpc_socket_path}")
             log.info("Running gRPC ModelServer at UNIX socket %s ...", o.grpc_socket_path)
         await self._grpc.start()
@@ -82,8 +107,14 @@ class Server:
         self._rest = web.AppRunner(service.app(), access_log=None, auto_decompress=False,
                                    handle_signals=False)
         await self._rest.setup()
-        await web.TCPSite(self._rest, "0.0.0.0", o.rest_api_port).start()
-        log.info("Exporting HTTP/REST API at:localhost:%d ...", o.rest_api_port)
+        ssl_context = self._tls.ssl_context() if self._tls else None
+        await web.TCPSite(self._rest, "0.0.0.0", o.rest_api_port, ssl_context=ssl_context).start()
+        log.info("Exporting HTTP%s/REST API at:localhost:%d ...", "S" if ssl_context else "",
+                 o.rest_api_port)
+
+    async def _reload_config(self, models: list[ModelConfig]) -> None:
+        """HandleReloadConfigRequest: the new list replaces the whole config."""
+        await self.core.apply(models)
 
     def request_exit(self) -> None:
         self._should_exit.set()
@@ -95,8 +126,13 @@ class Server:
 
     async def stop(self, grace: float = DRAIN_SECONDS) -> None:
         log.info("Shutting down: draining in-flight requests")
-        if self._source_task:
-            self._source_task.cancel()
+        if self._health:
+            if self._health_task:
+                self._health_task.cancel()
+            await self._health.shutdown()
+        for task in (self._source_task, self._config_task):
+            if task:
+                task.cancel()
         stops = []
         if self._grpc:
             stops.append(self._grpc.stop(grace))
@@ -117,5 +153,9 @@ def run(options: ServerOptions, models: list[ModelConfig]) -> int:
         log.info("pyserving %s (TensorFlow Serving compatible) starting", __version__)
         await server.serve()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except ServingError as e:  # e.g. a version label that can't be set at start
+        log.error("%s", e.message)
+        return 1
     return 0
