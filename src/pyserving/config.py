@@ -117,6 +117,10 @@ def check_options(options: ServerOptions) -> None:
         from .tls import TlsConfig
 
         TlsConfig.from_file(options.ssl_config_file)  # bad file or PEM material: ConfigError
+    if options.monitoring_config_file:
+        from .monitoring import PrometheusSettings
+
+        PrometheusSettings.from_file(options.monitoring_config_file)  # malformed: ConfigError
 
 
 __all__ = ["ConfigError", "ModelConfig", "VersionPolicy", "ServingError",

@@ -9,6 +9,7 @@ two protocols cannot disagree about models, validation or errors.
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence, TypeVar
@@ -22,6 +23,7 @@ from .codecs.dtypes import dtype_name, from_numpy_dtype
 from .core.manager import ModelManager
 from .core.states import VersionStatus
 from .errors import ServingError
+from .monitoring import Metrics
 from .runtime.saved_model import SavedModelServable, Signature
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -57,27 +59,48 @@ class InferenceTask:
 
 class DataPlane:
     def __init__(self, manager: ModelManager, executor: Executor,
-                 strict_method_names: bool = False) -> None:
+                 strict_method_names: bool = False, metrics: Metrics | None = None) -> None:
         self._manager = manager
         self._executor = executor
         self._strict = strict_method_names
+        self._metrics = metrics or Metrics()
 
     def _version_of(self, spec: ModelSpec) -> int | None:
         if spec.label:
             return self._manager.resolve_label(spec.name, spec.label)
         return spec.version
 
-    async def _in_worker(self, spec: ModelSpec,
+    async def _in_worker(self, api: str, entrypoint: str, spec: ModelSpec,
                          work: Callable[[int, SavedModelServable], T]) -> T:
         """Run ``work(version, servable)`` in a worker thread, the version held loaded meanwhile."""
-        if not spec.name:
-            raise ServingError.invalid_argument("Missing ModelSpec: the request names no model")
-        with self._manager.handle(spec.name, self._version_of(spec)) as (version, servable):
-            return await asyncio.get_running_loop().run_in_executor(
-                self._executor, work, version, servable)
+        start, status = time.perf_counter(), "OK"
+        try:
+            if not spec.name:
+                raise ServingError.invalid_argument("Missing ModelSpec: the request names no model")
+            with self._manager.handle(spec.name, self._version_of(spec)) as (version, servable):
+                result = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, work, version, servable)
+            self._metrics.record_answer(spec.name, version, api)
+            return result
+        except ServingError as e:
+            status = e.code.name
+            raise
+        except asyncio.CancelledError:
+            status = "CANCELLED"
+            raise
+        finally:
+            self._metrics.record_request(spec.name, api, entrypoint, status, time.perf_counter() - start)
+
+    def _run_model(self, api: str, model: str, servable: SavedModelServable, signature_name: str,
+                   inputs: Mapping[str, np.ndarray], output_filter: Sequence[str]) -> dict[str, np.ndarray]:
+        start = time.perf_counter()
+        try:
+            return servable.run(signature_name, inputs, output_filter)
+        finally:
+            self._metrics.record_runtime(model, api, time.perf_counter() - start)
 
     async def predict(self, spec: ModelSpec, decode: Decoder, output_filter: Sequence[str],
-                      encode: Callable[[PredictResult], T]) -> T:
+                      encode: Callable[[PredictResult], T], *, entrypoint: str) -> T:
         """Decode, validate, run and encode in one worker-thread hop."""
         def work(version: int, servable: SavedModelServable) -> T:
             signature_name = spec.signature_name or DEFAULT_SIGNATURE
@@ -87,34 +110,36 @@ class DataPlane:
             inputs = decode(signature)
             validate_inputs(signature, inputs)
             validate_output_filter(signature, output_filter)
-            outputs = servable.run(signature_name, inputs, tuple(output_filter))
+            outputs = self._run_model("predict", spec.name, servable, signature_name, inputs,
+                                      tuple(output_filter))
             return encode(PredictResult(spec.name, version, signature_name, outputs))
-        return await self._in_worker(spec, work)
+        return await self._in_worker("predict", entrypoint, spec, work)
 
-    async def classify(self, spec: ModelSpec, examples: Callable[[], list[bytes]]
-                       ) -> classification_pb2.ClassificationResponse:
+    async def classify(self, spec: ModelSpec, examples: Callable[[], list[bytes]], *,
+                       entrypoint: str) -> classification_pb2.ClassificationResponse:
         def work(version: int, servable: SavedModelServable):
             response = classification_pb2.ClassificationResponse()
             name = spec.signature_name or DEFAULT_SIGNATURE
             fill_model_spec(response.model_spec, spec.name, version, name)
             task = InferenceTask(name, inference.CLASSIFY_METHOD)
-            response.result.CopyFrom(self._run_task(servable, task, examples()))
+            response.result.CopyFrom(self._run_task("classify", spec.name, servable, task, examples()))
             return response
-        return await self._in_worker(spec, work)
+        return await self._in_worker("classify", entrypoint, spec, work)
 
-    async def regress(self, spec: ModelSpec, examples: Callable[[], list[bytes]]
-                      ) -> regression_pb2.RegressionResponse:
+    async def regress(self, spec: ModelSpec, examples: Callable[[], list[bytes]], *,
+                      entrypoint: str) -> regression_pb2.RegressionResponse:
         def work(version: int, servable: SavedModelServable):
             response = regression_pb2.RegressionResponse()
             name = spec.signature_name or DEFAULT_SIGNATURE
             fill_model_spec(response.model_spec, spec.name, version, name)
             task = InferenceTask(name, inference.REGRESS_METHOD)
-            response.result.CopyFrom(self._run_task(servable, task, examples()))
+            response.result.CopyFrom(self._run_task("regress", spec.name, servable, task, examples()))
             return response
-        return await self._in_worker(spec, work)
+        return await self._in_worker("regress", entrypoint, spec, work)
 
     async def multi_inference(self, spec: ModelSpec, tasks: Sequence[InferenceTask],
-                              examples: Callable[[], list[bytes]]) -> inference_pb2.MultiInferenceResponse:
+                              examples: Callable[[], list[bytes]], *,
+                              entrypoint: str) -> inference_pb2.MultiInferenceResponse:
         """Several classify/regress tasks on one input, all on the same model version."""
         _check_tasks(tasks)
 
@@ -124,14 +149,15 @@ class DataPlane:
             for task in tasks:
                 result = response.results.add()
                 fill_model_spec(result.model_spec, spec.name, version, task.signature_name)
-                outcome = self._run_task(servable, task, serialized)
+                outcome = self._run_task("multi_inference", spec.name, servable, task, serialized)
                 target = (result.classification_result if task.method_name == inference.CLASSIFY_METHOD
                           else result.regression_result)
                 target.CopyFrom(outcome)
             return response
-        return await self._in_worker(spec, work)
+        return await self._in_worker("multi_inference", entrypoint, spec, work)
 
-    def _run_task(self, servable: SavedModelServable, task: InferenceTask, serialized: list[bytes]):
+    def _run_task(self, api: str, model: str, servable: SavedModelServable, task: InferenceTask,
+                  serialized: list[bytes]):
         signature = find_signature(servable, task.signature_name or DEFAULT_SIGNATURE)
         inference.check_method(signature, task.method_name, self._strict)
         alias = inference.examples_input(signature)
@@ -139,7 +165,8 @@ class DataPlane:
         names = (inference.classification_outputs if classify else inference.regression_outputs)(signature)
         batch = np.empty(len(serialized), dtype=object)
         batch[:] = serialized
-        outputs = servable.run(signature.key, {alias: batch}, names)
+        self._metrics.record_examples(model, len(serialized))
+        outputs = self._run_model(api, model, servable, signature.key, {alias: batch}, names)
         if classify:
             return inference.classification_result(outputs, len(serialized))
         return inference.regression_result(outputs, len(serialized))

@@ -52,21 +52,24 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
         try:
             return await self._dataplane.predict(spec_from_proto(request.model_spec), decode,
-                                                 list(request.output_filter), encode)
+                                                 list(request.output_filter), encode,
+                                                 entrypoint="GRPC")
         except ServingError as e:
             await _abort(context, e)
 
     async def Classify(self, request, context):
         try:
             return await self._dataplane.classify(
-                spec_from_proto(request.model_spec), lambda: serialize_input(request.input))
+                spec_from_proto(request.model_spec), lambda: serialize_input(request.input),
+                entrypoint="GRPC")
         except ServingError as e:
             await _abort(context, e)
 
     async def Regress(self, request, context):
         try:
             return await self._dataplane.regress(
-                spec_from_proto(request.model_spec), lambda: serialize_input(request.input))
+                spec_from_proto(request.model_spec), lambda: serialize_input(request.input),
+                entrypoint="GRPC")
         except ServingError as e:
             await _abort(context, e)
 
@@ -78,7 +81,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                     "All ModelSpecs in a MultiInferenceRequest must access the same model name.")
             tasks = [InferenceTask(s.signature_name, t.method_name) for s, t in zip(specs, request.tasks)]
             spec = specs[0] if specs else ModelSpec(name="")
-            return await self._dataplane.multi_inference(spec, tasks, lambda: serialize_input(request.input))
+            return await self._dataplane.multi_inference(
+                spec, tasks, lambda: serialize_input(request.input), entrypoint="GRPC")
         except ServingError as e:
             await _abort(context, e)
 

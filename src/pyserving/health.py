@@ -1,7 +1,7 @@
 """The standard grpc.health.v1.Health service (--enable_grpc_healthcheck_service).
 
 Service "" is SERVING once the server has started and NOT_SERVING from the moment
-shutdown begins. Each configured model is a service of its own name: SERVING while
+shutdown begins. Each configured model (reloads included) is a service of its own name: SERVING while
 it has at least one AVAILABLE version, NOT_SERVING otherwise. Model statuses are
 refreshed from the manager periodically, so a model that becomes available (or
 loses its last version) is reported within a refresh interval.
@@ -10,8 +10,6 @@ loses its last version) is reported within a refresh interval.
 from __future__ import annotations
 
 import asyncio
-from typing import Iterable
-
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
@@ -27,10 +25,8 @@ REFRESH_SECONDS = 1.0
 
 
 class HealthReporter:
-    def __init__(self, manager: ModelManager, model_names: Iterable[str],
-                 refresh_seconds: float = REFRESH_SECONDS) -> None:
+    def __init__(self, manager: ModelManager, refresh_seconds: float = REFRESH_SECONDS) -> None:
         self._manager = manager
-        self._names = list(model_names)
         self._refresh_seconds = refresh_seconds
         self._last: dict[str, int] = {}
         self.servicer = health_aio.HealthServicer()
@@ -44,6 +40,8 @@ class HealthReporter:
             await self.servicer.set(service, status)
 
     def _model_status(self, name: str) -> int:
+        if not self._manager.has_model(name):  # dropped by a config reload
+            return NOT_SERVING
         try:
             versions = self._manager.status(name)
         except ServingError:
@@ -51,7 +49,9 @@ class HealthReporter:
         return SERVING if any(v.state == VersionState.AVAILABLE for v in versions) else NOT_SERVING
 
     async def refresh(self) -> None:
-        for name in self._names:
+        # Models come and go with config reloads; ones seen before stay, as NOT_SERVING.
+        names = set(self._manager.model_names()) | (set(self._last) - {""})
+        for name in sorted(names):
             await self._set(name, self._model_status(name))
 
     async def start(self) -> None:

@@ -56,7 +56,8 @@ class ServerOptions:
     enable_model_warmup: bool = _flag(True, "Replay assets.extra/tf_serving_warmup_requests", supported=False)
     num_request_iterations_for_warmup: int = _flag(1, "Warmup replays per record", supported=False)
     version: bool = _flag(False, "Print the version and exit")
-    monitoring_config_file: str = _flag("", "MonitoringConfig text proto", supported=False)
+    monitoring_config_file: str = _flag(
+        "", "MonitoringConfig text proto: prometheus_config { enable path } on the REST port")
     remove_unused_fields_from_bundle_metagraph: bool = _flag(True, "Accepted for compatibility", supported=False)
     prefer_tflite_model: bool = _flag(False, "Serve model.tflite when present", supported=False)
     num_tflite_pools: int = _flag(1, "TFLite pools", supported=False)

@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import re
 import zlib
+from typing import Callable
 
 from aiohttp import web
 
@@ -30,8 +31,10 @@ def _error(code: Code, message: str) -> web.Response:
 
 class RestService:
     def __init__(self, dataplane: DataPlane, timeout_ms: int = 30000, cors: bool = False,
-                 max_body_bytes: int = 1 << 30) -> None:
+                 max_body_bytes: int = 1 << 30,
+                 metrics_route: tuple[str, Callable[[], bytes]] | None = None) -> None:
         self._dataplane = dataplane
+        self._metrics_route = metrics_route
         self._max_body_bytes = max_body_bytes
         self._timeout = timeout_ms / 1000 if timeout_ms > 0 else None
         self._cors = cors
@@ -39,6 +42,13 @@ class RestService:
     def app(self) -> web.Application:
         middlewares = [self._cors_middleware] if self._cors else []
         app = web.Application(client_max_size=self._max_body_bytes, middlewares=middlewares)
+        if self._metrics_route:
+            path, exposition = self._metrics_route
+
+            async def metrics(_request: web.Request) -> web.Response:
+                return web.Response(body=exposition(), content_type="text/plain",
+                                    charset="utf-8", headers={"X-Content-Type-Options": "nosniff"})
+            app.router.add_get(path, metrics)
         app.router.add_route("*", "/{tail:.*}", self.dispatch)
         return app
 
@@ -103,7 +113,7 @@ class RestService:
                 raise ServingError.invalid_argument("'signature_name' key must be a string value")
             spec = ModelSpec(spec.name, spec.version, spec.label, signature_name)
             run = self._dataplane.classify if verb == "classify" else self._dataplane.regress
-            response = await run(spec, lambda: examples_from_json(body))
+            response = await run(spec, lambda: examples_from_json(body), entrypoint="REST")
             return web.json_response({"results": _results_json(response.result, verb)})
         return handle
 
@@ -118,7 +128,7 @@ class RestService:
         def encode(result: PredictResult) -> bytes:
             return json_codec.encode_outputs(result.outputs, body.row_format)
 
-        payload = await self._dataplane.predict(spec, decode, (), encode)
+        payload = await self._dataplane.predict(spec, decode, (), encode, entrypoint="REST")
         return web.Response(body=payload, content_type="application/json")
 
 

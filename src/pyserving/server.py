@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -20,6 +21,7 @@ from .dataplane import DataPlane
 from .errors import ServingError
 from .grpc_service import create_server
 from .health import HealthReporter
+from .monitoring import Metrics, PrometheusSettings
 from .options import ServerOptions
 from .rest_service import RestService
 from .runtime.saved_model import configure_threads, load_saved_model
@@ -41,9 +43,11 @@ class Server:
             max_workers=options.grpc_max_threads or max(8, 4 * cpus), thread_name_prefix="request")
         self._load_pool = ThreadPoolExecutor(
             max_workers=options.num_load_threads or 2, thread_name_prefix="load")
-        tags = options.tags
+        self.metrics = Metrics()
+        self._prometheus = (PrometheusSettings.from_file(options.monitoring_config_file)
+                            if options.monitoring_config_file else None)
         self.manager = ModelManager(
-            loader=lambda path: load_saved_model(path, tags),
+            loader=self._load,
             executor=self._load_pool,
             retry=RetryPolicy(options.max_num_load_retries,
                               options.load_retry_interval_micros / 1e6),
@@ -51,16 +55,29 @@ class Server:
         self.source = FileSystemSource(self.manager, options.file_system_poll_wait_seconds)
         self.core = ServerCore(self.manager, self.source)
         self._config_task: asyncio.Task | None = None
+        self.metrics.track_versions(
+            lambda: [(v.model, v.version, v.state.name) for v in self.manager.snapshot()])
         self.dataplane = DataPlane(self.manager, self._request_pool,
-                                   strict_method_names=options.enable_signature_method_name_check)
+                                   strict_method_names=options.enable_signature_method_name_check,
+                                   metrics=self.metrics)
         self._grpc: grpc.aio.Server | None = None
         self._rest: web.AppRunner | None = None
         self._source_task: asyncio.Task | None = None
         # Validated already by config.check_options; read again here for the material.
         self._tls = TlsConfig.from_file(options.ssl_config_file) if options.ssl_config_file else None
-        self._health = (HealthReporter(self.manager, [m.name for m in models])
-                        if options.enable_grpc_healthcheck_service else None)
+        self._health = HealthReporter(self.manager) if options.enable_grpc_healthcheck_service else None
         self._health_task: asyncio.Task | None = None
+
+    def _load(self, path: str):
+        """The manager's loader (runs in a load thread), timed for the load metrics."""
+        start = time.perf_counter()
+        try:
+            servable = load_saved_model(path, self.options.tags)
+        except Exception:
+            self.metrics.record_load(path, time.perf_counter() - start, ok=False)
+            raise
+        self.metrics.record_load(path, time.perf_counter() - start, ok=True)
+        return servable
 
     async def start(self) -> None:
         o = self.options
@@ -102,8 +119,11 @@ class Server:
 
     async def _start_rest(self) -> None:
         o = self.options
+        metrics_route = None
+        if self._prometheus and self._prometheus.enabled:
+            metrics_route = (self._prometheus.path, self.metrics.exposition)
         service = RestService(self.dataplane, o.rest_api_timeout_in_ms, o.rest_api_enable_cors_support,
-                              o.rest_api_max_request_bytes)
+                              o.rest_api_max_request_bytes, metrics_route)
         self._rest = web.AppRunner(service.app(), access_log=None, auto_decompress=False,
                                    handle_signals=False)
         await self._rest.setup()

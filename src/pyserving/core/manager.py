@@ -181,6 +181,11 @@ class ModelManager:
                 raise ServingError.not_found(f"Could not find version {version} of model {name}")
         return [VersionStatus(name, v.number, v.state, v.error) for v in records]
 
+    def snapshot(self) -> list[VersionStatus]:
+        """Every version of every configured model (for metrics)."""
+        return [VersionStatus(m.name, v.number, v.state, v.error)
+                for m in self._models.values() if m.configured for v in m.versions.values()]
+
     async def wait_until_settled(self, names: list[str], timeout: float | None = None) -> None:
         """Until no aspired version of these models is still loading."""
         async def settled() -> None:

@@ -1,0 +1,140 @@
+"""Prometheus metrics with TF Serving's names, served on the REST port.
+
+prometheus_client keeps the numbers (thread-safe, per-server registry); the
+exposition is written here because TF Serving prints counters under their own
+name (``:tensorflow:serving:request_count``), where prometheus_client would add
+``_total`` and ``_created`` series that dashboards built for TF Serving don't expect.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.utils import floatToGoString
+
+from .config_protos import ConfigFileError, MonitoringConfig, read_text_proto
+
+DEFAULT_PATH = "/monitoring/prometheus/metrics"
+# TF Serving's request latency buckets: exponential, 10 us * 1.8^i, 33 of them.
+LATENCY_BUCKETS_US = tuple(10 * 1.8 ** i for i in range(33))
+EXAMPLE_BUCKETS = tuple(2 ** i for i in range(16))
+RUNTIME = "TF2"
+
+
+@dataclass(frozen=True)
+class PrometheusSettings:
+    enabled: bool
+    path: str
+
+    @classmethod
+    def from_file(cls, path: str) -> "PrometheusSettings":
+        config = read_text_proto(path, MonitoringConfig).prometheus_config
+        route = config.path or DEFAULT_PATH
+        if not route.startswith("/") or route.startswith("/v1/"):
+            raise ConfigFileError(
+                f"Invalid monitoring config {path}: path {route!r} must start with '/' and not with '/v1/'")
+        return cls(config.enable, route)
+
+
+VersionLister = Callable[[], Iterable[tuple[str, int, str]]]  # (model, version, state name)
+
+
+class Metrics:
+    """Every metric of one server; no process-global registry."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=False)
+        self.request_count = Counter(
+            ":tensorflow:serving:request_count", "The number of requests, by model and status.",
+            ["model_name", "status"], registry=r)
+        self.request_latency = Histogram(
+            ":tensorflow:serving:request_latency", "Request latency in microseconds.",
+            ["model_name", "API", "entrypoint"], buckets=LATENCY_BUCKETS_US, registry=r)
+        self.runtime_latency = Histogram(
+            ":tensorflow:serving:runtime_latency", "Model runtime latency in microseconds.",
+            ["model_name", "API", "runtime"], buckets=LATENCY_BUCKETS_US, registry=r)
+        self.example_counts = Histogram(
+            ":tensorflow:serving:request_example_counts", "Examples per Example-based request.",
+            ["model"], buckets=EXAMPLE_BUCKETS, registry=r)
+        self.example_count_total = Counter(
+            ":tensorflow:serving:request_example_count_total", "Examples processed.", ["model"], registry=r)
+        self.load_attempts = Counter(
+            ":tensorflow:cc:saved_model:load_attempt_count", "SavedModel load attempts, by outcome.",
+            ["model_path", "status"], registry=r)
+        self.load_latency = Counter(
+            ":tensorflow:cc:saved_model:load_latency", "Total SavedModel load time in microseconds.",
+            ["model_path"], registry=r)
+        self.version_requests = Counter(
+            ":pyserving:version_request_count", "Answered requests, by model version.",
+            ["model_name", "version", "API"], registry=r)
+        self.version_state = Gauge(
+            ":pyserving:model_version_available", "1 while a model version is AVAILABLE, else 0.",
+            ["model_name", "version", "state"], registry=r)
+        self._version_lister: VersionLister | None = None
+
+    def track_versions(self, lister: VersionLister) -> None:
+        self._version_lister = lister
+
+    # ---- recording -------------------------------------------------------------
+
+    def record_request(self, model: str, api: str, entrypoint: str, status: str, seconds: float) -> None:
+        self.request_count.labels(model, status).inc()
+        self.request_latency.labels(model, api, entrypoint).observe(seconds * 1e6)
+
+    def record_runtime(self, model: str, api: str, seconds: float) -> None:
+        self.runtime_latency.labels(model, api, RUNTIME).observe(seconds * 1e6)
+
+    def record_examples(self, model: str, count: int) -> None:
+        self.example_counts.labels(model).observe(count)
+        self.example_count_total.labels(model).inc(count)
+
+    def record_answer(self, model: str, version: int, api: str) -> None:
+        self.version_requests.labels(model, str(version), api).inc()
+
+    def record_load(self, path: str, seconds: float, ok: bool) -> None:
+        self.load_attempts.labels(path, "success" if ok else "fail").inc()
+        if ok:
+            self.load_latency.labels(path).inc(seconds * 1e6)
+
+    # ---- exposition ---------------------------------------------------------------
+
+    def _refresh_versions(self) -> None:
+        if self._version_lister is None:
+            return
+        self.version_state.clear()
+        for model, version, state in self._version_lister():
+            self.version_state.labels(model, str(version), state).set(1 if state == "AVAILABLE" else 0)
+
+    def exposition(self) -> bytes:
+        """Prometheus text format 0.0.4, with TF Serving's counter naming."""
+        self._refresh_versions()
+        lines: list[str] = []
+        for family in self.registry.collect():
+            samples = [s for s in family.samples if not s.name.endswith("_created")]
+            if not samples:
+                continue
+            exposed = _EXPOSED_NAMES.get(family.name, family.name)
+            lines.append(f"# HELP {exposed} {family.documentation}")
+            lines.append(f"# TYPE {exposed} {family.type}")
+            for s in samples:
+                name = exposed if family.type == "counter" else s.name
+                labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(s.labels.items()))
+                lines.append(f"{name}{{{labels}}} {_value(s.value)}" if labels else f"{name} {_value(s.value)}")
+        return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+# prometheus_client drops a trailing _total from counter names; TF Serving keeps this one.
+_EXPOSED_NAMES = {":tensorflow:serving:request_example_count": ":tensorflow:serving:request_example_count_total"}
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _value(value: float) -> str:
+    if isinstance(value, float) and value.is_integer() and not math.isinf(value):
+        return str(int(value))
+    return floatToGoString(value)
