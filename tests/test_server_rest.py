@@ -7,6 +7,7 @@ import gzip
 import json
 
 import numpy as np
+import requests
 import pytest
 
 from support import models
@@ -158,3 +159,49 @@ def test_server_still_serves_after_errors(server):
         server.post("/v1/models/tf1:predict", data=b"\xff\xfe")
     assert server.post("/v1/models/tf1:predict", json={"instances": [[0.0]]}).json() == {"predictions": [[2.0]]}
     assert server.get("/v1/models/tf1").json()["model_version_status"][0]["state"] == "AVAILABLE"
+
+
+def test_readiness_urls(server):
+    r = server.get("/v1/models/tf2/ready")
+    assert r.status_code == 200 and r.json() == {"ready": True, "model_spec": {"name": "tf2", "version": "2"}}
+    assert server.get("/v1/models/tf2/labels/stable/ready").json()["model_spec"]["version"] == "1"
+    missing = server.get("/v1/models/tf2/versions/9/ready")
+    assert missing.status_code == 503 and missing.json()["ready"] is False
+    assert server.get("/v1/models/nope/ready").status_code == 503
+    ready = server.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"ready": True, "models": {"dtypes": True, "tf1": True, "tf2": True}}
+    assert server.get("/healthz").json() == {"status": "ok"}
+
+
+def test_label_urls_on_every_verb(server):
+    assert server.get("/v1/models/tf2/labels/stable/metadata").json()["model_spec"]["version"] == "1"
+    r = server.post("/v1/models/tf2/labels/stable:predict", json={"instances": [[1.0, 1.0]]})
+    assert r.json()["predictions"][0]["y"] == [4.0]
+    for verb in ("classify", "regress"):
+        r = server.post(f"/v1/models/tf2/labels/stable:{verb}", json={"examples": [{"x": 1.0}]})
+        assert r.status_code == 400 and "serialized tf.Examples" in r.json()["error"]
+        r = server.post(f"/v1/models/tf2/labels/nolabel:{verb}", json={"examples": [{"x": 1.0}]})
+        assert r.status_code == 400 and "nolabel" in r.json()["error"]
+
+
+def test_cors_support(tmp_path):
+    models.export_tf1_half_plus_two(str(tmp_path / "tf1" / "1"))
+    cors = ServerProcess("--model_name=tf1", f"--model_base_path={tmp_path / 'tf1'}",
+                         "--rest_api_enable_cors_support", log_path=tmp_path / "server.log").wait_ready()
+    try:
+        preflight = requests.options(cors.rest_url + "/v1/models/tf1:predict", timeout=10, headers={
+            "Origin": "https://app.example", "Access-Control-Request-Method": "POST"})
+        assert preflight.status_code in (200, 204)
+        assert preflight.headers["Access-Control-Allow-Origin"] == "*"
+        assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+        r = cors.post("/v1/models/tf1:predict", json={"instances": [[1.0]]}, headers={"Origin": "https://app.example"})
+        assert r.json() == {"predictions": [[2.5]]}
+        assert r.headers["Access-Control-Allow-Origin"] == "*"
+    finally:
+        assert cors.stop() == 0
+
+
+def test_no_cors_headers_by_default(server):
+    r = server.post("/v1/models/tf1:predict", json={"instances": [[1.0]]}, headers={"Origin": "https://x.example"})
+    assert "Access-Control-Allow-Origin" not in r.headers

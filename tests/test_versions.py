@@ -123,3 +123,25 @@ def test_model_with_only_a_corrupt_version_is_unavailable(tmp_path):
         channel.close()
     finally:
         assert server.stop() == 0
+
+
+def test_readyz_is_503_until_a_version_serves(tmp_path):
+    good, broken = tmp_path / "good", tmp_path / "broken"
+    models.export_tf2_linear(str(good / "1"))
+    models.write_corrupt_version(str(broken / "1"))
+    config = tmp_path / "models.config"
+    config.write_text(
+        f'model_config_list {{ config {{ name: "good" base_path: "{good}" }} '
+        f'config {{ name: "broken" base_path: "{broken}" }} }}')
+    server = ServerProcess(f"--model_config_file={config}", "--max_num_load_retries=0",
+                           log_path=tmp_path / "server.log").wait_ready()
+    try:
+        r = server.get("/readyz")
+        assert r.status_code == 503
+        assert r.json() == {"ready": False, "models": {"broken": False, "good": True}}
+        assert server.get("/v1/models/good/ready").status_code == 200
+        assert server.get("/v1/models/broken/ready").status_code == 503
+        # TF Serving's status URL answers 200 with the states, as before.
+        assert server.get("/v1/models/broken").status_code == 200
+    finally:
+        assert server.stop() == 0

@@ -21,7 +21,7 @@ from tensorflow_serving.apis import classification_pb2, inference_pb2, regressio
 from . import inference
 from .codecs.dtypes import dtype_name, from_numpy_dtype
 from .core.manager import ModelManager
-from .core.states import VersionStatus
+from .core.states import VersionState, VersionStatus
 from .errors import ServingError
 from .monitoring import Metrics
 from .runtime.saved_model import SavedModelServable, Signature
@@ -173,6 +173,14 @@ class DataPlane:
 
     def status(self, spec: ModelSpec) -> list[VersionStatus]:
         return self._manager.status(spec.name, self._version_of(spec))
+
+    def readiness(self) -> dict[str, bool]:
+        """Each configured model: does it have an AVAILABLE version?"""
+        ready = {name: False for name in self._manager.model_names()}
+        for status in self._manager.snapshot():
+            if status.state == VersionState.AVAILABLE:
+                ready[status.model] = True
+        return ready
 
     def metadata(self, spec: ModelSpec) -> tuple[int, SavedModelServable]:
         """(version, servable) for metadata; the servable's signature_defs are read as stored."""

@@ -62,6 +62,8 @@ class ServerOptions:
     prefer_tflite_model: bool = _flag(False, "Serve model.tflite when present", supported=False)
     num_tflite_pools: int = _flag(1, "TFLite pools", supported=False)
     num_tflite_interpreters_per_pool: int = _flag(1, "TFLite interpreters per pool", supported=False)
+    use_tflite_model: bool = _flag(False, "Serve model.tflite (deprecated in TF Serving)", supported=False)
+    num_tflite_interpreters: int = _flag(1, "TFLite interpreters (deprecated in TF Serving)", supported=False)
     enable_signature_method_name_check: bool = _flag(False, "Check signature method names")
     xla_cpu_compilation_enabled: bool = _flag(False, "XLA on CPU", supported=False)
     enable_profiler: bool = _flag(True, "Profiler service", supported=False)

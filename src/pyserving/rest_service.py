@@ -19,7 +19,7 @@ from .responses import metadata_json, metadata_response, status_response, to_jso
 _PATH = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)"
     r"(?:/versions/(?P<version>-?\d+)|/labels/(?P<label>[^/:]+))?"
-    r"(?:/(?P<metadata>metadata)|:(?P<verb>predict|classify|regress))?$")
+    r"(?:/(?P<suffix>metadata|ready)|:(?P<verb>predict|classify|regress))?$")
 
 # Parse big bodies off the event loop; small ones are cheaper inline.
 _INLINE_JSON_BYTES = 64 * 1024
@@ -49,6 +49,8 @@ class RestService:
                 return web.Response(body=exposition(), content_type="text/plain",
                                     charset="utf-8", headers={"X-Content-Type-Options": "nosniff"})
             app.router.add_get(path, metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
         app.router.add_route("*", "/{tail:.*}", self.dispatch)
         return app
 
@@ -74,8 +76,8 @@ class RestService:
                 version=int(match["version"]) if match["version"] else None,
                 label=match["label"])
             if method == "GET":
-                return self._metadata(spec) if match["metadata"] else self._status(spec)
-            if match["metadata"]:
+                return self._get(spec, match["suffix"])
+            if match["suffix"]:
                 return _error(Code.NOT_FOUND, f"Malformed request: {method} {request.path}")
             verb = self._predict if match["verb"] == "predict" else self._example_verb(match["verb"])
             return await asyncio.wait_for(verb(spec, request), self._timeout)
@@ -88,6 +90,31 @@ class RestService:
                 {"error": f"Request body is larger than the limit of {self._max_body_bytes} bytes "
                           "(--rest_api_max_request_bytes)"},
                 status=413)
+
+    def _get(self, spec: ModelSpec, suffix: str | None) -> web.Response:
+        if suffix == "metadata":
+            return self._metadata(spec)
+        if suffix == "ready":
+            return self._ready(spec)
+        return self._status(spec)
+
+    def _ready(self, spec: ModelSpec) -> web.Response:
+        """For load balancers and Kubernetes probes: 200 only while a matching version serves."""
+        try:
+            version, _ = self._dataplane.metadata(spec)
+        except ServingError as e:
+            return web.json_response({"ready": False, "error": e.message}, status=503)
+        return web.json_response({"ready": True, "model_spec": {"name": spec.name, "version": str(version)}})
+
+    async def _readyz(self, _request: web.Request) -> web.Response:
+        """200 once every configured model has an AVAILABLE version."""
+        ready = self._dataplane.readiness()
+        waiting = sorted(name for name, ok in ready.items() if not ok)
+        body = {"ready": not waiting, "models": ready}
+        return web.json_response(body, status=503 if waiting else 200)
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
 
     def _status(self, spec: ModelSpec) -> web.Response:
         return web.json_response(to_json_dict(status_response(self._dataplane.status(spec))))
