@@ -67,6 +67,9 @@ class Metrics:
         self.load_latency = Counter(
             ":tensorflow:cc:saved_model:load_latency", "Total SavedModel load time in microseconds.",
             ["model_path"], registry=r)
+        self.warmup_latency = Histogram(
+            ":tensorflow:serving:model_warmup_latency", "Model warmup latency in microseconds.",
+            ["model_path", "status"], buckets=LATENCY_BUCKETS_US, registry=r)
         self.version_requests = Counter(
             ":pyserving:version_request_count", "Answered requests, by model version.",
             ["model_name", "version", "API"], registry=r)
@@ -98,6 +101,9 @@ class Metrics:
         self.load_attempts.labels(path, "success" if ok else "fail").inc()
         if ok:
             self.load_latency.labels(path).inc(seconds * 1e6)
+
+    def record_warmup(self, path: str, seconds: float, ok: bool) -> None:
+        self.warmup_latency.labels(path, "OK" if ok else "ERROR").observe(seconds * 1e6)
 
     # ---- exposition ---------------------------------------------------------------
 

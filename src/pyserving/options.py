@@ -21,7 +21,9 @@ class ServerOptions:
     port: int = _flag(8500, "TCP port for the gRPC API (0 picks none when --grpc_socket_path is set)")
     grpc_socket_path: str = _flag("", "Also serve gRPC on this UNIX socket path")
     rest_api_port: int = _flag(0, "Port for the HTTP/REST API (0 disables it)")
-    rest_api_num_threads: int = _flag(0, "Threads for REST request processing (0 = automatic)")
+    rest_api_num_threads: int = _flag(
+        0, "Accepted: REST runs on the event loop and shares the worker pool (--grpc_max_threads)",
+        supported=False)
     rest_api_timeout_in_ms: int = _flag(30000, "Timeout for a REST request, in milliseconds")
     rest_api_enable_cors_support: bool = _flag(False, "Answer CORS preflight and add CORS headers")
     enable_batching: bool = _flag(False, "Batch inference requests", supported=False)
@@ -36,7 +38,7 @@ class ServerOptions:
     model_name: str = _flag("default", "Name of the model (with --model_base_path)")
     model_base_path: str = _flag("", "Folder holding the model's numbered version folders")
     num_load_threads: int = _flag(0, "Threads that load models (0 = 2)")
-    num_unload_threads: int = _flag(0, "Threads that unload models (ignored: unloads are cheap)")
+    num_unload_threads: int = _flag(0, "Accepted: unloads run on the load threads", supported=False)
     max_num_load_retries: int = _flag(5, "Retries of a failed model load")
     load_retry_interval_micros: int = _flag(60_000_000, "Wait between load retries, in microseconds")
     file_system_poll_wait_seconds: int = _flag(
@@ -53,8 +55,8 @@ class ServerOptions:
     saved_model_tags: str = _flag("serve", "Comma-separated MetaGraphDef tags to load")
     grpc_channel_arguments: str = _flag("", "Comma-separated grpc server arguments, key=value")
     grpc_max_threads: int = _flag(0, "Threads running inference (0 = automatic)")
-    enable_model_warmup: bool = _flag(True, "Replay assets.extra/tf_serving_warmup_requests", supported=False)
-    num_request_iterations_for_warmup: int = _flag(1, "Warmup replays per record", supported=False)
+    enable_model_warmup: bool = _flag(True, "Replay assets.extra/tf_serving_warmup_requests before serving")
+    num_request_iterations_for_warmup: int = _flag(1, "Warmup replays per record")
     version: bool = _flag(False, "Print the version and exit")
     monitoring_config_file: str = _flag(
         "", "MonitoringConfig text proto: prometheus_config { enable path } on the REST port")

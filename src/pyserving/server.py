@@ -25,6 +25,7 @@ from .monitoring import Metrics, PrometheusSettings
 from .options import ServerOptions
 from .rest_service import RestService
 from .runtime.saved_model import configure_threads, load_saved_model
+from .runtime.warmup import run_warmup, warmup_path
 from .tls import TlsConfig
 
 log = logging.getLogger("pyserving.server")
@@ -69,7 +70,7 @@ class Server:
         self._health_task: asyncio.Task | None = None
 
     def _load(self, path: str):
-        """The manager's loader (runs in a load thread), timed for the load metrics."""
+        """The manager's loader (runs in a load thread): load, warm up, and time both."""
         start = time.perf_counter()
         try:
             servable = load_saved_model(path, self.options.tags)
@@ -77,7 +78,22 @@ class Server:
             self.metrics.record_load(path, time.perf_counter() - start, ok=False)
             raise
         self.metrics.record_load(path, time.perf_counter() - start, ok=True)
+        warmup_file = warmup_path(path) if self.options.enable_model_warmup else None
+        if warmup_file:
+            self._warm_up(servable, path, warmup_file)
         return servable
+
+    def _warm_up(self, servable, path: str, warmup_file: str) -> None:
+        start = time.perf_counter()
+        try:
+            count = run_warmup(servable, warmup_file, self.options.num_request_iterations_for_warmup)
+        except Exception:
+            self.metrics.record_warmup(path, time.perf_counter() - start, ok=False)
+            servable.close()
+            raise
+        self.metrics.record_warmup(path, time.perf_counter() - start, ok=True)
+        log.info("Finished reading warmup data for model at %s. Number of warmup records read: %d.",
+                 path, count)
 
     async def start(self) -> None:
         o = self.options

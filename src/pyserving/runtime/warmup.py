@@ -1,0 +1,92 @@
+"""Model warmup: replay assets.extra/tf_serving_warmup_requests before serving a version.
+
+The file is a TFRecord of tensorflow.serving.PredictionLog (at most 1000
+records). Each request runs ``iterations`` times on the freshly loaded
+servable, so the first real request does not pay for lazy initialisation. A
+record that fails makes the load fail, as in TF Serving.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..codecs import tensor_proto
+from ..codecs.examples import serialize_input
+from ..errors import Code, ServingError
+from .saved_model import SavedModelServable
+
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+MAX_RECORDS = 1000
+DEFAULT_SIGNATURE = "serving_default"
+
+
+def warmup_path(version_path: str) -> str | None:
+    path = os.path.join(version_path, WARMUP_FILE)
+    return path if os.path.isfile(path) else None
+
+
+def read_warmup_records(path: str) -> list:
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    records = []
+    try:
+        for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():
+            if len(records) == MAX_RECORDS:
+                raise ServingError.invalid_argument(
+                    f"Number of warmup records exceeds the maximum ({MAX_RECORDS}) in {path}")
+            records.append(prediction_log_pb2.PredictionLog.FromString(raw))
+    except ServingError:
+        raise
+    except Exception as e:  # corrupt TFRecord or proto
+        raise ServingError(Code.DATA_LOSS, f"Cannot read warmup file {path}: {e}") from e
+    return records
+
+
+def run_warmup(servable: SavedModelServable, path: str, iterations: int = 1) -> int:
+    """Replay every record; returns how many requests ran."""
+    records = read_warmup_records(path)
+    for record in records:
+        for _ in range(max(iterations, 1)):
+            try:
+                _replay(servable, record)
+            except ServingError as e:
+                raise ServingError(e.code, f"Model warmup failed ({path}): {e.message}") from None
+    return len(records) * max(iterations, 1)
+
+
+def _replay(servable: SavedModelServable, record) -> None:
+    kind = record.WhichOneof("log_type")
+    if kind == "predict_log":
+        request = record.predict_log.request
+        inputs = {k: tensor_proto.to_numpy(v, f"input '{k}'") for k, v in request.inputs.items()}
+        _run(servable, request.model_spec.signature_name, inputs, tuple(request.output_filter))
+    elif kind in ("classify_log", "regress_log"):
+        request = getattr(record, kind).request
+        _run_examples(servable, request.model_spec.signature_name, serialize_input(request.input))
+    elif kind == "multi_inference_log":
+        request = record.multi_inference_log.request
+        serialized = serialize_input(request.input)
+        for task in request.tasks:
+            _run_examples(servable, task.model_spec.signature_name, serialized)
+    else:
+        raise ServingError.invalid_argument(f"Unsupported warmup log type: {kind}")
+
+
+def _run(servable: SavedModelServable, signature_name: str, inputs, output_filter=()) -> None:
+    name = signature_name or DEFAULT_SIGNATURE
+    if name not in servable.signatures:
+        raise ServingError.failed_precondition(f'Serving signature key "{name}" not found.')
+    servable.run(name, inputs, output_filter)
+
+
+def _run_examples(servable: SavedModelServable, signature_name: str, serialized: list[bytes]) -> None:
+    name = signature_name or DEFAULT_SIGNATURE
+    signature = servable.signatures.get(name)
+    if signature is None or len(signature.inputs) != 1:
+        raise ServingError.invalid_argument(f"Signature {name!r} does not take serialized tf.Examples")
+    batch = np.empty(len(serialized), dtype=object)
+    batch[:] = serialized
+    _run(servable, name, {next(iter(signature.inputs)): batch})
