@@ -117,25 +117,27 @@ class DataPlane:
 
     async def classify(self, spec: ModelSpec, examples: Callable[[], list[bytes]], *,
                        entrypoint: str) -> classification_pb2.ClassificationResponse:
-        def work(version: int, servable: SavedModelServable):
-            response = classification_pb2.ClassificationResponse()
-            name = spec.signature_name or DEFAULT_SIGNATURE
-            fill_model_spec(response.model_spec, spec.name, version, name)
-            task = InferenceTask(name, inference.CLASSIFY_METHOD)
-            response.result.CopyFrom(self._run_task("classify", spec.name, servable, task, examples()))
-            return response
-        return await self._in_worker("classify", entrypoint, spec, work)
+        return await self._examples_call(spec, examples, entrypoint, "classify",
+                                         classification_pb2.ClassificationResponse)
 
     async def regress(self, spec: ModelSpec, examples: Callable[[], list[bytes]], *,
                       entrypoint: str) -> regression_pb2.RegressionResponse:
+        return await self._examples_call(spec, examples, entrypoint, "regress",
+                                         regression_pb2.RegressionResponse)
+
+    async def _examples_call(self, spec: ModelSpec, examples: Callable[[], list[bytes]],
+                             entrypoint: str, api: str, response_type):
+        """Classify or Regress: one task on one signature, answered in ``response_type``."""
+        method = inference.CLASSIFY_METHOD if api == "classify" else inference.REGRESS_METHOD
+
         def work(version: int, servable: SavedModelServable):
-            response = regression_pb2.RegressionResponse()
+            response = response_type()
             name = spec.signature_name or DEFAULT_SIGNATURE
             fill_model_spec(response.model_spec, spec.name, version, name)
-            task = InferenceTask(name, inference.REGRESS_METHOD)
-            response.result.CopyFrom(self._run_task("regress", spec.name, servable, task, examples()))
+            task = InferenceTask(name, method)
+            response.result.CopyFrom(self._run_task(api, spec.name, servable, task, examples()))
             return response
-        return await self._in_worker("regress", entrypoint, spec, work)
+        return await self._in_worker(api, entrypoint, spec, work)
 
     async def multi_inference(self, spec: ModelSpec, tasks: Sequence[InferenceTask],
                               examples: Callable[[], list[bytes]], *,

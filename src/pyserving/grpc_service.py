@@ -29,11 +29,9 @@ def spec_from_proto(spec: model_pb2.ModelSpec) -> ModelSpec:
     )
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: ServingError) -> None:
-    await context.abort(_STATUS[int(error.code)], error.message)
-
-
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """ServingErrors raised here become gRPC statuses in _guarded."""
+
     def __init__(self, dataplane: DataPlane, tensor_content: bool = False) -> None:
         self._dataplane = dataplane
         self._tensor_content = tensor_content
@@ -50,51 +48,32 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 response.outputs[alias].CopyFrom(tensor_proto.from_numpy(array, self._tensor_content))
             return response
 
-        try:
-            return await self._dataplane.predict(spec_from_proto(request.model_spec), decode,
-                                                 list(request.output_filter), encode,
-                                                 entrypoint="GRPC")
-        except ServingError as e:
-            await _abort(context, e)
+        return await self._dataplane.predict(spec_from_proto(request.model_spec), decode,
+                                             list(request.output_filter), encode, entrypoint="GRPC")
 
     async def Classify(self, request, context):
-        try:
-            return await self._dataplane.classify(
-                spec_from_proto(request.model_spec), lambda: serialize_input(request.input),
-                entrypoint="GRPC")
-        except ServingError as e:
-            await _abort(context, e)
+        return await self._dataplane.classify(
+            spec_from_proto(request.model_spec), lambda: serialize_input(request.input), entrypoint="GRPC")
 
     async def Regress(self, request, context):
-        try:
-            return await self._dataplane.regress(
-                spec_from_proto(request.model_spec), lambda: serialize_input(request.input),
-                entrypoint="GRPC")
-        except ServingError as e:
-            await _abort(context, e)
+        return await self._dataplane.regress(
+            spec_from_proto(request.model_spec), lambda: serialize_input(request.input), entrypoint="GRPC")
 
     async def MultiInference(self, request, context):
-        try:
-            specs = [spec_from_proto(t.model_spec) for t in request.tasks]
-            if len({s.name for s in specs}) > 1:
-                raise ServingError.invalid_argument(
-                    "All ModelSpecs in a MultiInferenceRequest must access the same model name.")
-            tasks = [InferenceTask(s.signature_name, t.method_name) for s, t in zip(specs, request.tasks)]
-            spec = specs[0] if specs else ModelSpec(name="")
-            return await self._dataplane.multi_inference(
-                spec, tasks, lambda: serialize_input(request.input), entrypoint="GRPC")
-        except ServingError as e:
-            await _abort(context, e)
+        specs = [spec_from_proto(t.model_spec) for t in request.tasks]
+        if len({s.name for s in specs}) > 1:
+            raise ServingError.invalid_argument(
+                "All ModelSpecs in a MultiInferenceRequest must access the same model name.")
+        tasks = [InferenceTask(s.signature_name, t.method_name) for s, t in zip(specs, request.tasks)]
+        spec = specs[0] if specs else ModelSpec(name="")
+        return await self._dataplane.multi_inference(
+            spec, tasks, lambda: serialize_input(request.input), entrypoint="GRPC")
 
     async def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
                                context) -> get_model_metadata_pb2.GetModelMetadataResponse:
-        try:
-            spec = spec_from_proto(request.model_spec)
-            version, servable = self._dataplane.metadata(spec)
-            return metadata_response(spec.name, version, servable.signature_defs,
-                                     list(request.metadata_field))
-        except ServingError as e:
-            await _abort(context, e)
+        spec = spec_from_proto(request.model_spec)
+        version, servable = self._dataplane.metadata(spec)
+        return metadata_response(spec.name, version, servable.signature_defs, list(request.metadata_field))
 
 
 ReloadConfig = Callable[[list[ModelConfig]], Awaitable[None]]
@@ -107,26 +86,20 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
 
     async def HandleReloadConfigRequest(self, request: model_management_pb2.ReloadConfigRequest,
                                         context) -> model_management_pb2.ReloadConfigResponse:
+        if self._reload_config is None:
+            raise ServingError(Code.UNIMPLEMENTED, "This server does not take config reloads")
         try:
-            if self._reload_config is None:
-                raise ServingError(Code.UNIMPLEMENTED, "This server does not take config reloads")
-            try:
-                models = models_from_proto(request.config)
-            except ConfigError as e:
-                raise ServingError.invalid_argument(str(e)) from None
-            await self._reload_config(models)
-        except ServingError as e:
-            await _abort(context, e)
+            models = models_from_proto(request.config)
+        except ConfigError as e:
+            raise ServingError.invalid_argument(str(e)) from None
+        await self._reload_config(models)
         response = model_management_pb2.ReloadConfigResponse()
         response.status.error_code = 0
         return response
 
     async def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest,
                              context) -> get_model_status_pb2.GetModelStatusResponse:
-        try:
-            return status_response(self._dataplane.status(spec_from_proto(request.model_spec)))
-        except ServingError as e:
-            await _abort(context, e)
+        return status_response(self._dataplane.status(spec_from_proto(request.model_spec)))
 
 
 def parse_channel_arguments(text: str) -> list[tuple[str, int | str]]:
@@ -164,10 +137,14 @@ def _safe_parser(message_type):
 
 
 def _guarded(method):
+    """Malformed protos and ServingErrors become the gRPC status clients expect."""
     async def call(request, context):
         if isinstance(request, _Unparsable):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-        return await method(request, context)
+        try:
+            return await method(request, context)
+        except ServingError as e:
+            await context.abort(_STATUS[int(e.code)], e.message)
     return call
 
 
