@@ -55,7 +55,6 @@ class Server:
             allow_labels_for_unavailable=options.allow_version_labels_for_unavailable_models)
         self.source = FileSystemSource(self.manager, options.file_system_poll_wait_seconds)
         self.core = ServerCore(self.manager, self.source)
-        self._config_task: asyncio.Task | None = None
         self.metrics.track_versions(
             lambda: [(v.model, v.version, v.state.name) for v in self.manager.snapshot()])
         self.dataplane = DataPlane(self.manager, self._request_pool,
@@ -63,11 +62,10 @@ class Server:
                                    metrics=self.metrics)
         self._grpc: grpc.aio.Server | None = None
         self._rest: web.AppRunner | None = None
-        self._source_task: asyncio.Task | None = None
+        self._background: list[asyncio.Task] = []  # pollers, cancelled at stop
         # Validated already by config.check_options; read again here for the material.
         self._tls = TlsConfig.from_file(options.ssl_config_file) if options.ssl_config_file else None
         self._health = HealthReporter(self.manager) if options.enable_grpc_healthcheck_service else None
-        self._health_task: asyncio.Task | None = None
 
     def _load(self, path: str):
         """The manager's loader (runs in a load thread): load, warm up, and time both."""
@@ -101,23 +99,23 @@ class Server:
                           o.tensorflow_inter_op_parallelism or o.tensorflow_session_parallelism)
         # Like TF Serving, open the ports once the initial versions have loaded (or failed).
         await self.core.apply(self._models)
-        self._source_task = asyncio.create_task(self.source.run())
+        self._background.append(asyncio.create_task(self.source.run()))
         if o.model_config_file and o.model_config_file_poll_wait_seconds > 0:
-            self._config_task = asyncio.create_task(self.core.watch_config_file(
+            self._background.append(asyncio.create_task(self.core.watch_config_file(
                 lambda: read_model_config_file(o.model_config_file),
-                o.model_config_file_poll_wait_seconds))
+                o.model_config_file_poll_wait_seconds)))
         await self._start_grpc()
         if o.rest_api_port:
             await self._start_rest()
         if self._health:
             await self._health.start()
-            self._health_task = asyncio.create_task(self._health.run())
+            self._background.append(asyncio.create_task(self._health.run()))
 
     async def _start_grpc(self) -> None:
         o = self.options
         self._grpc = create_server(self.dataplane, o.grpc_channel_arguments,
                                    o.enable_serialization_as_tensor_content,
-                                   reload_config=self._reload_config)
+                                   reload_config=self.core.apply)
         if self._health:
             self._health.register(self._grpc)
         if o.port and self._tls:
@@ -148,10 +146,6 @@ class Server:
         log.info("Exporting HTTP%s/REST API at:localhost:%d ...", "S" if ssl_context else "",
                  o.rest_api_port)
 
-    async def _reload_config(self, models: list[ModelConfig]) -> None:
-        """HandleReloadConfigRequest: the new list replaces the whole config."""
-        await self.core.apply(models)
-
     def request_exit(self) -> None:
         self._should_exit.set()
 
@@ -162,13 +156,10 @@ class Server:
 
     async def stop(self, grace: float = DRAIN_SECONDS) -> None:
         log.info("Shutting down: draining in-flight requests")
+        for task in self._background:
+            task.cancel()
         if self._health:
-            if self._health_task:
-                self._health_task.cancel()
             await self._health.shutdown()
-        for task in (self._source_task, self._config_task):
-            if task:
-                task.cancel()
         stops = []
         if self._grpc:
             stops.append(self._grpc.stop(grace))
