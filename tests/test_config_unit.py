@@ -144,7 +144,7 @@ def test_check_options_rejects(kwargs, fragment):
     dict(model_base_path="/m"),
     dict(model_config_file="/c.config"),
     dict(model_base_path="/m", port=9000, rest_api_port=9001),
-    dict(model_base_path="/m", batching_parameters_file="/b", enable_batching=True),
+    dict(model_base_path="/m", enable_batching=True),
     dict(model_base_path="/m", port=0, grpc_socket_path="/tmp/s.sock"),
 ])
 def test_check_options_accepts(kwargs):
@@ -153,9 +153,9 @@ def test_check_options_accepts(kwargs):
 
 def test_unsupported_flags_set():
     assert ServerOptions().unsupported_flags_set() == []
-    opts = ServerOptions(enable_batching=True, xla_cpu_compilation_enabled=True, model_base_path="/m",
-                         rest_api_port=8501, flush_filesystem_caches=True)
-    assert opts.unsupported_flags_set() == ["enable_batching", "xla_cpu_compilation_enabled"]
+    opts = ServerOptions(use_alts_credentials=True, xla_cpu_compilation_enabled=True, model_base_path="/m",
+                         rest_api_port=8501, flush_filesystem_caches=True, enable_batching=True)
+    assert opts.unsupported_flags_set() == ["use_alts_credentials", "xla_cpu_compilation_enabled"]
     opts = ServerOptions(flush_filesystem_caches=False, per_process_gpu_memory_fraction=0.5)
     # declaration order
     assert opts.unsupported_flags_set() == ["flush_filesystem_caches",
@@ -171,3 +171,28 @@ def test_every_flag_has_help_and_support_metadata():
 def test_tags():
     assert ServerOptions().tags == ("serve",)
     assert ServerOptions(saved_model_tags="serve, gpu,,").tags == ("serve", "gpu")
+
+
+def test_batching_parameters_file(tmp_path):
+    from pyserving.batching import BatchingOptions
+    from pyserving.config import ConfigError
+
+    good = tmp_path / "batching.pbtxt"
+    good.write_text("max_batch_size { value: 8 } batch_timeout_micros { value: 5000 } "
+                    "num_batch_threads { value: 2 } allowed_batch_sizes: 4 allowed_batch_sizes: 8")
+    options = BatchingOptions.from_file(str(good))
+    assert (options.max_batch_size, options.batch_timeout_micros, options.num_batch_threads) == (8, 5000, 2)
+    assert options.max_enqueued_batches == 10  # TF Serving's default
+    assert [options.padded_size(n) for n in (1, 4, 5, 8)] == [4, 4, 8, 8]
+    assert check_options(ServerOptions(model_base_path="/m", enable_batching=True,
+                                       batching_parameters_file=str(good))) is None
+    bad = tmp_path / "bad.pbtxt"
+    for text, needle in [("max_batch_size { value: }", "Error parsing text-format tensorflow.serving.BatchingParameters"),
+                         ("max_batch_size { value: 8 } allowed_batch_sizes: 4", "must equal max_batch_size"),
+                         ("max_batch_size { value: 8 } allowed_batch_sizes: 8 allowed_batch_sizes: 2",
+                          "increasing")]:
+        bad.write_text(text)
+        with pytest.raises(ConfigError) as info:
+            check_options(ServerOptions(model_base_path="/m", enable_batching=True,
+                                        batching_parameters_file=str(bad)))
+        assert needle in str(info.value)

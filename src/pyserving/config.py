@@ -117,6 +117,10 @@ def check_options(options: ServerOptions) -> None:
         from .tls import TlsConfig
 
         TlsConfig.from_file(options.ssl_config_file)  # bad file or PEM material: ConfigError
+    if options.batching_parameters_file:
+        from .batching import BatchingOptions
+
+        BatchingOptions.from_file(options.batching_parameters_file)  # malformed or invalid: ConfigError
     if options.monitoring_config_file:
         from .monitoring import PrometheusSettings
 

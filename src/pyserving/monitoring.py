@@ -70,6 +70,16 @@ class Metrics:
         self.warmup_latency = Histogram(
             ":tensorflow:serving:model_warmup_latency", "Model warmup latency in microseconds.",
             ["model_path", "status"], buckets=LATENCY_BUCKETS_US, registry=r)
+        self.queuing_latency = Histogram(
+            ":tensorflow:serving:batching_session:queuing_latency",
+            "Time a request waited for its batch, in microseconds.", ["model_path"],
+            buckets=LATENCY_BUCKETS_US, registry=r)
+        self.processed_batch_size = Histogram(
+            ":tensorflow:serving:batching_session:processed_batch_size",
+            "Rows in each batch run (padding included).", ["model_path"], buckets=EXAMPLE_BUCKETS, registry=r)
+        self.padding_size = Histogram(
+            ":tensorflow:serving:batching_session:padding_size", "Padding rows added to each batch.",
+            ["model_path"], buckets=(0,) + EXAMPLE_BUCKETS, registry=r)
         self.version_requests = Counter(
             ":pyserving:version_request_count", "Answered requests, by model version.",
             ["model_name", "version", "API"], registry=r)
@@ -104,6 +114,11 @@ class Metrics:
 
     def record_warmup(self, path: str, seconds: float, ok: bool) -> None:
         self.warmup_latency.labels(path, "OK" if ok else "ERROR").observe(seconds * 1e6)
+
+    def record_batch(self, path: str, rows: int, padding: int, waited_seconds: float) -> None:
+        self.queuing_latency.labels(path).observe(waited_seconds * 1e6)
+        self.processed_batch_size.labels(path).observe(rows + padding)
+        self.padding_size.labels(path).observe(padding)
 
     # ---- exposition ---------------------------------------------------------------
 

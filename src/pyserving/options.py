@@ -26,12 +26,12 @@ class ServerOptions:
         supported=False)
     rest_api_timeout_in_ms: int = _flag(30000, "Timeout for a REST request, in milliseconds")
     rest_api_enable_cors_support: bool = _flag(False, "Answer CORS preflight and add CORS headers")
-    enable_batching: bool = _flag(False, "Batch inference requests", supported=False)
+    enable_batching: bool = _flag(False, "Run concurrent requests to a version as one batch")
     allow_version_labels_for_unavailable_models: bool = _flag(
         False, "Allow labels to point at versions that are not yet available")
-    batching_parameters_file: str = _flag("", "BatchingParameters text proto", supported=False)
+    batching_parameters_file: str = _flag("", "BatchingParameters text proto (needs --enable_batching)")
     enable_per_model_batching_parameters: bool = _flag(
-        False, "Read batching_params.pbtxt from each version folder", supported=False)
+        False, "Read batching_params.pbtxt from each version folder when present")
     model_config_file: str = _flag("", "ModelServerConfig text proto listing the models to serve")
     model_config_file_poll_wait_seconds: int = _flag(
         0, "Seconds between re-reads of --model_config_file (0 = read once)")

@@ -13,7 +13,8 @@ import grpc
 from aiohttp import web
 
 from . import __version__
-from .config import ModelConfig, read_model_config_file
+from .batching import PER_MODEL_FILE, BatchingOptions, BatchingServable
+from .config import ConfigError, ModelConfig, read_model_config_file
 from .core.manager import ModelManager, RetryPolicy
 from .core.server_core import ServerCore
 from .core.source import FileSystemSource
@@ -40,8 +41,12 @@ class Server:
         self._models = models
         self._should_exit = asyncio.Event()
         cpus = os.cpu_count() or 2
+        # With batching, request threads mostly wait for their batch: allow many more.
+        default_workers = max(64, 8 * cpus) if options.enable_batching else max(8, 4 * cpus)
         self._request_pool = ThreadPoolExecutor(
-            max_workers=options.grpc_max_threads or max(8, 4 * cpus), thread_name_prefix="request")
+            max_workers=options.grpc_max_threads or default_workers, thread_name_prefix="request")
+        self._batching = (BatchingOptions.from_file(options.batching_parameters_file)
+                          if options.batching_parameters_file else BatchingOptions())
         self._load_pool = ThreadPoolExecutor(
             max_workers=options.num_load_threads or 2, thread_name_prefix="load")
         self.metrics = Metrics()
@@ -79,7 +84,21 @@ class Server:
         warmup_file = warmup_path(path) if self.options.enable_model_warmup else None
         if warmup_file:
             self._warm_up(servable, path, warmup_file)
+        if self.options.enable_batching:
+            return self._batched(servable, path)
         return servable
+
+    def _batched(self, servable, path: str) -> BatchingServable:
+        options = self._batching
+        per_model = os.path.join(path, PER_MODEL_FILE)
+        if self.options.enable_per_model_batching_parameters and os.path.isfile(per_model):
+            try:
+                options = BatchingOptions.from_file(per_model)
+            except ConfigError as e:
+                servable.close()
+                raise ServingError.invalid_argument(str(e)) from None
+        return BatchingServable(servable, options,
+                                lambda rows, padding, waited: self.metrics.record_batch(path, rows, padding, waited))
 
     def _warm_up(self, servable, path: str, warmup_file: str) -> None:
         start = time.perf_counter()
