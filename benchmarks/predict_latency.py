@@ -1,6 +1,6 @@
 """Round-trip latency and throughput of Predict, gRPC and REST, on the MNIST model.
 
-Usage: python benchmarks/predict_latency.py [--requests 2000] [--concurrency 8] [--data-dir DIR]
+Usage: python benchmarks/predict_latency.py [--requests 2000] [--concurrency 8] [--data-dir DIR] [--batching]
 
 Exports the tutorial's model (pyserving mnist export), starts tensorflow_model_server
 (pyserving) on loopback, and prints latency percentiles for one-image requests sent
@@ -82,6 +82,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--data-dir", default=os.environ.get("MNIST_DIR"))
+    parser.add_argument("--batching", action="store_true", help="start the server with --enable_batching")
     args = parser.parse_args()
 
     data = load_mnist(args.data_dir)
@@ -90,7 +91,8 @@ def main() -> None:
     grpc_port, rest_port = free_port(), free_port()
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "tensorflow_model_server"), f"--port={grpc_port}",
-         f"--rest_api_port={rest_port}", "--model_name=mnist", f"--model_base_path={root / 'mnist'}"],
+         f"--rest_api_port={rest_port}", "--model_name=mnist", f"--model_base_path={root / 'mnist'}"]
+        + (["--enable_batching"] if args.batching else []),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, PYSERVING_LOG_LEVEL="WARNING"))
     try:
         wait_port(rest_port, server)
