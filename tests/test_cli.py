@@ -88,3 +88,23 @@ def test_unix_socket_and_sigterm_exit_zero(tmp_path):
     finally:
         assert server.stop() == 0
     assert "Shutting down" in server.log()
+
+
+@pytest.mark.parametrize("which", ["grpc", "rest"])
+def test_port_in_use_exits_with_a_clear_error(tmp_path, which):
+    import socket
+
+    base = tmp_path / "tf1"
+    models.export_tf1_half_plus_two(str(base / "1"))
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        from support.server import free_port
+        flags = ([f"--port={port}"] if which == "grpc"
+                 else [f"--port={free_port()}", f"--rest_api_port={port}"])
+        out = subprocess.run([str(BIN_DIR / "tensorflow_model_server"), "--model_name=tf1",
+                              f"--model_base_path={base}", *flags],
+                             capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert "Could not start serving" in out.stderr and str(port) in out.stderr

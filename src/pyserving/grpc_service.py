@@ -117,7 +117,9 @@ def parse_channel_arguments(text: str) -> list[tuple[str, int | str]]:
 
 
 # Clients send large tensors; TF Serving lifts gRPC's 4 MiB default on the server.
-UNLIMITED = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+UNLIMITED = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1),
+             # A port already in use must fail loudly, not be shared with another server.
+             ("grpc.so_reuseport", 0)]
 
 
 class _Unparsable:

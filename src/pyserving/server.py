@@ -169,7 +169,11 @@ class Server:
         self._should_exit.set()
 
     async def serve(self) -> None:
-        await self.start()
+        try:
+            await self.start()
+        except (OSError, RuntimeError) as e:  # a port in use, a bad socket path, ...
+            await self.stop(grace=0)
+            raise ServingError.unavailable(f"Could not start serving: {e}") from None
         await self._should_exit.wait()
         await self.stop()
 
@@ -201,7 +205,7 @@ def run(options: ServerOptions, models: list[ModelConfig]) -> int:
 
     try:
         asyncio.run(main())
-    except ServingError as e:  # e.g. a version label that can't be set at start
+    except ServingError as e:  # a version label that can't be set, a port in use, ...
         log.error("%s", e.message)
         return 1
     return 0
