@@ -612,3 +612,23 @@ def test_poll_once_new_version_replaces_old_and_removed_model_unloads(tmp_path):
 
     run(body, loader)
     assert os.path.basename(loader.calls[-1]) == "3"
+
+
+def test_unloaded_versions_are_kept_for_status_but_bounded():
+    from pyserving.core import manager as manager_module
+
+    loader = FakeLoader()
+
+    async def body(m: ModelManager):
+        m.add_model("m", "/b")
+        total = manager_module.MAX_ENDED_VERSIONS + 5
+        for n in range(1, total + 1):
+            m.set_aspired("m", {n: f"/b/{n}"})
+            await m.wait_until_settled(["m"], timeout=DEADLINE)
+            await until(lambda: all(s.state in (VersionState.AVAILABLE, VersionState.END)
+                                    for s in m.status("m")), "the previous version to unload")
+        versions = [s.version for s in m.status("m")]
+        assert versions[0] == total and len(versions) == manager_module.MAX_ENDED_VERSIONS + 1
+        assert min(versions) == total - manager_module.MAX_ENDED_VERSIONS
+
+    run(body, loader)

@@ -263,6 +263,7 @@ class ModelManager:
             await asyncio.get_running_loop().run_in_executor(self._executor, close)
         record.state = VersionState.END
         log.info("Unloaded servable version {name: %s version: %d}", model.name, record.number)
+        _forget_old_versions(model)
         await self._notify()
 
     async def _notify(self) -> None:
@@ -280,3 +281,14 @@ class ModelManager:
                 if record.state == VersionState.AVAILABLE:
                     await self._unload(model, record)
 
+
+# Status keeps unloaded versions (END) as TF Serving does, but not without bound:
+# a model that gets a new version every few minutes would otherwise grow forever.
+MAX_ENDED_VERSIONS = 20
+
+
+def _forget_old_versions(model: _Model) -> None:
+    ended = sorted(n for n, v in model.versions.items()
+                   if v.state == VersionState.END and n not in model.aspired)
+    for number in ended[:max(0, len(ended) - MAX_ENDED_VERSIONS)]:
+        del model.versions[number]
