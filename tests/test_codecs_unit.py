@@ -463,3 +463,13 @@ def test_half_precision_outputs(np_dtype):
 def test_complex_outputs_are_pairs():
     body = _encode({"z": np.array([1 + 2j], np.complex64)}, False)
     assert body == {"outputs": [[1.0, 2.0]]}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64, np.complex128, np.bool_])
+def test_large_typed_outputs_match_tensorflow(dtype):
+    """The packed fast path for fixed-width fields decodes the same in TensorFlow."""
+    rng = np.random.default_rng(0)
+    array = rng.random((300, 257)) > 0.5 if dtype == np.bool_ else (rng.random((300, 257)) * 1e3).astype(dtype)
+    proto = tensor_proto.from_numpy(array)
+    assert not proto.tensor_content
+    np.testing.assert_array_equal(tf.make_ndarray(proto), array)

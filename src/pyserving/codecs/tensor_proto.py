@@ -96,9 +96,41 @@ def from_numpy(array: np.ndarray, tensor_content: bool = False) -> tensor_pb2.Te
         proto.string_val.extend(_as_bytes(v) for v in array.reshape(-1))
     elif tensor_content:
         proto.tensor_content = np.ascontiguousarray(array).tobytes()
+    elif dt.enum in _PACKED_RAW:
+        # Fixed-width packed fields are the array's own little-endian bytes: hand them to
+        # the protobuf parser instead of making a Python object per element.
+        field_number, wire_dtype = _PACKED_RAW[dt.enum]
+        raw = np.ascontiguousarray(array, dtype=wire_dtype).tobytes()
+        proto.MergeFromString(_key(field_number) + _varint(len(raw)) + raw)
     else:
         getattr(proto, dt.field).extend(_typed_values(array, dt))
     return proto
+
+
+# DataType -> (TensorProto field number, little-endian wire dtype) for packed fields whose
+# encoding is the raw values: fixed32/fixed64 floats, and bools (one byte, 0 or 1).
+_PACKED_RAW = {
+    types_pb2.DT_FLOAT: (5, "<f4"),
+    types_pb2.DT_DOUBLE: (6, "<f8"),
+    types_pb2.DT_COMPLEX64: (9, "<c8"),
+    types_pb2.DT_BOOL: (11, "u1"),
+    types_pb2.DT_COMPLEX128: (12, "<c16"),
+}
+
+
+def _key(field_number: int) -> bytes:
+    return _varint(field_number << 3 | 2)  # wire type 2: length-delimited (packed)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
 
 
 def _typed_values(array: np.ndarray, dt: DType) -> list:
