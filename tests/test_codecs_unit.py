@@ -473,3 +473,18 @@ def test_large_typed_outputs_match_tensorflow(dtype):
     proto = tensor_proto.from_numpy(array)
     assert not proto.tensor_content
     np.testing.assert_array_equal(tf.make_ndarray(proto), array)
+
+
+def test_single_value_cannot_fill_a_huge_shape():
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[1.0])
+    for size in (10 ** 6, 10 ** 6):
+        proto.tensor_shape.dim.add(size=size)
+    with pytest.raises(ServingError) as info:
+        tensor_proto.to_numpy(proto, "input 'x'")
+    assert info.value.code == Code.INVALID_ARGUMENT and "refusing to fill" in info.value.message
+
+
+def test_deeply_nested_json_is_a_client_error():
+    with pytest.raises(ServingError) as info:
+        json_codec.parse_json("[" * 100_000 + "]" * 100_000)
+    assert info.value.code == Code.INVALID_ARGUMENT and "nests too deeply" in info.value.message

@@ -326,3 +326,16 @@ def test_large_message_over_4mb(stubs):
     response = predict.Predict(
         predict_request("tf2", {"x": big}, output_filter=["y_sum"]), 30)
     assert len(response.outputs["y_sum"].float_val) == 600_000
+
+
+def test_huge_claimed_shape_is_refused_and_server_keeps_serving(stubs):
+    predict, _ = stubs
+    request = predict_request("tf1", {})
+    request.inputs["x"].dtype = tf.float32.as_datatype_enum
+    request.inputs["x"].tensor_shape.dim.add(size=10 ** 7)
+    request.inputs["x"].tensor_shape.dim.add(size=10 ** 6)
+    request.inputs["x"].float_val.append(1.0)
+    err = _error(predict.Predict, request)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "refusing to fill" in err.details()
+    ok = predict.Predict(predict_request("tf1", {"x": np.ones((1, 1), np.float32)}), 10)
+    assert ok.outputs["y"].float_val[0] == 2.5

@@ -205,3 +205,14 @@ def test_cors_support(tmp_path):
 def test_no_cors_headers_by_default(server):
     r = server.post("/v1/models/tf1:predict", json={"instances": [[1.0]]}, headers={"Origin": "https://x.example"})
     assert "Access-Control-Allow-Origin" not in r.headers
+
+
+def test_hostile_bodies_are_400_and_cost_nothing(server):
+    deep = "[" * 100_000 + "]" * 100_000
+    r = server.post("/v1/models/tf1:predict", data=deep, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and "nests too deeply" in r.json()["error"]
+    r = server.post("/v1/models/dtypes:predict",
+                    data='{"signature_name": "id_string", "inputs": ' + "[" * 5000 + '"a"' + "]" * 5000 + "}",
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code == 400
+    assert server.post("/v1/models/tf1:predict", json={"instances": [[0.0]]}).json() == {"predictions": [[2.0]]}

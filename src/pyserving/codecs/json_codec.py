@@ -33,6 +33,8 @@ def parse_json(raw: bytes | str) -> Any:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise ServingError.invalid_argument(f"JSON Parse error: {e}") from None
+    except RecursionError:
+        raise ServingError.invalid_argument("JSON Parse error: the body nests too deeply") from None
 
 
 def parse_predict_body(body: Any) -> PredictBody:
@@ -124,6 +126,8 @@ def to_array(value: Any, dtype_enum: int, name: str) -> np.ndarray:
         raise
     except (ValueError, TypeError, OverflowError) as e:
         raise ServingError.invalid_argument(f"input '{name}': {_reason(e, dt)}") from None
+    except RecursionError:
+        raise ServingError.invalid_argument(f"input '{name}': the values nest too deeply") from None
 
 
 def _reason(e: Exception, dt: DType | None) -> str:

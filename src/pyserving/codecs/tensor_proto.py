@@ -16,6 +16,7 @@ from ..errors import ServingError
 from .dtypes import BY_ENUM, DType, dtype_name, from_numpy_dtype
 
 _HALF_BITS = (types_pb2.DT_HALF, types_pb2.DT_BFLOAT16)
+MAX_BROADCAST_ELEMENTS = 1 << 26
 _COMPLEX = (types_pb2.DT_COMPLEX64, types_pb2.DT_COMPLEX128)
 
 
@@ -78,7 +79,11 @@ def _fit(flat: np.ndarray, shape: tuple[int, ...], count: int, what: str) -> np.
     if flat.size == count:
         return flat.reshape(shape)
     if flat.size == 1:
-        # TensorFlow's own rule: one value fills the whole shape.
+        # TensorFlow's own rule: one value fills the whole shape -- within reason, since the
+        # shape comes from the client and could ask for terabytes.
+        if count > MAX_BROADCAST_ELEMENTS:
+            raise ServingError.invalid_argument(
+                f"{what}: refusing to fill shape {list(shape)} ({count} elements) from a single value")
         return np.full(shape, flat[0], dtype=flat.dtype)
     raise ServingError.invalid_argument(
         f"{what}: tensor has {flat.size} values but its shape {list(shape)} needs {count}")
