@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc, regression_pb2
 
 from support import models
-from support.server import ServerProcess, model_config
+from support.server import ServerProcess, serve_models
 
 METRICS = "/monitoring/prometheus/metrics"
 
@@ -20,17 +20,13 @@ METRICS = "/monitoring/prometheus/metrics"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("batched")
-    models.export_tf2_linear(str(root / "linear" / "1"))
-    models.export_tf1_examples(str(root / "ex" / "1"))
     (root / "batching.pbtxt").write_text(
         "max_batch_size { value: 8 } batch_timeout_micros { value: 100000 } "
         "num_batch_threads { value: 1 } allowed_batch_sizes: 4 allowed_batch_sizes: 8")
     (root / "monitoring.config").write_text("prometheus_config { enable: true }")
-    (root / "models.config").write_text(model_config({"linear": str(root / "linear"), "ex": str(root / "ex")}))
-    server = ServerProcess(f"--model_config_file={root / 'models.config'}", "--enable_batching",
-                           f"--batching_parameters_file={root / 'batching.pbtxt'}",
-                           f"--monitoring_config_file={root / 'monitoring.config'}",
-                           log_path=root / "server.log").wait_ready()
+    server = serve_models(root, {"linear": models.export_tf2_linear, "ex": models.export_tf1_examples},
+                          "--enable_batching", f"--batching_parameters_file={root / 'batching.pbtxt'}",
+                          f"--monitoring_config_file={root / 'monitoring.config'}")
     yield server
     assert server.stop() == 0
 

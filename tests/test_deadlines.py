@@ -9,19 +9,14 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from support import models
-from support.server import ServerProcess, model_config
+from support.server import ServerProcess, serve_models
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("slow_models")
-    models.export_sleeper(str(root / "sleeper" / "1"))
-    models.export_tf1_half_plus_two(str(root / "tf1" / "1"))
-    config = root / "models.config"
-    config.write_text(model_config({"sleeper": str(root / "sleeper"), "tf1": str(root / "tf1")}))
-    server = ServerProcess(f"--model_config_file={config}", "--rest_api_timeout_in_ms=300",
-                           "--rest_api_max_request_bytes=100000",
-                           log_path=root / "server.log").wait_ready()
+    server = serve_models(root, {"sleeper": models.export_sleeper, "tf1": models.export_tf1_half_plus_two},
+                          "--rest_api_timeout_in_ms=300", "--rest_api_max_request_bytes=100000")
     yield server
     assert server.stop() == 0
 

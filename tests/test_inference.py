@@ -11,17 +11,13 @@ from tensorflow_serving.apis import (classification_pb2, inference_pb2, input_pb
                                      prediction_service_pb2_grpc, regression_pb2)
 
 from support import models
-from support.server import ServerProcess, model_config
+from support.server import serve_models
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("example_models")
-    models.export_tf1_examples(str(root / "ex" / "1"))
-    models.export_tf2_linear(str(root / "tf2" / "1"))
-    config = root / "models.config"
-    config.write_text(model_config({"ex": str(root / "ex"), "tf2": str(root / "tf2")}))
-    server = ServerProcess(f"--model_config_file={config}", log_path=root / "server.log").wait_ready()
+    server = serve_models(root, {"ex": models.export_tf1_examples, "tf2": models.export_tf2_linear})
     yield server
     assert server.stop() == 0
 

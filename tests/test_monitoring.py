@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc, regression_pb2
 
 from support import models
-from support.server import ServerProcess, model_config
+from support.server import ServerProcess, serve_models
 
 PATH = "/monitoring/prometheus/metrics"
 
@@ -18,14 +18,10 @@ PATH = "/monitoring/prometheus/metrics"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("monitored")
-    models.export_tf1_half_plus_two(str(root / "tf1" / "1"))
-    models.export_tf1_examples(str(root / "ex" / "1"))
     (root / "monitoring.config").write_text(
         f'prometheus_config {{ enable: true, path: "{PATH}" }}')
-    (root / "models.config").write_text(model_config({"tf1": str(root / "tf1"), "ex": str(root / "ex")}))
-    server = ServerProcess(f"--model_config_file={root / 'models.config'}",
-                           f"--monitoring_config_file={root / 'monitoring.config'}",
-                           log_path=root / "server.log").wait_ready()
+    server = serve_models(root, {"tf1": models.export_tf1_half_plus_two, "ex": models.export_tf1_examples},
+                          f"--monitoring_config_file={root / 'monitoring.config'}")
     yield server, root
     assert server.stop() == 0
 

@@ -98,3 +98,13 @@ def model_config(models: dict[str, str], extra: dict[str, str] | None = None) ->
         more = (extra or {}).get(name, "")
         parts.append(f'config {{ name: "{name}" base_path: "{path}" model_platform: "tensorflow" {more} }}')
     return "model_config_list {\n  " + "\n  ".join(parts) + "\n}\n"
+
+
+def serve_models(root: Path, exporters: dict[str, Callable[[str], object]], *flags: str,
+                 extra: dict[str, str] | None = None) -> ServerProcess:
+    """Export each model as version 1 under root/NAME, list them in a config file, start, wait."""
+    for name, export in exporters.items():
+        export(str(root / name / "1"))
+    config = root / "models.config"
+    config.write_text(model_config({name: str(root / name) for name in exporters}, extra))
+    return ServerProcess(f"--model_config_file={config}", *flags, log_path=root / "server.log").wait_ready()
