@@ -24,9 +24,8 @@ from .core.manager import ModelManager
 from .core.states import VersionState, VersionStatus
 from .errors import ServingError
 from .monitoring import Metrics
-from .runtime.saved_model import SavedModelServable, Signature
+from .runtime.saved_model import DEFAULT_SIGNATURE, SavedModelServable, Signature
 
-DEFAULT_SIGNATURE = "serving_default"
 T = TypeVar("T")
 
 

@@ -19,6 +19,7 @@ from ..errors import Code, ServingError
 from ..codecs.dtypes import BY_ENUM, dtype_name
 
 INIT_OP_SIGNATURE = "__saved_model_init_op"
+DEFAULT_SIGNATURE = "serving_default"  # what an empty signature_name means
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,10 @@ import numpy as np
 from ..codecs import tensor_proto
 from ..codecs.examples import serialize_input
 from ..errors import Code, ServingError
-from .saved_model import SavedModelServable
+from .saved_model import DEFAULT_SIGNATURE, SavedModelServable
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_RECORDS = 1000
-DEFAULT_SIGNATURE = "serving_default"
 
 
 def warmup_path(version_path: str) -> str | None:
