@@ -8,6 +8,8 @@ same text files TF Serving reads parse here too.
 
 from __future__ import annotations
 
+from typing import Any
+
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
 
 _F = descriptor_pb2.FieldDescriptorProto
@@ -63,7 +65,7 @@ class ConfigFileError(ValueError):
     pass
 
 
-def read_text_proto(path: str, message_class: type):
+def read_text_proto(path: str, message_class: Any) -> Any:
     """Parse a text-format config file, with TF Serving's wording on failure."""
     name = message_class.DESCRIPTOR.full_name
     try:

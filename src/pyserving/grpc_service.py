@@ -173,7 +173,7 @@ def _methods(service_descriptor) -> dict:
 def create_server(dataplane: DataPlane, channel_arguments: str = "",
                   tensor_content: bool = False,
                   reload_config: ReloadConfig | None = None) -> grpc.aio.Server:
-    options = dict(UNLIMITED)
+    options: dict[str, int | str] = dict(UNLIMITED)
     options.update(parse_channel_arguments(channel_arguments))
     server = grpc.aio.server(options=list(options.items()))
     prediction = PredictionServicer(dataplane, tensor_content)

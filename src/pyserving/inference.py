@@ -80,7 +80,9 @@ def classification_result(outputs: Mapping[str, np.ndarray], batch: int) -> clas
     if classes is not None and scores is not None and classes.shape != scores.shape:
         raise ServingError.invalid_argument(
             f"Tensors class and score should match in shape: {list(classes.shape)} vs {list(scores.shape)}")
-    width = (classes if classes is not None else scores).shape[1]
+    some = classes if classes is not None else scores
+    assert some is not None  # classification_outputs() guarantees one of them
+    width = some.shape[1]
     result = classification_pb2.ClassificationResult()
     for i in range(batch):
         classification = result.classifications.add()

@@ -224,14 +224,15 @@ def _rows(outputs: Mapping[str, np.ndarray]) -> Any:
     if len(outputs) == 1:
         name, array = next(iter(outputs.items()))
         return to_json_value(array, name)
-    sizes = {k: (v.shape[0] if v.ndim else None) for k, v in outputs.items()}
+    sizes = {k: (v.shape[0] if v.ndim else -1) for k, v in outputs.items()}
     batch = set(sizes.values())
-    if len(batch) != 1 or None in batch:
+    if len(batch) != 1 or -1 in batch:
         raise ServingError.invalid_argument(
             "Tensors in the output have inconsistent or missing batch sizes "
             f"({', '.join(f'{k}: {s}' for k, s in sizes.items())}); use the columnar 'inputs' format")
     columns = {k: to_json_value(v, k) for k, v in outputs.items()}
-    return [{k: columns[k][i] for k in columns} for i in range(batch.pop())]
+    rows = batch.pop()
+    return [{k: columns[k][i] for k in columns} for i in range(rows)]
 
 
 def to_json_value(array: np.ndarray, name: str) -> Any:

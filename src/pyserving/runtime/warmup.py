@@ -30,7 +30,7 @@ def read_warmup_records(path: str) -> list:
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_log_pb2
 
-    records = []
+    records: list = []
     try:
         for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():
             if len(records) == MAX_RECORDS:
