@@ -65,14 +65,28 @@ def _from_content(content: bytes, dt: DType, count: int, what: str) -> np.ndarra
     return np.frombuffer(content, dtype=dt.numpy)
 
 
+# Each typed field's storage type. numpy reads these containers directly (no Python object
+# per element); narrower dtypes are range-checked before the cast, never wrapped around.
+_STORAGE = {
+    "float_val": np.float32, "double_val": np.float64, "int_val": np.int32, "int64_val": np.int64,
+    "uint32_val": np.uint32, "uint64_val": np.uint64, "bool_val": np.bool_, "half_val": np.int32,
+    "scomplex_val": np.float32, "dcomplex_val": np.float64,
+}
+
+
 def _from_typed(proto: tensor_pb2.TensorProto, dt: DType) -> np.ndarray:
-    values = getattr(proto, dt.field)
-    if proto.dtype in _HALF_BITS:
-        return np.fromiter(values, dtype=np.uint16, count=len(values)).view(dt.numpy)
+    stored = np.asarray(getattr(proto, dt.field), dtype=_STORAGE[dt.field])
     if proto.dtype in _COMPLEX:
-        parts = np.fromiter(values, dtype=dt.numpy.type(0).real.dtype, count=len(values))
-        return parts.view(dt.numpy)
-    return np.fromiter(values, dtype=dt.numpy, count=len(values))
+        if stored.size % 2:
+            raise ValueError("complex values come in (real, imaginary) pairs")
+        return stored.view(dt.numpy)
+    target = np.dtype(np.uint16) if proto.dtype in _HALF_BITS else dt.numpy
+    if target != stored.dtype and target.kind in "iu" and stored.size:
+        limits = np.iinfo(target)
+        if stored.min() < limits.min or stored.max() > limits.max:
+            raise OverflowError(f"a value is out of range for {target}")
+    converted = stored.astype(target, copy=False)
+    return converted.view(dt.numpy) if proto.dtype in _HALF_BITS else converted
 
 
 def _fit(flat: np.ndarray, shape: tuple[int, ...], count: int, what: str) -> np.ndarray:
