@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
+import orjson
 
 from ..errors import ServingError
 from .dtypes import BY_ENUM, DType
@@ -29,6 +30,10 @@ class PredictBody:
 
 
 def parse_json(raw: bytes | str) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass  # NaN/Infinity, huge integers, or a real error: the standard parser decides
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
@@ -217,7 +222,21 @@ def encode_outputs(outputs: Mapping[str, np.ndarray], row_format: bool) -> bytes
         body = {"outputs": to_json_value(array, name)}
     else:
         body = {"outputs": {k: to_json_value(v, k) for k, v in outputs.items()}}
-    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+    if all(_finite(v) for v in outputs.values()):
+        # orjson writes numpy arrays natively, float32 in its shortest form.
+        return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    # NaN and Infinity, which TF Serving prints as such: only the standard encoder does.
+    return json.dumps(body, separators=(",", ":"), default=_plain).encode("utf-8")
+
+
+def _finite(array: np.ndarray) -> bool:
+    return array.dtype.kind not in "fc" or bool(np.isfinite(array).all())
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (np.ndarray, np.generic)):
+        return value.tolist()
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
 
 
 def _rows(outputs: Mapping[str, np.ndarray]) -> Any:
@@ -241,9 +260,11 @@ def to_json_value(array: np.ndarray, name: str) -> Any:
         return _strings_to_json(array.tolist(), as_b64)
     if array.dtype.kind == "c":
         return np.stack([array.real, array.imag], axis=-1).tolist()
+    if array.ndim == 0:
+        return array.tolist()
     if array.dtype.kind == "f" and array.dtype.itemsize < 4 or array.dtype.name == "bfloat16":
-        return array.astype(np.float32).tolist()
-    return array.tolist()
+        array = array.astype(np.float32)
+    return np.ascontiguousarray(array)  # serialised as a whole by the encoder
 
 
 def _strings_to_json(value: Any, as_b64: bool) -> Any:
