@@ -110,6 +110,15 @@ def main() -> None:
         url = f"http://127.0.0.1:{rest_port}/v1/models/mnist:predict"
         rest_call = lambda: session.post(url, data=body, timeout=10).raise_for_status()
         bench("REST", rest_call, args.requests // 2, 1)
+
+        # Big bodies: 100 images per request, where JSON encoding dominates.
+        big = json.dumps({"signature_name": "predict_images", "instances": data.test_images[:100].tolist()})
+        samples = []
+        for _ in range(50):
+            start = time.perf_counter()
+            session.post(url, data=big, timeout=30).raise_for_status()
+            samples.append(time.perf_counter() - start)
+        print(f"REST  100 images per request (50 requests): {percentiles(samples)}")
         channel.close()
     finally:
         server.send_signal(signal.SIGTERM)
