@@ -108,3 +108,9 @@ def test_port_in_use_exits_with_a_clear_error(tmp_path, which):
                              capture_output=True, text=True, timeout=120)
     assert out.returncode == 1
     assert "Could not start serving" in out.stderr and str(port) in out.stderr
+
+
+def test_flag_prefixes_are_not_guessed():
+    out = run_server_cli("--model_base=/m")
+    assert out.returncode == 2
+    assert "--model_base" in out.stderr

@@ -72,18 +72,23 @@ def serve(options: ServerOptions) -> int:
 
 
 def model_server_main(argv: Sequence[str] | None = None) -> int:
+    # No abbreviations: TF Serving takes whole flag names only, and a prefix must not be misread.
     parser = argparse.ArgumentParser(
-        prog="tensorflow_model_server",
+        prog="tensorflow_model_server", allow_abbrev=False,
         description="pyserving: a drop-in tensorflow_model_server (TF Serving's flags).")
     add_server_flags(parser)
     return serve(options_from_args(parser.parse_args(argv)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pyserving", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="pyserving", allow_abbrev=False,
+        description="pyserving: TensorFlow Serving, rebuilt in Python. "
+                    "`pyserving serve` is tensorflow_model_server; `pyserving mnist` is the tutorial.")
     parser.add_argument("--version", action="version", version=f"pyserving {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve_parser = commands.add_parser("serve", help="run the model server (TF Serving's flags)")
+    serve_parser = commands.add_parser("serve", help="run the model server (TF Serving's flags)",
+                                       allow_abbrev=False)
     add_server_flags(serve_parser)
     serve_parser.set_defaults(func=lambda a: serve(options_from_args(a)))
     from .mnist.cli import add_mnist_commands
