@@ -16,7 +16,8 @@ from typing import Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
-from tensorflow_serving.apis import classification_pb2, inference_pb2, regression_pb2
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, inference_pb2,
+                                     regression_pb2)
 
 from . import inference
 from .codecs.dtypes import dtype_name, from_numpy_dtype
@@ -24,6 +25,7 @@ from .core.manager import ModelManager
 from .core.states import VersionState, VersionStatus
 from .errors import ServingError
 from .monitoring import Metrics
+from .responses import metadata_response
 from .runtime.saved_model import DEFAULT_SIGNATURE, SavedModelServable, Signature
 
 T = TypeVar("T")
@@ -183,10 +185,16 @@ class DataPlane:
                 ready[status.model] = True
         return ready
 
-    def metadata(self, spec: ModelSpec) -> tuple[int, SavedModelServable]:
-        """(version, servable) for metadata; the servable's signature_defs are read as stored."""
+    def resolve(self, spec: ModelSpec) -> int:
+        """The version a request with this spec would be served by (ServingError if none)."""
+        with self._manager.handle(spec.name, self._version_of(spec)) as (version, _):
+            return version
+
+    def metadata(self, spec: ModelSpec, fields: Sequence[str]
+                 ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        """GetModelMetadata: the SignatureDefs exactly as stored in the served version."""
         with self._manager.handle(spec.name, self._version_of(spec)) as (version, servable):
-            return version, servable
+            return metadata_response(spec.name, version, servable.signature_defs, fields)
 
 
 def _check_tasks(tasks: Sequence[InferenceTask]) -> None:

@@ -14,7 +14,7 @@ from .codecs.examples import serialize_input
 from .dataplane import DataPlane, InferenceTask, ModelSpec, PredictResult, fill_model_spec
 from .config import ConfigError, ModelConfig, models_from_proto
 from .errors import Code, ServingError
-from .responses import metadata_response, status_response
+from .responses import status_response
 
 _STATUS = {c.value[0]: c for c in grpc.StatusCode}
 
@@ -71,9 +71,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     async def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
                                context) -> get_model_metadata_pb2.GetModelMetadataResponse:
-        spec = spec_from_proto(request.model_spec)
-        version, servable = self._dataplane.metadata(spec)
-        return metadata_response(spec.name, version, servable.signature_defs, list(request.metadata_field))
+        return self._dataplane.metadata(spec_from_proto(request.model_spec), list(request.metadata_field))
 
 
 ReloadConfig = Callable[[list[ModelConfig]], Awaitable[None]]

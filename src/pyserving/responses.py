@@ -6,10 +6,13 @@ two APIs in step.
 
 from __future__ import annotations
 
+from typing import Mapping, Sequence
+
 from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 
 from .core.states import VersionStatus
+from .errors import ServingError
 
 SIGNATURE_DEF_FIELD = "signature_def"
 
@@ -25,9 +28,8 @@ def status_response(statuses: list[VersionStatus]) -> get_model_status_pb2.GetMo
     return response
 
 
-def metadata_response(name: str, version: int, signature_defs, fields) -> get_model_metadata_pb2.GetModelMetadataResponse:
-    from .errors import ServingError
-
+def metadata_response(name: str, version: int, signature_defs: Mapping,
+                      fields: Sequence[str]) -> get_model_metadata_pb2.GetModelMetadataResponse:
     if not fields:
         raise ServingError.invalid_argument(
             "GetModelMetadataRequest must specify at least one metadata_field")

@@ -14,7 +14,7 @@ from .codecs import json_codec
 from .codecs.examples import examples_from_json
 from .dataplane import DataPlane, ModelSpec, PredictResult
 from .errors import Code, ServingError, http_status
-from .responses import metadata_json, metadata_response, status_response, to_json_dict
+from .responses import SIGNATURE_DEF_FIELD, metadata_json, status_response, to_json_dict
 
 _PATH = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)"
@@ -101,7 +101,7 @@ class RestService:
     def _ready(self, spec: ModelSpec) -> web.Response:
         """For load balancers and Kubernetes probes: 200 only while a matching version serves."""
         try:
-            version, _ = self._dataplane.metadata(spec)
+            version = self._dataplane.resolve(spec)
         except ServingError as e:
             return web.json_response({"ready": False, "error": e.message}, status=503)
         return web.json_response({"ready": True, "model_spec": {"name": spec.name, "version": str(version)}})
@@ -120,8 +120,7 @@ class RestService:
         return web.json_response(to_json_dict(status_response(self._dataplane.status(spec))))
 
     def _metadata(self, spec: ModelSpec) -> web.Response:
-        version, servable = self._dataplane.metadata(spec)
-        response = metadata_response(spec.name, version, servable.signature_defs, ["signature_def"])
+        response = self._dataplane.metadata(spec, [SIGNATURE_DEF_FIELD])
         return web.json_response(metadata_json(response))
 
     async def _body(self, request: web.Request):

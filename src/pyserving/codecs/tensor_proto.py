@@ -75,7 +75,7 @@ _STORAGE = {
 
 
 def _from_typed(proto: tensor_pb2.TensorProto, dt: DType) -> np.ndarray:
-    stored = np.asarray(getattr(proto, dt.field), dtype=_STORAGE[dt.field])
+    stored: np.ndarray = np.asarray(getattr(proto, dt.field), dtype=_STORAGE[dt.field])
     if proto.dtype in _COMPLEX:
         if stored.size % 2:
             raise ValueError("complex values come in (real, imaginary) pairs")
