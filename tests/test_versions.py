@@ -145,3 +145,17 @@ def test_readyz_is_503_until_a_version_serves(tmp_path):
         assert server.get("/v1/models/broken").status_code == 200
     finally:
         assert server.stop() == 0
+
+
+def test_base_path_pointing_at_a_version_folder_explains_itself(tmp_path):
+    version_dir = tmp_path / "mnist" / "1"
+    models.export_tf2_linear(str(version_dir))
+    server = ServerProcess("--model_name=m", f"--model_base_path={version_dir}",
+                           log_path=tmp_path / "server.log").wait_ready()
+    try:
+        r = server.post("/v1/models/m:predict", json={"instances": [[1.0, 1.0]]})
+        assert r.status_code == 503
+        assert "holds a SavedModel itself" in r.json()["error"]
+        assert "holds a SavedModel itself" in server.log()
+    finally:
+        assert server.stop() == 0

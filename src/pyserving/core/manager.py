@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
 from ..errors import Code, ServingError
+from .layout import base_path_hint
 from .states import VersionState, VersionStatus
 
 log = logging.getLogger("pyserving.manager")
@@ -159,7 +160,7 @@ class ModelManager:
     @staticmethod
     def _describe(model: _Model) -> str:
         if not model.versions:
-            return f"no version folders found under {model.base_path}"
+            return f"no version folders found under {model.base_path}{base_path_hint(model.base_path)}"
         parts = []
         for v in sorted(model.versions.values(), key=lambda v: v.number):
             text = f"version {v.number}: {v.state.name}"

@@ -8,20 +8,10 @@ import os
 from typing import Iterable
 
 from ..config import ModelConfig
+from .layout import base_path_hint, list_versions
 from .manager import ModelManager
 
 log = logging.getLogger("pyserving.source")
-
-
-def list_versions(base_path: str) -> dict[int, str]:
-    """Version number -> folder, for every folder whose name is an integer."""
-    versions: dict[int, str] = {}
-    with os.scandir(base_path) as entries:
-        for entry in entries:
-            # ASCII digits only: str.isdigit() also accepts '²' and other Unicode digits.
-            if entry.name.isascii() and entry.name.isdigit() and entry.is_dir():
-                versions[int(entry.name)] = entry.path
-    return versions
 
 
 class FileSystemSource:
@@ -52,7 +42,7 @@ class FileSystemSource:
                 continue
             if not on_disk:
                 self._warn_once(model.name, f"No versions of servable {model.name} found "
-                                            f"under base path {model.base_path}")
+                                            f"under base path {model.base_path}{base_path_hint(model.base_path)}")
             else:
                 self._warned.discard(model.name)
             wanted = model.policy.select(list(on_disk))
