@@ -22,10 +22,11 @@ def served(tmp_path_factory):
     models.export_tf2_linear(str(root / "tf2" / "1"), scale=1.0)
     models.export_tf2_linear(str(root / "tf2" / "2"), scale=10.0)
     models.export_keras(str(root / "keras" / "1"))
+    models.export_keras_saved_model(str(root / "keras_saved" / "1"))
     models.export_dtypes(str(root / "dtypes" / "1"))
     config = root / "models.config"
     config.write_text(model_config(
-        {n: str(root / n) for n in ("tf1", "tf2", "keras", "dtypes")},
+        {n: str(root / n) for n in ("tf1", "tf2", "keras", "keras_saved", "dtypes")},
         extra={"tf2": 'model_version_policy { all {} } '
                       'version_labels { key: "stable" value: 1 } version_labels { key: "canary" value: 2 }'}))
     server = ServerProcess(f"--model_config_file={config}", "--file_system_poll_wait_seconds=1",
@@ -121,6 +122,25 @@ def test_keras_model_matches_tensorflow(stubs, served):
     expected = models.keras_reference(str(root / "keras" / "1"), features)
     np.testing.assert_allclose(got, expected, rtol=1e-6)
     assert got.shape == (2, 3)
+
+
+def test_keras_saved_with_tf_saved_model_save(stubs, served):
+    predict, _ = stubs
+    _, root = served
+    features = np.linspace(0, 1, 8, dtype=np.float32).reshape(2, 4)
+    expected = models.keras_saved_reference(str(root / "keras_saved" / "1"), features)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "keras_saved"
+    metadata = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    metadata.model_spec.name = "keras_saved"
+    signature_map = get_model_metadata_pb2.SignatureDefMap()
+    predict.GetModelMetadata(metadata, 10).metadata["signature_def"].Unpack(signature_map)
+    (input_alias,) = signature_map.signature_def["serving_default"].inputs
+    request.inputs[input_alias].CopyFrom(tf.make_tensor_proto(features))
+    response = predict.Predict(request, 10)
+    assert set(response.outputs) == set(expected)
+    for alias, value in expected.items():
+        np.testing.assert_allclose(tf.make_ndarray(response.outputs[alias]), value, rtol=1e-6)
 
 
 def _sample(name: str) -> np.ndarray:

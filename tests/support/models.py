@@ -92,6 +92,24 @@ def export_keras(path: str) -> str:
     return path
 
 
+def export_keras_saved_model(path: str) -> str:
+    """A Keras model saved with tf.saved_model.save (TF2 style), not model.export."""
+    import keras
+
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((4,), name="features"),
+                              keras.layers.Dense(2, name="logits")])
+    tf.saved_model.save(model, path)
+    return path
+
+
+def keras_saved_reference(path: str, features: np.ndarray) -> dict:
+    loaded = tf.saved_model.load(path)
+    signature = loaded.signatures["serving_default"]
+    (name,) = signature.structured_input_signature[1]
+    return {k: v.numpy() for k, v in signature(**{name: tf.constant(features)}).items()}
+
+
 def keras_reference(path: str, features: np.ndarray) -> np.ndarray:
     loaded = tf.saved_model.load(path)  # keep it referenced while its function runs
     return loaded.serve(features).numpy()
