@@ -69,15 +69,29 @@ def test_oversized_body_is_413_and_server_keeps_serving(server):
 
 
 def test_sigterm_drains_in_flight_requests(tmp_path):
-    base = tmp_path / "sleeper"
-    models.export_sleeper(str(base / "1"))
-    server = ServerProcess("--model_name=sleeper", f"--model_base_path={base}",
-                           log_path=tmp_path / "server.log", rest=False).wait_ready()
+    """Both protocols: requests already running when SIGTERM arrives still get their answer."""
+    import threading
+
+    from support.server import wait_for
+
+    (tmp_path / "monitoring.config").write_text("prometheus_config { enable: true }")
+    server = serve_models(tmp_path, {"sleeper": models.export_sleeper},
+                          f"--monitoring_config_file={tmp_path / 'monitoring.config'}")
     channel = server.channel()
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-    slow = stub.Predict.future(sleep_request(1_000_000), timeout=30)
-    # A completed round trip on the same channel means the slow call has reached the server.
-    stub.Predict(sleep_request(1), timeout=10)
+    slow_grpc = stub.Predict.future(sleep_request(1_500_000), timeout=30)
+    rest_answer = {}
+    slow_rest = threading.Thread(target=lambda: rest_answer.update(
+        r=server.post("/v1/models/sleeper:predict", json={"inputs": 1_000_000})))
+    slow_rest.start()
+
+    def in_flight() -> float:
+        text = server.get("/monitoring/prometheus/metrics").text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(':pyserving:requests_in_flight{model_name="sleeper"}'))
+    wait_for(lambda: in_flight() >= 2, 30, "both slow requests to be in flight")
     assert server.stop() == 0
-    assert slow.result().outputs["slept"].int64_val[0] == 1_000_000
+    slow_rest.join(30)
+    assert slow_grpc.result().outputs["slept"].int64_val[0] == 1_500_000
+    assert rest_answer["r"].status_code == 200 and rest_answer["r"].json() == {"outputs": 1_000_000}
     channel.close()

@@ -75,6 +75,8 @@ class DataPlane:
                          work: Callable[[int, SavedModelServable], T]) -> T:
         """Run ``work(version, servable)`` in a worker thread, the version held loaded meanwhile."""
         start, status = time.perf_counter(), "OK"
+        in_flight = self._metrics.in_flight.labels(spec.name)
+        in_flight.inc()
         try:
             if not spec.name:
                 raise ServingError.invalid_argument("Missing ModelSpec: the request names no model")
@@ -90,6 +92,7 @@ class DataPlane:
             status = "CANCELLED"
             raise
         finally:
+            in_flight.dec()
             self._metrics.record_request(spec.name, api, entrypoint, status, time.perf_counter() - start)
 
     def _run_model(self, api: str, model: str, servable: SavedModelServable, signature_name: str,

@@ -83,6 +83,8 @@ class Metrics:
         self.version_requests = Counter(
             ":pyserving:version_request_count", "Answered requests, by model version.",
             ["model_name", "version", "API"], registry=r)
+        self.in_flight = Gauge(
+            ":pyserving:requests_in_flight", "Requests being served right now.", ["model_name"], registry=r)
         self.version_state = Gauge(
             ":pyserving:model_version_available", "1 while a model version is AVAILABLE, else 0.",
             ["model_name", "version", "state"], registry=r)
