@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Awaitable, Callable
 
 import grpc
@@ -17,6 +19,7 @@ from .errors import Code, ServingError
 from .responses import status_response
 
 _STATUS = {c.value[0]: c for c in grpc.StatusCode}
+log = logging.getLogger("pyserving.grpc")
 
 
 def spec_from_proto(spec: model_pb2.ModelSpec) -> ModelSpec:
@@ -145,6 +148,11 @@ def _guarded(method):
             return await method(request, context)
         except ServingError as e:
             await context.abort(_STATUS[int(e.code)], e.message)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as e:  # a bug of ours: say so, with a status clients can act on
+            log.exception("Unexpected error in %s", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"Internal error: {type(e).__name__}: {e}")
     return call
 
 

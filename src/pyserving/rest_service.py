@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import gzip
 import re
 import zlib
@@ -23,6 +24,7 @@ _PATH = re.compile(
 
 # Parse big bodies off the event loop; small ones are cheaper inline.
 _INLINE_JSON_BYTES = 64 * 1024
+log = logging.getLogger("pyserving.rest")
 
 
 def _error(code: Code, message: str) -> web.Response:
@@ -90,6 +92,9 @@ class RestService:
                 {"error": f"Request body is larger than the limit of {self._max_body_bytes} bytes "
                           "(--rest_api_max_request_bytes)"},
                 status=413)
+        except Exception as e:  # a bug of ours: still answer in the API's JSON shape
+            log.exception("Unexpected error serving %s %s", method, request.path)
+            return _error(Code.INTERNAL, f"Internal error: {type(e).__name__}: {e}")
 
     def _get(self, spec: ModelSpec, suffix: str | None) -> web.Response:
         if suffix == "metadata":
