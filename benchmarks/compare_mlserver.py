@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import requests
 
+from _common import free_port, stop, wait_ready  # benchmarks/ is on sys.path when run as a script
 from pyserving.mnist.data import load_mnist
 from pyserving.mnist.export import export_mnist
 
@@ -51,26 +50,6 @@ class TFSavedModel(MLModel):
 '''
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}")
-        try:
-            if requests.get(url, timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"{url} never became ready")
-
-
 def measure(name: str, post, n: int) -> None:
     for _ in range(100):
         post()
@@ -86,14 +65,6 @@ def measure(name: str, post, n: int) -> None:
         list(pool.map(lambda _: post(), range(n)))
     rate = n / (time.perf_counter() - start)
     print(f"{name:10s} REST one image: p50 {p50:.2f} ms  p99 {p99:.2f} ms  |  8 in flight: {rate:,.0f} req/s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 def main() -> None:

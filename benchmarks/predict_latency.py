@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,27 +29,9 @@ import requests
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from _common import free_port, stop, wait_ready  # benchmarks/ is on sys.path when run as a script
 from pyserving.mnist.data import load_mnist
 from pyserving.mnist.export import export_mnist
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit("server did not start")
 
 
 def percentiles(samples: list[float]) -> str:
@@ -95,7 +75,7 @@ def main() -> None:
         + (["--enable_batching"] if args.batching else []),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, PYSERVING_LOG_LEVEL="WARNING"))
     try:
-        wait_port(rest_port, server)
+        wait_ready(f"http://127.0.0.1:{rest_port}/v1/models/mnist/ready", server)
         image = data.test_images[0]
         channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
@@ -121,8 +101,7 @@ def main() -> None:
         print(f"REST  100 images per request (50 requests): {percentiles(samples)}")
         channel.close()
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(30)
+        stop(server)
 
 
 if __name__ == "__main__":

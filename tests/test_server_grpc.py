@@ -12,25 +12,20 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      prediction_service_pb2_grpc)
 
 from support import models
-from support.server import ServerProcess, model_config
+from support.server import serve_models
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("grpc_models")
-    models.export_tf1_half_plus_two(str(root / "tf1" / "1"))
-    models.export_tf2_linear(str(root / "tf2" / "1"), scale=1.0)
-    models.export_tf2_linear(str(root / "tf2" / "2"), scale=10.0)
-    models.export_keras(str(root / "keras" / "1"))
-    models.export_keras_saved_model(str(root / "keras_saved" / "1"))
-    models.export_dtypes(str(root / "dtypes" / "1"))
-    config = root / "models.config"
-    config.write_text(model_config(
-        {n: str(root / n) for n in ("tf1", "tf2", "keras", "keras_saved", "dtypes")},
+    models.export_tf2_linear(str(root / "tf2" / "2"), scale=10.0)  # beside version 1, below
+    server = serve_models(
+        root, {"tf1": models.export_tf1_half_plus_two, "tf2": models.export_tf2_linear,
+               "keras": models.export_keras, "keras_saved": models.export_keras_saved_model,
+               "dtypes": models.export_dtypes},
+        "--file_system_poll_wait_seconds=1",
         extra={"tf2": 'model_version_policy { all {} } '
-                      'version_labels { key: "stable" value: 1 } version_labels { key: "canary" value: 2 }'}))
-    server = ServerProcess(f"--model_config_file={config}", "--file_system_poll_wait_seconds=1",
-                           log_path=root / "server.log").wait_ready()
+                      'version_labels { key: "stable" value: 1 } version_labels { key: "canary" value: 2 }'})
     yield server, root
     assert server.stop() == 0
 

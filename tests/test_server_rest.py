@@ -11,22 +11,18 @@ import requests
 import pytest
 
 from support import models
-from support.server import ServerProcess, model_config
+from support.server import ServerProcess, serve_models
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("rest_models")
-    models.export_tf1_half_plus_two(str(root / "tf1" / "1"))
-    models.export_tf2_linear(str(root / "tf2" / "1"), scale=1.0)
-    models.export_tf2_linear(str(root / "tf2" / "2"), scale=10.0)
-    models.export_dtypes(str(root / "dtypes" / "1"))
-    config = root / "models.config"
-    config.write_text(model_config(
-        {n: str(root / n) for n in ("tf1", "tf2", "dtypes")},
-        extra={"tf2": 'model_version_policy { all {} } version_labels { key: "stable" value: 1 }'}))
-    server = ServerProcess(f"--model_config_file={config}", "--rest_api_timeout_in_ms=30000",
-                           log_path=root / "server.log").wait_ready()
+    models.export_tf2_linear(str(root / "tf2" / "2"), scale=10.0)  # beside version 1, below
+    server = serve_models(
+        root, {"tf1": models.export_tf1_half_plus_two, "tf2": models.export_tf2_linear,
+               "dtypes": models.export_dtypes},
+        "--rest_api_timeout_in_ms=30000",
+        extra={"tf2": 'model_version_policy { all {} } version_labels { key: "stable" value: 1 }'})
     yield server
     assert server.stop() == 0
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
+from typing import Any, Callable
 
 
 def add_mnist_commands(subparsers: Any) -> argparse.ArgumentParser:
@@ -32,24 +32,25 @@ def _add_demo(commands: Any) -> None:
     parser.set_defaults(func=run_demo_command)
 
 
-def _load_data(args: argparse.Namespace):
-    """The MNIST data, or None after printing why it could not be read."""
-    from pyserving.mnist.data import MnistFormatError, load_mnist
+def _with_data(command: Callable[[argparse.Namespace, Any], int]) -> Callable[[argparse.Namespace], int]:
+    """A sub-command that needs MNIST: exit 2 with the reason when the data can't be read."""
+    def run(args: argparse.Namespace) -> int:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        from pyserving.mnist.data import MnistFormatError, load_mnist
 
-    try:
-        return load_mnist(args.data_dir)
-    except (MnistFormatError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return None
+        try:
+            data = load_mnist(args.data_dir)
+        except (MnistFormatError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return command(args, data)
+    return run
 
 
-def run_demo_command(args: argparse.Namespace) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+@_with_data
+def run_demo_command(args: argparse.Namespace, data: Any) -> int:
     from pyserving.mnist.demo import run_demo
 
-    data = _load_data(args)
-    if data is None:
-        return 2
     return run_demo(data, args.workdir, args.num_tests, args.concurrency)
 
 
@@ -100,13 +101,10 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def run_export(args: argparse.Namespace) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+@_with_data
+def run_export(args: argparse.Namespace, data: Any) -> int:
     from pyserving.mnist.export import export_mnist
 
-    data = _load_data(args)
-    if data is None:
-        return 2
     print("Training model...", flush=True)
     try:
         result = export_mnist(args.export_dir, args.model_version, data,
@@ -121,12 +119,10 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_client_command(args: argparse.Namespace) -> int:
+@_with_data
+def run_client_command(args: argparse.Namespace, data: Any) -> int:
     from pyserving.mnist.client import format_result, run_client
 
-    data = _load_data(args)
-    if data is None:
-        return 2
     result = run_client(args.server, data, num_tests=args.num_tests, concurrency=args.concurrency,
                         rest=args.rest, model_name=args.model_name, timeout=args.timeout)
     print(format_result(result))
