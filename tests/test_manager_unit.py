@@ -139,7 +139,7 @@ def test_load_becomes_available():
     async def body(m: ModelManager):
         m.add_model("m", "/base")
         m.set_aspired("m", {1: "/base/1"})
-        assert state(m, "m", 1) == VersionState.LOADING
+        assert state(m, "m", 1) == VersionState.START  # aspired; loading starts on the next tick
         await m.wait_until_settled(["m"], timeout=DEADLINE)
         assert state(m, "m", 1) == VersionState.AVAILABLE
         version, servable = _serving(m)
@@ -374,6 +374,7 @@ def test_handle_errors():
         m.add_model("m", "/b")
         _expect(Code.UNAVAILABLE, lambda: _serving(m), "Latest(m)")
         m.set_aspired("m", {1: "/b/1"})
+        await until(lambda: state(m, "m", 1) == VersionState.LOADING, "v1 to start loading")
         # loading: known model, nothing available yet
         _expect(Code.UNAVAILABLE, lambda: _serving(m), "Latest(m)", "LOADING")
         _expect(Code.NOT_FOUND, lambda: _serving_specific(m, 1), "Specific(m, 1)")
@@ -632,3 +633,19 @@ def test_unloaded_versions_are_kept_for_status_but_bounded():
         assert min(versions) == total - manager_module.MAX_ENDED_VERSIONS
 
     run(body, loader)
+
+
+def test_versions_wait_in_start_for_a_load_slot():
+    loader = FakeLoader()
+    loader.gates["/b/1"] = threading.Event()
+
+    async def body(m: ModelManager):
+        m.add_model("m", "/b")
+        m.set_aspired("m", {1: "/b/1", 2: "/b/2"})
+        await until(lambda: state(m, "m", 1) == VersionState.LOADING, "v1 to take the only slot")
+        assert state(m, "m", 2) == VersionState.START
+        loader.gates["/b/1"].set()
+        await m.wait_until_settled(["m"], timeout=DEADLINE)
+        assert state(m, "m", 1) == VersionState.AVAILABLE and state(m, "m", 2) == VersionState.AVAILABLE
+
+    run(body, loader, max_concurrent_loads=1)

@@ -57,7 +57,8 @@ class Server:
             executor=self._load_pool,
             retry=RetryPolicy(options.max_num_load_retries,
                               options.load_retry_interval_micros / 1e6),
-            allow_labels_for_unavailable=options.allow_version_labels_for_unavailable_models)
+            allow_labels_for_unavailable=options.allow_version_labels_for_unavailable_models,
+            max_concurrent_loads=options.num_load_threads or 2)
         self.source = FileSystemSource(self.manager, options.file_system_poll_wait_seconds)
         self.core = ServerCore(self.manager, self.source)
         self.metrics.track_versions(

@@ -57,9 +57,11 @@ class RetryPolicy:
 
 class ModelManager:
     def __init__(self, loader: Loader, executor: Executor, retry: RetryPolicy = RetryPolicy(),
-                 allow_labels_for_unavailable: bool = False) -> None:
+                 allow_labels_for_unavailable: bool = False, max_concurrent_loads: int = 2) -> None:
         self._loader = loader
         self._executor = executor
+        # A version waits in START for a free load slot, then shows LOADING while it loads.
+        self._load_slots = asyncio.Semaphore(max(1, max_concurrent_loads))
         self._retry = retry
         self._allow_unavailable_labels = allow_labels_for_unavailable
         self._models: dict[str, _Model] = {}
@@ -220,7 +222,7 @@ class ModelManager:
                 self._spawn(self._unload(model, record))
 
     def _start(self, model: _Model, number: int) -> None:
-        record = _Version(number, VersionState.LOADING)
+        record = _Version(number, VersionState.START)
         model.versions[number] = record
         self._spawn(self._load(model, record))
 
@@ -234,7 +236,9 @@ class ModelManager:
         loop = asyncio.get_running_loop()
         for attempt in range(self._retry.max_retries + 1):
             try:
-                record.servable = await loop.run_in_executor(self._executor, self._loader, path)
+                async with self._load_slots:
+                    record.state = VersionState.LOADING
+                    record.servable = await loop.run_in_executor(self._executor, self._loader, path)
                 record.state, record.error = VersionState.AVAILABLE, None
                 log.info("Successfully loaded servable version {name: %s version: %d}",
                          model.name, record.number)
