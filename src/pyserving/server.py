@@ -127,6 +127,8 @@ class Server:
         await self._start_grpc()
         if o.rest_api_port:
             await self._start_rest()
+        elif self._prometheus and self._prometheus.enabled:
+            log.warning("Prometheus metrics are served on the REST port: set --rest_api_port to scrape them")
         if self._health:
             await self._health.start()
             self._background.append(asyncio.create_task(self._health.run()))
