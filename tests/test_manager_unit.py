@@ -649,3 +649,4 @@ def test_versions_wait_in_start_for_a_load_slot():
         assert state(m, "m", 1) == VersionState.AVAILABLE and state(m, "m", 2) == VersionState.AVAILABLE
 
     run(body, loader, max_concurrent_loads=1)
+

@@ -89,6 +89,7 @@ class Metrics:
             ":pyserving:model_version_available", "1 while a model version is AVAILABLE, else 0.",
             ["model_name", "version", "state"], registry=r)
         self._version_lister: VersionLister | None = None
+        self._answered: set[tuple[str, str, str]] = set()  # version_requests label sets in use
 
     def track_versions(self, lister: VersionLister) -> None:
         self._version_lister = lister
@@ -107,7 +108,9 @@ class Metrics:
         self.example_count_total.labels(model).inc(count)
 
     def record_answer(self, model: str, version: int, api: str) -> None:
-        self.version_requests.labels(model, str(version), api).inc()
+        labels = (model, str(version), api)
+        self.version_requests.labels(*labels).inc()
+        self._answered.add(labels)
 
     def record_load(self, path: str, seconds: float, ok: bool) -> None:
         self.load_attempts.labels(path, "success" if ok else "fail").inc()
@@ -128,8 +131,14 @@ class Metrics:
         if self._version_lister is None:
             return
         self.version_state.clear()
+        known = set()
         for model, version, state in self._version_lister():
+            known.add((model, str(version)))
             self.version_state.labels(model, str(version), state).set(1 if state == "AVAILABLE" else 0)
+        # Versions the manager has forgotten drop out, so series don't pile up with every rollout.
+        for labels in [l for l in self._answered if l[:2] not in known]:
+            self.version_requests.remove(*labels)
+            self._answered.discard(labels)
 
     def exposition(self) -> bytes:
         """Prometheus text format 0.0.4, with TF Serving's counter naming."""
