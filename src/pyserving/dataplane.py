@@ -22,7 +22,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
 from . import inference
 from .codecs.dtypes import dtype_name, from_numpy_dtype
 from .core.manager import ModelManager
-from .core.states import VersionState, VersionStatus
+from .core.states import VersionStatus
 from .errors import ServingError
 from .monitoring import Metrics
 from .responses import metadata_response
@@ -182,11 +182,7 @@ class DataPlane:
 
     def readiness(self) -> dict[str, bool]:
         """Each configured model: does it have an AVAILABLE version?"""
-        ready = {name: False for name in self._manager.model_names()}
-        for status in self._manager.snapshot():
-            if status.state == VersionState.AVAILABLE:
-                ready[status.model] = True
-        return ready
+        return self._manager.readiness()
 
     def resolve(self, spec: ModelSpec) -> int:
         """The version a request with this spec would be served by (ServingError if none)."""

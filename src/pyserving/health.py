@@ -15,8 +15,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from .core.manager import ModelManager
-from .core.states import VersionState
-from .errors import ServingError
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -39,20 +37,11 @@ class HealthReporter:
             self._last[service] = status
             await self.servicer.set(service, status)
 
-    def _model_status(self, name: str) -> int:
-        if not self._manager.has_model(name):  # dropped by a config reload
-            return NOT_SERVING
-        try:
-            versions = self._manager.status(name)
-        except ServingError:
-            return NOT_SERVING
-        return SERVING if any(v.state == VersionState.AVAILABLE for v in versions) else NOT_SERVING
-
     async def refresh(self) -> None:
         # Models come and go with config reloads; ones seen before stay, as NOT_SERVING.
-        names = set(self._manager.model_names()) | (set(self._last) - {""})
-        for name in sorted(names):
-            await self._set(name, self._model_status(name))
+        ready = self._manager.readiness()
+        for name in sorted(set(ready) | (set(self._last) - {""})):
+            await self._set(name, SERVING if ready.get(name) else NOT_SERVING)
 
     async def start(self) -> None:
         """The server is up: every model's status, and "" SERVING."""

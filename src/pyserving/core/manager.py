@@ -184,6 +184,11 @@ class ModelManager:
                 raise ServingError.not_found(f"Could not find version {version} of model {name}")
         return [VersionStatus(name, v.number, v.state, v.error) for v in records]
 
+    def readiness(self) -> dict[str, bool]:
+        """Each configured model: does it have an AVAILABLE version to serve?"""
+        return {name: any(v.state == VersionState.AVAILABLE for v in model.versions.values())
+                for name, model in self._models.items() if model.configured}
+
     def snapshot(self) -> list[VersionStatus]:
         """Every version of every configured model (for metrics)."""
         return [VersionStatus(m.name, v.number, v.state, v.error)
