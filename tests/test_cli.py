@@ -77,7 +77,7 @@ def test_unix_socket_and_sigterm_exit_zero(tmp_path):
     socket_path = tmp_path / "grpc.sock"
     server = ServerProcess("--model_name=tf1", f"--model_base_path={base}",
                            f"--grpc_socket_path={socket_path}", "--grpc_channel_arguments=grpc.max_concurrent_streams=100",
-                           "--xla_cpu_compilation_enabled=true",
+                           "--per_process_gpu_memory_fraction=0.5",
                            log_path=tmp_path / "server.log", rest=False).wait_ready()
     try:
         with grpc.insecure_channel(f"unix:{socket_path}") as channel:
@@ -90,7 +90,7 @@ def test_unix_socket_and_sigterm_exit_zero(tmp_path):
         assert server.stop() == 0
     assert "Shutting down" in server.log()
     # A TF Serving flag with no meaning here is accepted, and said so, never silently misread.
-    assert "--xla_cpu_compilation_enabled is accepted for compatibility but has no effect" in server.log()
+    assert "--per_process_gpu_memory_fraction is accepted for compatibility but has no effect" in server.log()
 
 
 @pytest.mark.parametrize("which", ["grpc", "rest"])

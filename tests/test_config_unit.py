@@ -154,8 +154,9 @@ def test_check_options_accepts(kwargs):
 def test_unsupported_flags_set():
     assert ServerOptions().unsupported_flags_set() == []
     opts = ServerOptions(use_alts_credentials=True, xla_cpu_compilation_enabled=True, model_base_path="/m",
-                         rest_api_port=8501, flush_filesystem_caches=True, enable_batching=True)
-    assert opts.unsupported_flags_set() == ["use_alts_credentials", "xla_cpu_compilation_enabled"]
+                         rest_api_port=8501, flush_filesystem_caches=True, enable_batching=True,
+                         skip_initialize_tpu=True)
+    assert opts.unsupported_flags_set() == ["use_alts_credentials", "skip_initialize_tpu"]
     opts = ServerOptions(flush_filesystem_caches=False, per_process_gpu_memory_fraction=0.5)
     # declaration order
     assert opts.unsupported_flags_set() == ["flush_filesystem_caches",

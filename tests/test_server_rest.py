@@ -116,7 +116,7 @@ def test_gzip_request_body(server):
     ("/v1/models/tf1/versions/7:predict", {"instances": [[1.0]]}, 404, "Specific(tf1, 7)"),
     ("/v1/models/tf1:predict", {"instances": [[1.0]], "signature_name": "zz"}, 400, 'signature key "zz" not found'),
     ("/v1/models/tf1:predict", {"instances": [["a"]]}, 400, "input 'x'"),
-    ("/v1/models/tf1:predict", {"instances": [[1.0, 2.0]]}, 400, "input 'x' has shape [1,2]"),
+    ("/v1/models/tf2:predict", {"instances": [[1.0, 2.0, 3.0]]}, 400, "Matrix size-incompatible"),
     ("/v1/models/tf1:predict", {"instances": [[1.0], [1.0, 2.0]]}, 400, "regular"),
     ("/v1/models/tf1:predict", {"inputs": {"y": [[1.0]]}}, 400, "Missing but required: {x}"),
     ("/v1/models/tf1:predict", {}, 400, "Missing 'inputs' or 'instances' key"),

@@ -125,6 +125,16 @@ def check_options(options: ServerOptions) -> None:
         from .monitoring import PrometheusSettings
 
         PrometheusSettings.from_file(options.monitoring_config_file)  # malformed: ConfigError
+    if options.mixed_precision not in ("", "bfloat16"):
+        raise ConfigError(f"--mixed_precision={options.mixed_precision} is not supported: "
+                          "the only mode is bfloat16")
+    if options.tensorflow_session_config_file:
+        from .runtime.loader import RuntimeSettings, session_config
+
+        try:
+            session_config(RuntimeSettings(session_config_file=options.tensorflow_session_config_file))
+        except ServingError as e:
+            raise ConfigError(e.message) from None
 
 
 __all__ = ["ConfigError", "ModelConfig", "VersionPolicy", "ServingError",

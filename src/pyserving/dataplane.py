@@ -20,13 +20,13 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      regression_pb2)
 
 from . import inference
-from .codecs.dtypes import dtype_name, from_numpy_dtype
 from .core.manager import ModelManager
 from .core.states import VersionStatus
 from .errors import ServingError
 from .monitoring import Metrics
 from .responses import metadata_response
-from .runtime.saved_model import DEFAULT_SIGNATURE, SavedModelServable, Signature
+from .runtime.servable import (DEFAULT_SIGNATURE, Servable, Signature, find_signature, validate_inputs,
+                               validate_output_filter)
 
 T = TypeVar("T")
 
@@ -72,7 +72,7 @@ class DataPlane:
         return spec.version
 
     async def _in_worker(self, api: str, entrypoint: str, spec: ModelSpec,
-                         work: Callable[[int, SavedModelServable], T]) -> T:
+                         work: Callable[[int, Servable], T]) -> T:
         """Run ``work(version, servable)`` in a worker thread, the version held loaded meanwhile."""
         start, status = time.perf_counter(), "OK"
         in_flight = self._metrics.in_flight.labels(spec.name)
@@ -95,7 +95,7 @@ class DataPlane:
             in_flight.dec()
             self._metrics.record_request(spec.name, api, entrypoint, status, time.perf_counter() - start)
 
-    def _run_model(self, api: str, model: str, servable: SavedModelServable, signature_name: str,
+    def _run_model(self, api: str, model: str, servable: Servable, signature_name: str,
                    inputs: Mapping[str, np.ndarray], output_filter: Sequence[str]) -> dict[str, np.ndarray]:
         start = time.perf_counter()
         try:
@@ -106,7 +106,7 @@ class DataPlane:
     async def predict(self, spec: ModelSpec, decode: Decoder, output_filter: Sequence[str],
                       encode: Callable[[PredictResult], T], *, entrypoint: str) -> T:
         """Decode, validate, run and encode in one worker-thread hop."""
-        def work(version: int, servable: SavedModelServable) -> T:
+        def work(version: int, servable: Servable) -> T:
             signature_name = spec.signature_name or DEFAULT_SIGNATURE
             signature = find_signature(servable, signature_name)
             if self._strict:
@@ -134,7 +134,7 @@ class DataPlane:
         """Classify or Regress: one task on one signature, answered in ``response_type``."""
         method = inference.CLASSIFY_METHOD if api == "classify" else inference.REGRESS_METHOD
 
-        def work(version: int, servable: SavedModelServable):
+        def work(version: int, servable: Servable):
             response = response_type()
             name = spec.signature_name or DEFAULT_SIGNATURE
             fill_model_spec(response.model_spec, spec.name, version, name)
@@ -149,7 +149,7 @@ class DataPlane:
         """Several classify/regress tasks on one input, all on the same model version."""
         _check_tasks(tasks)
 
-        def work(version: int, servable: SavedModelServable):
+        def work(version: int, servable: Servable):
             serialized = examples()
             response = inference_pb2.MultiInferenceResponse()
             for task in tasks:
@@ -162,7 +162,7 @@ class DataPlane:
             return response
         return await self._in_worker("multi_inference", entrypoint, spec, work)
 
-    def _run_task(self, api: str, model: str, servable: SavedModelServable, task: InferenceTask,
+    def _run_task(self, api: str, model: str, servable: Servable, task: InferenceTask,
                   serialized: list[bytes]):
         signature = find_signature(servable, task.signature_name or DEFAULT_SIGNATURE)
         inference.check_method(signature, task.method_name, self._strict)
@@ -214,54 +214,3 @@ def fill_model_spec(target, name: str, version: int, signature_name: str) -> Non
     target.name = name
     target.version.value = version
     target.signature_name = signature_name
-
-
-def find_signature(servable: SavedModelServable, name: str) -> Signature:
-    try:
-        return servable.signatures[name]
-    except KeyError:
-        raise ServingError.failed_precondition(
-            f"Serving signature key \"{name}\" not found. The model has: "
-            f"{', '.join(sorted(servable.signatures)) or 'no signatures'}") from None
-
-
-def validate_inputs(signature: Signature, inputs: Mapping[str, np.ndarray]) -> None:
-    expected, sent = set(signature.inputs), set(inputs)
-    if expected != sent:
-        raise ServingError.invalid_argument(
-            f"input size does not match signature: {len(sent)}!={len(expected)} "
-            f"len({{{', '.join(sorted(sent))}}}) != len({{{', '.join(sorted(expected))}}}). "
-            f"Sent extra: {{{', '.join(sorted(sent - expected))}}}. "
-            f"Missing but required: {{{', '.join(sorted(expected - sent))}}}.")
-    for alias, array in inputs.items():
-        spec = signature.inputs[alias]
-        try:
-            given = from_numpy_dtype(array.dtype).enum
-        except TypeError:
-            given = -1
-        if given != spec.dtype:
-            given_name = dtype_name(given) if given >= 0 else str(array.dtype)
-            raise ServingError.invalid_argument(
-                f"Expects arg[{alias}] to be {spec.dtype_name} but {given_name} is provided")
-        if not _shape_fits(array.shape, spec.shape):
-            raise ServingError.invalid_argument(
-                f"input '{alias}' has shape [{','.join(map(str, array.shape))}] but the signature "
-                f"expects {spec.shape_text()} (-1 = any size)")
-
-
-def _shape_fits(shape: tuple[int, ...], expected: tuple[int, ...] | None) -> bool:
-    if expected is None:
-        return True
-    return len(shape) == len(expected) and all(e < 0 or e == s for s, e in zip(shape, expected))
-
-
-def validate_output_filter(signature: Signature, output_filter: Sequence[str]) -> None:
-    seen: set[str] = set()
-    for alias in output_filter:
-        if alias not in signature.outputs:
-            raise ServingError.invalid_argument(
-                f"output tensor alias not found in signature: {alias} Outputs expected to be in "
-                f"the set {{{', '.join(sorted(signature.outputs))}}}.")
-        if alias in seen:
-            raise ServingError.invalid_argument(f"duplicate output tensor alias: {alias}")
-        seen.add(alias)

@@ -60,18 +60,21 @@ class ServerOptions:
     version: bool = _flag(False, "Print the version and exit")
     monitoring_config_file: str = _flag(
         "", "MonitoringConfig text proto: prometheus_config { enable path } on the REST port")
-    remove_unused_fields_from_bundle_metagraph: bool = _flag(True, "Accepted for compatibility", supported=False)
-    prefer_tflite_model: bool = _flag(False, "Serve model.tflite when present", supported=False)
-    num_tflite_pools: int = _flag(1, "TFLite pools", supported=False)
-    num_tflite_interpreters_per_pool: int = _flag(1, "TFLite interpreters per pool", supported=False)
-    use_tflite_model: bool = _flag(False, "Serve model.tflite (deprecated in TF Serving)", supported=False)
-    num_tflite_interpreters: int = _flag(1, "TFLite interpreters (deprecated in TF Serving)", supported=False)
+    remove_unused_fields_from_bundle_metagraph: bool = _flag(
+        True, "Keep only the SignatureDefs of a loaded MetaGraphDef (false keeps the whole graph)")
+    prefer_tflite_model: bool = _flag(False, "Serve model.tflite instead of saved_model.pb when present")
+    num_tflite_pools: int = _flag(1, "TFLite interpreter pools per model (requests run in parallel across them)")
+    num_tflite_interpreters_per_pool: int = _flag(1, "TFLite interpreters in each pool")
+    use_tflite_model: bool = _flag(False, "Same as --prefer_tflite_model (deprecated in TF Serving)")
+    num_tflite_interpreters: int = _flag(0, "Same as --num_tflite_interpreters_per_pool (deprecated in TF Serving)")
     enable_signature_method_name_check: bool = _flag(False, "Check signature method names")
-    xla_cpu_compilation_enabled: bool = _flag(False, "XLA on CPU", supported=False)
-    enable_profiler: bool = _flag(True, "Profiler service", supported=False)
-    tensorflow_session_config_file: str = _flag("", "SessionConfig text proto", supported=False)
+    xla_cpu_compilation_enabled: bool = _flag(
+        False, "XLA:CPU JIT: compile clusters of each model's graph (global_jit_level ON_1)")
+    enable_profiler: bool = _flag(True, "Serve TensorFlow's profiler service on the gRPC port")
+    tensorflow_session_config_file: str = _flag(
+        "", "Text ConfigProto for every model's Session (the parallelism flags override it)")
     thread_pool_factory_config_file: str = _flag("", "ThreadPoolFactoryConfig", supported=False)
-    mixed_precision: str = _flag("", "Mixed precision mode", supported=False)
+    mixed_precision: str = _flag("", "'bfloat16': oneDNN auto mixed precision in every model's graph")
     skip_initialize_tpu: bool = _flag(False, "TPU initialisation", supported=False)
     enable_grpc_healthcheck_service: bool = _flag(
         False, "Serve grpc.health.v1.Health: '' and each model name SERVING / NOT_SERVING")

@@ -25,7 +25,7 @@ from .health import HealthReporter
 from .monitoring import Metrics, PrometheusSettings
 from .options import ServerOptions
 from .rest_service import RestService
-from .runtime.saved_model import configure_threads, load_saved_model
+from .runtime.loader import RuntimeSettings, ServableLoader
 from .runtime.warmup import run_warmup, warmup_path
 from .tls import TlsConfig
 
@@ -47,6 +47,7 @@ class Server:
             max_workers=options.grpc_max_threads or default_workers, thread_name_prefix="request")
         self._batching = (BatchingOptions.from_file(options.batching_parameters_file)
                           if options.batching_parameters_file else BatchingOptions())
+        self._loader = ServableLoader(runtime_settings(options))
         self._load_pool = ThreadPoolExecutor(
             max_workers=options.num_load_threads or 2, thread_name_prefix="load")
         self.metrics = Metrics()
@@ -77,11 +78,12 @@ class Server:
         """The manager's loader (runs in a load thread): load, warm up, and time both."""
         start = time.perf_counter()
         try:
-            servable = load_saved_model(path, self.options.tags)
+            servable = self._loader.load(path)
         except Exception:
             self.metrics.record_load(path, time.perf_counter() - start, ok=False)
             raise
         self.metrics.record_load(path, time.perf_counter() - start, ok=True)
+        log.info("Loaded %s with the %s runtime", path, servable.runtime)
         warmup_file = warmup_path(path) if self.options.enable_model_warmup else None
         if warmup_file:
             self._warm_up(servable, path, warmup_file)
@@ -115,8 +117,6 @@ class Server:
 
     async def start(self) -> None:
         o = self.options
-        configure_threads(o.tensorflow_intra_op_parallelism or o.tensorflow_session_parallelism,
-                          o.tensorflow_inter_op_parallelism or o.tensorflow_session_parallelism)
         # Like TF Serving, open the ports once the initial versions have loaded (or failed).
         await self.core.apply(self._models)
         self._background.append(asyncio.create_task(self.source.run()))
@@ -195,6 +195,19 @@ class Server:
         await self.manager.stop()
         self._request_pool.shutdown(wait=False, cancel_futures=True)
         self._load_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def runtime_settings(o: ServerOptions) -> RuntimeSettings:
+    return RuntimeSettings(
+        tags=o.tags, session_config_file=o.tensorflow_session_config_file,
+        session_parallelism=o.tensorflow_session_parallelism,
+        intra_op_parallelism=o.tensorflow_intra_op_parallelism,
+        inter_op_parallelism=o.tensorflow_inter_op_parallelism,
+        xla_cpu_compilation=o.xla_cpu_compilation_enabled, mixed_precision=o.mixed_precision,
+        keep_full_meta_graph=not o.remove_unused_fields_from_bundle_metagraph,
+        prefer_tflite=o.prefer_tflite_model or o.use_tflite_model,
+        tflite_pools=o.num_tflite_pools,
+        tflite_interpreters_per_pool=o.num_tflite_interpreters_per_pool or o.num_tflite_interpreters)
 
 
 def run(options: ServerOptions, models: list[ModelConfig]) -> int:

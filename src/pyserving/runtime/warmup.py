@@ -15,7 +15,7 @@ import numpy as np
 from ..codecs import tensor_proto
 from ..codecs.examples import serialize_input
 from ..errors import Code, ServingError
-from .saved_model import DEFAULT_SIGNATURE, SavedModelServable
+from .servable import DEFAULT_SIGNATURE, Servable, find_signature, validate_inputs, validate_output_filter
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_RECORDS = 1000
@@ -44,7 +44,7 @@ def read_warmup_records(path: str) -> list:
     return records
 
 
-def run_warmup(servable: SavedModelServable, path: str, iterations: int = 1) -> int:
+def run_warmup(servable: Servable, path: str, iterations: int = 1) -> int:
     """Replay every record; returns how many requests ran."""
     records = read_warmup_records(path)
     for record in records:
@@ -56,7 +56,7 @@ def run_warmup(servable: SavedModelServable, path: str, iterations: int = 1) -> 
     return len(records) * max(iterations, 1)
 
 
-def _replay(servable: SavedModelServable, record) -> None:
+def _replay(servable: Servable, record) -> None:
     kind = record.WhichOneof("log_type")
     if kind == "predict_log":
         request = record.predict_log.request
@@ -74,14 +74,14 @@ def _replay(servable: SavedModelServable, record) -> None:
         raise ServingError.invalid_argument(f"Unsupported warmup log type: {kind}")
 
 
-def _run(servable: SavedModelServable, signature_name: str, inputs, output_filter=()) -> None:
-    name = signature_name or DEFAULT_SIGNATURE
-    if name not in servable.signatures:
-        raise ServingError.failed_precondition(f'Serving signature key "{name}" not found.')
-    servable.run(name, inputs, output_filter)
+def _run(servable: Servable, signature_name: str, inputs, output_filter=()) -> None:
+    signature = find_signature(servable, signature_name or DEFAULT_SIGNATURE)
+    validate_inputs(signature, inputs)
+    validate_output_filter(signature, output_filter)
+    servable.run(signature.key, inputs, output_filter)
 
 
-def _run_examples(servable: SavedModelServable, signature_name: str, serialized: list[bytes]) -> None:
+def _run_examples(servable: Servable, signature_name: str, serialized: list[bytes]) -> None:
     name = signature_name or DEFAULT_SIGNATURE
     signature = servable.signatures.get(name)
     if signature is None or len(signature.inputs) != 1:
