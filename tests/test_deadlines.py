@@ -9,7 +9,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from support import models
-from support.server import ServerProcess, serve_models
+from support.server import serve_models
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import grpc
-from google.protobuf import wrappers_pb2
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
                                      model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)

@@ -30,7 +30,7 @@ def export_atomically(final_path: str, export) -> None:
 def live(tmp_path):
     base = tmp_path / "linear"
     models.export_tf2_linear(str(base / "1"), scale=1.0)
-    server = ServerProcess(f"--model_name=linear", f"--model_base_path={base}",
+    server = ServerProcess("--model_name=linear", f"--model_base_path={base}",
                            "--file_system_poll_wait_seconds=1", "--max_num_load_retries=0",
                            log_path=tmp_path / "server.log").wait_ready()
     channel = server.channel()

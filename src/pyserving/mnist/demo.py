@@ -7,7 +7,6 @@ with no failed request, run the client again, stop the server.
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
