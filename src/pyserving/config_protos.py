@@ -10,52 +10,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
+from google.protobuf import text_format
 
-_F = descriptor_pb2.FieldDescriptorProto
+from .proto_builder import REPEATED, F, build_messages
 
-
-def _file() -> descriptor_pb2.FileDescriptorProto:
-    fd = descriptor_pb2.FileDescriptorProto(
-        name="pyserving/tf_serving_extra_config.proto", package="tensorflow.serving", syntax="proto3",
-        dependency=["google/protobuf/wrappers.proto"])
-
-    def message(name: str, fields: list[tuple[str, int, int, str]]) -> None:
-        msg = fd.message_type.add(name=name)
-        for field_name, number, kind, type_name in fields:
-            repeated = type_name == "repeated"
-            msg.field.add(name=field_name, number=number, type=kind,
-                          label=_F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL,
-                          type_name=None if repeated else (type_name or None), json_name=field_name)
-
-    message("SSLConfig", [("server_key", 1, _F.TYPE_STRING, ""), ("server_cert", 2, _F.TYPE_STRING, ""),
-                          ("custom_ca", 3, _F.TYPE_STRING, ""), ("client_verify", 4, _F.TYPE_BOOL, "")])
-    message("PrometheusConfig", [("enable", 1, _F.TYPE_BOOL, ""), ("path", 2, _F.TYPE_STRING, "")])
-    message("MonitoringConfig", [("prometheus_config", 1, _F.TYPE_MESSAGE,
-                                  ".tensorflow.serving.PrometheusConfig")])
-    i64, boolean = ".google.protobuf.Int64Value", ".google.protobuf.BoolValue"
+_I64, _BOOL = ".google.protobuf.Int64Value", ".google.protobuf.BoolValue"
+_CLASSES = build_messages("pyserving/tf_serving_extra_config.proto", "tensorflow.serving", {
+    "SSLConfig": [("server_key", 1, F.TYPE_STRING, ""), ("server_cert", 2, F.TYPE_STRING, ""),
+                  ("custom_ca", 3, F.TYPE_STRING, ""), ("client_verify", 4, F.TYPE_BOOL, "")],
+    "PrometheusConfig": [("enable", 1, F.TYPE_BOOL, ""), ("path", 2, F.TYPE_STRING, "")],
+    "MonitoringConfig": [("prometheus_config", 1, F.TYPE_MESSAGE, ".tensorflow.serving.PrometheusConfig")],
     # session_bundle_config.proto's BatchingParameters (text format reads fields by name).
-    message("BatchingParameters", [
-        ("max_batch_size", 1, _F.TYPE_MESSAGE, i64), ("batch_timeout_micros", 2, _F.TYPE_MESSAGE, i64),
-        ("max_enqueued_batches", 3, _F.TYPE_MESSAGE, i64), ("num_batch_threads", 4, _F.TYPE_MESSAGE, i64),
-        ("thread_pool_name", 5, _F.TYPE_MESSAGE, ".google.protobuf.StringValue"),
-        ("allowed_batch_sizes", 6, _F.TYPE_INT64, "repeated"),
-        ("pad_variable_length_inputs", 7, _F.TYPE_BOOL, ""),
-        ("enable_large_batch_splitting", 8, _F.TYPE_MESSAGE, boolean),
-        ("max_execution_batch_size", 9, _F.TYPE_MESSAGE, i64),
-    ])
-    return fd
-
-
-def _classes() -> dict[str, type]:
-    pool = descriptor_pool.DescriptorPool()
-    pool.AddSerializedFile(wrappers_pb2.DESCRIPTOR.serialized_pb)
-    file_descriptor = pool.Add(_file())
-    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"tensorflow.serving.{name}"))
-            for name in file_descriptor.message_types_by_name}
-
-
-_CLASSES = _classes()
+    "BatchingParameters": [
+        ("max_batch_size", 1, F.TYPE_MESSAGE, _I64), ("batch_timeout_micros", 2, F.TYPE_MESSAGE, _I64),
+        ("max_enqueued_batches", 3, F.TYPE_MESSAGE, _I64), ("num_batch_threads", 4, F.TYPE_MESSAGE, _I64),
+        ("thread_pool_name", 5, F.TYPE_MESSAGE, ".google.protobuf.StringValue"),
+        ("allowed_batch_sizes", 6, F.TYPE_INT64, REPEATED),
+        ("pad_variable_length_inputs", 7, F.TYPE_BOOL, ""),
+        ("enable_large_batch_splitting", 8, F.TYPE_MESSAGE, _BOOL),
+        ("max_execution_batch_size", 9, F.TYPE_MESSAGE, _I64),
+    ],
+})
 SSLConfig = _CLASSES["SSLConfig"]
 MonitoringConfig = _CLASSES["MonitoringConfig"]
 BatchingParameters = _CLASSES["BatchingParameters"]
