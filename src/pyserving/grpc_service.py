@@ -11,11 +11,13 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      model_service_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2, prediction_service_pb2_grpc)
 
+from . import profiler_service
 from .codecs import tensor_proto
 from .codecs.examples import serialize_input
 from .dataplane import DataPlane, InferenceTask, ModelSpec, PredictResult, fill_model_spec
 from .config import ConfigError, ModelConfig, models_from_proto
 from .errors import Code, ServingError
+from .profiler_service import ProfilerServicer
 from .responses import status_response
 
 _STATUS = {c.value[0]: c for c in grpc.StatusCode}
@@ -178,7 +180,8 @@ def _methods(service_descriptor) -> dict:
 
 def create_server(dataplane: DataPlane, channel_arguments: str = "",
                   tensor_content: bool = False,
-                  reload_config: ReloadConfig | None = None) -> grpc.aio.Server:
+                  reload_config: ReloadConfig | None = None,
+                  profiler: ProfilerServicer | None = None) -> grpc.aio.Server:
     options: dict[str, int | str] = dict(UNLIMITED)
     options.update(parse_channel_arguments(channel_arguments))
     server = grpc.aio.server(options=list(options.items()))
@@ -190,4 +193,7 @@ def create_server(dataplane: DataPlane, channel_arguments: str = "",
         _service_handler("tensorflow.serving.ModelService", models,
                          _methods(model_service_pb2.DESCRIPTOR.services_by_name["ModelService"])),
     ))
+    if profiler is not None:
+        server.add_generic_rpc_handlers((_service_handler(profiler_service.SERVICE, profiler,
+                                                          profiler_service.METHODS),))
     return server

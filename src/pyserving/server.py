@@ -25,7 +25,9 @@ from .health import HealthReporter
 from .monitoring import Metrics, PrometheusSettings
 from .options import ServerOptions
 from .rest_service import RestService
+from .profiler_service import ProfilerServicer
 from .runtime.loader import RuntimeSettings, ServableLoader
+from .runtime.profiler import Profiler
 from .runtime.warmup import run_warmup, warmup_path
 from .tls import TlsConfig
 
@@ -137,7 +139,8 @@ class Server:
         o = self.options
         self._grpc = create_server(self.dataplane, o.grpc_channel_arguments,
                                    o.enable_serialization_as_tensor_content,
-                                   reload_config=self.core.apply)
+                                   reload_config=self.core.apply,
+                                   profiler=ProfilerServicer(Profiler()) if o.enable_profiler else None)
         if self._health:
             self._health.register(self._grpc)
         if o.port and self._tls:

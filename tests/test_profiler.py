@@ -1,0 +1,122 @@
+"""TensorFlow's profiler service on the gRPC port (--enable_profiler, on by default, as in TF Serving)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import grpc
+import pytest
+import requests
+import tensorflow as tf
+from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+from pyserving.profiler_service import ProfileRequest, ProfileResponse, TerminateRequest, TerminateResponse
+from support.server import ServerProcess, wait_for
+
+HALF_PLUS_TWO = Path(__file__).resolve().parent.parent.parent / "shared" / "tfs-testdata" / "saved_model_half_plus_two_cpu"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("profiler")
+    server = ServerProcess("--model_name=half_plus_two", f"--model_base_path={HALF_PLUS_TWO}",
+                           log_path=root / "server.log").wait_ready()
+    yield server
+    assert server.stop() == 0
+
+
+def _rpc(channel: grpc.Channel, method: str, response_type):
+    return channel.unary_unary(f"/tensorflow.ProfilerService/{method}",
+                               request_serializer=lambda m: m.SerializeToString(),
+                               response_deserializer=response_type.FromString)
+
+
+def test_tensorflows_profiler_client_captures_a_trace(server, tmp_path):
+    """What tf.profiler's client and TensorBoard's "capture profile" do against TF Serving."""
+    stop = threading.Event()
+    answered = []
+
+    def traffic() -> None:
+        with requests.Session() as http:
+            while not stop.is_set():
+                r = http.post(server.rest_url + "/v1/models/half_plus_two:predict",
+                              json={"instances": [1.0, 2.0, 5.0]}, timeout=10)
+                answered.append(r.json() == {"predictions": [2.5, 3.0, 4.5]})
+
+    thread = threading.Thread(target=traffic)
+    thread.start()
+    try:
+        wait_for(lambda: len(answered) > 5, 30, "traffic to flow")
+        tf.profiler.experimental.client.trace(f"grpc://{server.grpc_target}", str(tmp_path), 1000)
+    finally:
+        stop.set()
+        thread.join()
+    assert answered and all(answered)
+    traces = list((tmp_path / "plugins" / "profile").glob("*/*.xplane.pb"))
+    assert len(traces) == 1, traces
+    space = xplane_pb2.XSpace.FromString(traces[0].read_bytes())
+    events = {m.name for plane in space.planes for m in plane.event_metadata.values()}
+    # The model's own op and the Session run that served the requests were recorded.
+    assert "SessionRun" in events and "Mul:Mul" in events, sorted(events)[:40]
+
+
+def test_xspace_returned_in_the_response_when_asked(server):
+    request = ProfileRequest(session_id="s1", emit_xspace=True)
+    request.opts.duration_ms = 200
+    with server.channel() as channel:
+        response = _rpc(channel, "Profile", ProfileResponse)(request, timeout=30)
+    assert not response.empty_trace
+    assert xplane_pb2.XSpace.FromString(response.xspace).planes
+
+
+def test_terminate_ends_a_capture_early(server, tmp_path):
+    request = ProfileRequest(session_id="long", repository_root=str(tmp_path), host_name="h")
+    request.opts.duration_ms = 600_000
+    with server.channel() as channel:
+        future = _rpc(channel, "Profile", ProfileResponse).future(request, timeout=120)
+        # Terminate until the capture has started and ended (it may not have begun at the first call).
+        wait_for(lambda: _rpc(channel, "Terminate", TerminateResponse)(
+            TerminateRequest(session_id="long"), timeout=10) is not None and future.done(), 60,
+            "the capture to end on Terminate", interval=0.2)
+        future.result()
+    assert (tmp_path / "long" / "h.xplane.pb").exists()
+
+
+@pytest.mark.parametrize("fields,needle", [
+    ({"session_id": "../../etc", "repository_root": "/tmp"}, "not a valid file name"),
+    ({"session_id": "s", "host_name": "a/b", "repository_root": "/tmp"}, "not a valid file name"),
+    ({"session_id": "s"}, "repository_root is required"),
+])
+def test_hostile_profile_requests_are_invalid_argument(server, fields, needle):
+    with server.channel() as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            _rpc(channel, "Profile", ProfileResponse)(ProfileRequest(**fields), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert needle in info.value.details()
+
+
+def test_overlong_capture_and_garbage_are_refused(server):
+    request = ProfileRequest(session_id="s", repository_root="/tmp")
+    request.opts.duration_ms = 10**12
+    with server.channel() as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            _rpc(channel, "Profile", ProfileResponse)(request, timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        garbage = channel.unary_unary("/tensorflow.ProfilerService/Profile")
+        with pytest.raises(grpc.RpcError) as info:
+            garbage(b"\xff\xff\xff", timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "Traceback" not in server.log()
+
+
+def test_profiler_off(tmp_path):
+    server = ServerProcess("--model_name=half_plus_two", f"--model_base_path={HALF_PLUS_TWO}",
+                           "--enable_profiler=false", log_path=tmp_path / "server.log", rest=False).wait_ready()
+    try:
+        with server.channel() as channel:
+            with pytest.raises(grpc.RpcError) as info:
+                _rpc(channel, "Profile", ProfileResponse)(ProfileRequest(session_id="s"), timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        assert server.stop() == 0
