@@ -45,11 +45,13 @@ def session_config(settings: RuntimeSettings) -> Any:
     from google.protobuf import text_format
     from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
 
-    config = config_pb2.ConfigProto()
+    # Soft placement lets exports pinned to a GPU (TF Serving's half_plus_two_gpu) run on a CPU
+    # host, as TF2 does by default; a config file may still turn it off.
+    config = config_pb2.ConfigProto(allow_soft_placement=True)
     if settings.session_config_file:
         try:
             with open(settings.session_config_file, encoding="utf-8") as f:
-                text_format.Parse(f.read(), config)
+                text_format.Merge(f.read(), config)
         except (OSError, text_format.ParseError, UnicodeDecodeError) as e:
             raise ServingError.invalid_argument(
                 f"Error parsing text-format tensorflow.ConfigProto in "

@@ -11,6 +11,7 @@ A callable costs ~16 µs a call where a ``tf.function`` signature costs ~190.
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any, Callable, Mapping, Sequence
 
@@ -21,6 +22,7 @@ from tensorflow.core.protobuf import config_pb2
 from ..errors import Code, ServingError
 from .servable import first_line, op_error_message, runnable_signatures
 
+log = logging.getLogger("pyserving.runtime")
 _Key = tuple[str, tuple[str, ...], tuple[str, ...]]
 
 
@@ -92,6 +94,7 @@ def load_session(path: str, tags: Sequence[str], config: tf.compat.v1.ConfigProt
         with graph.as_default():
             meta_graph = tf.compat.v1.saved_model.loader.load(session, list(tags), path)
             _check_variables_restored(session, graph)
+        _warn_missing_devices(path, graph)
     except NotRunnableInSession:
         session.close()
         raise
@@ -117,3 +120,11 @@ def _check_variables_restored(session: tf.compat.v1.Session, graph: tf.Graph) ->
         raise NotRunnableInSession(
             f"{len(missing)} variable(s) were not restored by the Session loader "
             f"(e.g. {', '.join(missing[:3])})")
+
+
+def _warn_missing_devices(path: str, graph: tf.Graph) -> None:
+    """Say so when ops pinned to a GPU run on the CPU (soft placement), once per load."""
+    pinned = sorted({op.device for op in graph.get_operations() if ":GPU:" in op.device.upper()})
+    if pinned and not tf.config.list_physical_devices("GPU"):
+        log.warning("%s places ops on %s; this machine has no GPU, so they run on the CPU",
+                    path, ", ".join(pinned))
