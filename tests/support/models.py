@@ -190,3 +190,25 @@ def export_tf1_examples(path: str) -> str:
         })
         builder.save()
     return path
+
+
+def export_keras2(path: str, mirrored: bool = False) -> str:
+    """Keras 2 (tf_keras, what TF_USE_LEGACY_KERAS=1 selects) saved with tf.saved_model.save,
+    optionally built under a MirroredStrategy scope (its variables are MirroredVariables)."""
+    import tf_keras
+
+    tf_keras.utils.set_random_seed(2)
+
+    def build():
+        inputs = tf_keras.Input((4,), name="features")
+        hidden = tf_keras.layers.Dense(8, activation="relu", name="hidden")(inputs)
+        outputs = tf_keras.layers.Dense(3, activation="softmax", name="probs")(hidden)
+        return tf_keras.Model(inputs, outputs)
+
+    if mirrored:
+        with tf.distribute.MirroredStrategy(["/cpu:0"]).scope():
+            model = build()
+    else:
+        model = build()
+    tf.saved_model.save(model, path)
+    return path

@@ -93,7 +93,7 @@ def load_session(path: str, tags: Sequence[str], config: tf.compat.v1.ConfigProt
     try:
         with graph.as_default():
             meta_graph = tf.compat.v1.saved_model.loader.load(session, list(tags), path)
-            _check_variables_restored(session, graph)
+            _check_variables_restored(session, graph, meta_graph.signature_def)
         _warn_missing_devices(path, graph)
     except NotRunnableInSession:
         session.close()
@@ -109,8 +109,11 @@ class NotRunnableInSession(Exception):
     """The export loads into a Session but cannot run there."""
 
 
-def _check_variables_restored(session: tf.compat.v1.Session, graph: tf.Graph) -> None:
-    handles = [op.outputs[0] for op in graph.get_operations() if op.type == "VarHandleOp"]
+def _check_variables_restored(session: tf.compat.v1.Session, graph: tf.Graph,
+                              signature_defs: Mapping[str, Any]) -> None:
+    """Every variable a signature reads holds a value. Keras 3's ``model.export`` graphs also hold
+    unused, never-restored twins of their variables; only the ones signatures reach count."""
+    handles = _variables_reached(graph, signature_defs)
     if not handles:
         return
     checks = [tf.raw_ops.VarIsInitializedOp(resource=h) for h in handles]
@@ -120,6 +123,29 @@ def _check_variables_restored(session: tf.compat.v1.Session, graph: tf.Graph) ->
         raise NotRunnableInSession(
             f"{len(missing)} variable(s) were not restored by the Session loader "
             f"(e.g. {', '.join(missing[:3])})")
+
+
+def _variables_reached(graph: tf.Graph, signature_defs: Mapping[str, Any]) -> list:
+    """The resource variables the signatures' outputs depend on (a walk back through the graph)."""
+    stack = []
+    for key, sig in signature_defs.items():
+        for info in sig.outputs.values():
+            try:
+                stack.append(graph.get_tensor_by_name(info.name).op)
+            except (KeyError, ValueError):  # a bad name fails on first use, with TF's reason
+                continue
+    seen: set[str] = set()
+    handles = []
+    while stack:
+        op = stack.pop()
+        if op.name in seen:
+            continue
+        seen.add(op.name)
+        if op.type == "VarHandleOp":
+            handles.append(op.outputs[0])
+        stack.extend(t.op for t in op.inputs)
+        stack.extend(op.control_inputs)
+    return handles
 
 
 def _warn_missing_devices(path: str, graph: tf.Graph) -> None:
