@@ -36,7 +36,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval:
 
 class ServerProcess:
     def __init__(self, *flags: str, log_path: Path, rest: bool = True,
-                 binary: str = "tensorflow_model_server") -> None:
+                 binary: str = "tensorflow_model_server", env: dict[str, str] | None = None) -> None:
         self.grpc_port = free_port()
         self.rest_port = free_port() if rest else 0
         self.log_path = log_path
@@ -44,9 +44,9 @@ class ServerProcess:
         if binary == "pyserving":
             args.append("serve")
         args += [f"--port={self.grpc_port}", f"--rest_api_port={self.rest_port}", *flags]
-        env = dict(os.environ, PYSERVING_LOG_LEVEL="INFO")
         self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env=dict(os.environ, PYSERVING_LOG_LEVEL="INFO", **(env or {})))
         self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         self.rest_url = f"http://127.0.0.1:{self.rest_port}"
 

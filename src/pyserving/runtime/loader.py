@@ -83,6 +83,11 @@ class ServableLoader:
     def __init__(self, settings: RuntimeSettings) -> None:
         self.settings = settings
         self._session_config = session_config(settings)
+        if settings.xla_cpu_compilation:
+            from tensorflow.python import pywrap_tfe
+
+            # global_jit_level alone clusters for GPUs only; this extends it to the CPU.
+            pywrap_tfe.TF_SetTfXlaCpuGlobalJit(True)
 
     def load(self, path: str) -> Servable:
         s = self.settings

@@ -149,6 +149,10 @@ def op_error_message(message: str) -> str:
 
 
 def first_line(e: BaseException) -> str:
-    """The first paragraph of an exception's message, for load errors."""
-    text = getattr(e, "message", None) or str(e) or type(e).__name__
-    return text.strip().split("\n\n")[0]
+    """The first paragraph of an exception's message, for load errors; a paragraph that ends
+    in a colon ("... Original error:") is followed by the reason it announces."""
+    text = (getattr(e, "message", None) or str(e) or type(e).__name__).strip()
+    head, _, rest = text.partition("\n\n")
+    if head.rstrip().endswith(":") and rest.strip():
+        return f"{head.rstrip()} {op_error_message(rest)}"
+    return head
