@@ -122,7 +122,7 @@ def test_gzip_request_body(server):
     ("/v1/models/tf1:predict", {}, 400, "Missing 'inputs' or 'instances' key"),
     ("/v1/models/tf1:predict", {"instances": [[1.0]], "inputs": [[1.0]]}, 400, "Not both"),
     ("/v1/models/tf2/labels/nolabel:predict", {"instances": [[1.0, 1.0]]}, 400, "nolabel"),
-    ("/v1/models/tf1:classify", {"examples": [{"x": 1.0}]}, 400, "serialized tf.Examples"),
+    ("/v1/models/tf1:classify", {"examples": [{"x": 1.0}]}, 400, "at least one of classes or scores"),
 ])
 def test_error_statuses(server, path, body, status, needle):
     r = server.post(path, json=body)
@@ -176,7 +176,7 @@ def test_label_urls_on_every_verb(server):
     assert r.json()["predictions"][0]["y"] == [4.0]
     for verb in ("classify", "regress"):
         r = server.post(f"/v1/models/tf2/labels/stable:{verb}", json={"examples": [{"x": 1.0}]})
-        assert r.status_code == 400 and "serialized tf.Examples" in r.json()["error"]
+        assert r.status_code == 400 and "Expected" in r.json()["error"] and "signature 'serving_default'" in r.json()["error"]
         r = server.post(f"/v1/models/tf2/labels/nolabel:{verb}", json={"examples": [{"x": 1.0}]})
         assert r.status_code == 400 and "nolabel" in r.json()["error"]
 

@@ -144,6 +144,12 @@ def test_grpc_cases_of_tf_servings_own_tests(served):
     request.model_spec.name, request.model_spec.signature_name = "default", "regress_x_to_y"
     _example_input(request, x=2.0)
     assert predict.Regress(request, 10).result.regressions[0].value == 3.0
+    # regress_x2_to_y3 takes floats: the graph refuses the serialized examples, with TF's reason.
+    request.model_spec.signature_name = "regress_x2_to_y3"
+    with pytest.raises(grpc.RpcError) as info:
+        predict.Regress(request, 10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "Type mismatch: actual string vs. expect float" in info.value.details()
 
 
 def test_two_versions_both_served(served):
