@@ -63,3 +63,4 @@ def test_parse_example_over_string_input(served):
     r = server.post("/v1/models/tf1_examples:regress", json={"signature_name": "regress",
                                                              "examples": [{"x": 1.5, "bias": 1.0}, {"x": -2.0}]})
     assert r.json() == {"results": [4.0, -4.0]}
+

@@ -23,6 +23,7 @@ from ..errors import Code, ServingError
 from .servable import first_line, op_error_message, runnable_signatures
 
 log = logging.getLogger("pyserving.runtime")
+MAX_CALLABLES = 64  # per version; the oldest is released first
 _Key = tuple[str, tuple[str, ...], tuple[str, ...]]
 
 
@@ -47,8 +48,9 @@ class SessionServable:
 
     def run(self, signature_key: str, inputs: Mapping[str, np.ndarray],
             output_filter: Sequence[str] = ()) -> dict[str, np.ndarray]:
-        feeds = tuple(inputs)
-        fetches = tuple(output_filter) or tuple(self.signatures[signature_key].outputs)
+        # Sorted, so the order a client lists aliases in never makes another callable.
+        feeds = tuple(sorted(inputs))
+        fetches = tuple(sorted(output_filter)) if output_filter else tuple(self.signatures[signature_key].outputs)
         key = (signature_key, feeds, fetches)
         run = self._callables.get(key) or self._make_callable(key)
         try:
@@ -67,6 +69,8 @@ class SessionServable:
                 options = config_pb2.CallableOptions(
                     feed=[signature.inputs[a].tensor_name for a in feeds],
                     fetch=[signature.outputs[a].tensor_name for a in fetches])
+                if len(self._callables) >= MAX_CALLABLES:  # output_filter subsets are the client's to vary
+                    self._callables.pop(next(iter(self._callables)))
                 try:
                     self._callables[key] = self._session._make_callable_from_options(options)
                 except tf.errors.OpError as e:  # a signature naming a tensor the graph lacks
