@@ -46,7 +46,7 @@ class ServerProcess:
         args += [f"--port={self.grpc_port}", f"--rest_api_port={self.rest_port}", *flags]
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=dict(os.environ, PYSERVING_LOG_LEVEL="INFO", **(env or {})))
+                                     env={**os.environ, "PYSERVING_LOG_LEVEL": "INFO", **(env or {})})
         self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         self.rest_url = f"http://127.0.0.1:{self.rest_port}"
 

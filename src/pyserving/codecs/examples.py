@@ -63,7 +63,12 @@ def examples_from_json(body: Mapping[str, Any]) -> list[bytes]:
 def _example(features: Mapping[str, Any], where: str) -> example_pb2.Example:
     example = example_pb2.Example()
     for name, value in features.items():
-        example.features.feature[name].CopyFrom(_feature(value, f"{where}.{name}"))
+        feature = _feature(value, f"{where}.{name}")
+        try:
+            example.features.feature[name].CopyFrom(feature)
+        except ValueError:  # UnicodeEncodeError: a lone surrogate ("\ud800") in the name
+            raise ServingError.invalid_argument(
+                f"feature name {name!r} in {where} is not valid UTF-8") from None
     return example
 
 
@@ -75,18 +80,29 @@ def _feature(value: Any, where: str) -> feature_pb2.Feature:
     if all(isinstance(v, (str, dict)) for v in values):
         feature.bytes_list.value.extend(_bytes(v, where) for v in values)
     elif all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        if any(not _INT64_MIN <= v <= _INT64_MAX for v in values):
+            raise ServingError.invalid_argument(f"feature {where}: an integer is out of the int64 range")
         feature.int64_list.value.extend(values)
     elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        feature.float_list.value.extend(values)
+        try:
+            feature.float_list.value.extend(values)
+        except (OverflowError, ValueError, TypeError):
+            raise ServingError.invalid_argument(f"feature {where}: a number is out of the float range") from None
     else:
         raise ServingError.invalid_argument(
             f"feature {where}: values must be all strings/b64, all integers or all numbers")
     return feature
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
 def _bytes(value: Any, where: str) -> bytes:
     if isinstance(value, str):
-        return value.encode("utf-8")
+        try:
+            return value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate, which JSON's \u escapes can spell
+            raise ServingError.invalid_argument(f"feature {where}: a string is not valid UTF-8") from None
     if isinstance(value, dict) and set(value) == {"b64"}:
         try:
             return base64.b64decode(value["b64"], validate=True)

@@ -12,12 +12,15 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
 import orjson
 
+from .. import limits
 from ..errors import ServingError
 from .dtypes import BY_ENUM, DType
 
@@ -33,13 +36,72 @@ def parse_json(raw: bytes | str) -> Any:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
-        pass  # NaN/Infinity, huge integers, or a real error: the standard parser decides
+        pass  # NaN/Infinity, huge numbers, lone surrogates, or a real error: the standard parser decides
     try:
-        return json.loads(raw)
+        value = json.loads(raw, parse_int=_parse_int, parse_float=_parse_float)
     except (ValueError, UnicodeDecodeError) as e:
         raise ServingError.invalid_argument(f"JSON Parse error: {e}") from None
     except RecursionError:
         raise ServingError.invalid_argument("JSON Parse error: the body nests too deeply") from None
+    # json accepts "\ud800" (orjson and TF Serving's RapidJSON do not): such a string can become
+    # no proto field, tensor or log line, so it is refused here, wherever it is.
+    if (_SURROGATE_ESCAPE_BYTES if isinstance(raw, bytes) else _SURROGATE_ESCAPE_TEXT).search(raw):
+        where = _lone_surrogate(value)
+        if where is not None:
+            raise ServingError.invalid_argument(
+                f"JSON Parse error: {where} holds a lone surrogate (\\ud800-\\udfff), which is not valid UTF-8")
+    return value
+
+
+_SURROGATE_ESCAPE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE_ESCAPE_TEXT = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogate(value: Any) -> str | None:
+    """Where the first string (or object key) with an unpaired surrogate is, e.g. "examples[0].x"."""
+    stack: list[tuple[Any, tuple | None]] = [(value, None)]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return f"the string at {_path_text(path)}"
+        elif isinstance(item, list):
+            stack.extend((v, (path, i)) for i, v in enumerate(item))
+        elif isinstance(item, dict):
+            for key, v in item.items():
+                if _SURROGATE.search(key):
+                    return f"a key of the object at {_path_text(path)}"
+                stack.append((v, (path, key)))
+    return None
+
+
+def _path_text(path: tuple | None) -> str:
+    parts: list[str] = []
+    while path is not None:
+        path, key = path
+        parts.append(f"[{key}]" if isinstance(key, int) else f".{key}")
+    return "".join(reversed(parts)).lstrip(".") or "the top level"
+
+
+_INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
+
+
+def _parse_int(text: str) -> int | float:
+    """As orjson (and TF Serving's RapidJSON) read integers: int64/uint64, else a double -- and
+    never Python's int() of thousands of digits (its conversion limit is a ValueError)."""
+    if len(text) <= 21:
+        value = int(text)
+        if _INT64_MIN <= value <= _UINT64_MAX:
+            return value
+    return _parse_float(text)
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # a finite literal past the double range; Infinity is a constant
+        raise ValueError(f"number {text[:24]}{'...' if len(text) > 24 else ''} is out of range for a double")
+    return value
 
 
 def parse_predict_body(body: Any) -> PredictBody:
@@ -117,6 +179,8 @@ def _dtype_of(input_dtypes: Mapping[str, int], name: str) -> int:
 
 def to_array(value: Any, dtype_enum: int, name: str) -> np.ndarray:
     dt = BY_ENUM.get(dtype_enum)
+    # The nesting is the rank: refused before numpy builds anything from it.
+    limits.check_rank(_depth(value), f"input '{name}'")
     try:
         if dt is None:
             return np.asarray(value)
@@ -133,6 +197,17 @@ def to_array(value: Any, dtype_enum: int, name: str) -> np.ndarray:
         raise ServingError.invalid_argument(f"input '{name}': {_reason(e, dt)}") from None
     except RecursionError:
         raise ServingError.invalid_argument(f"input '{name}': the values nest too deeply") from None
+
+
+def _depth(value: Any) -> int:
+    """How deep lists nest along the first elements (the JSON parsers bound it at about 1000)."""
+    depth = 0
+    while isinstance(value, list):
+        depth += 1
+        if not value:
+            break
+        value = value[0]
+    return depth
 
 
 def _reason(e: Exception, dt: DType | None) -> str:

@@ -7,11 +7,10 @@ fields; outputs use the typed fields, as the official clients read
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
+from .. import limits
 from ..errors import ServingError
 from .dtypes import BY_ENUM, DType, dtype_name, from_numpy_dtype
 
@@ -20,13 +19,13 @@ MAX_BROADCAST_ELEMENTS = 1 << 26
 _COMPLEX = (types_pb2.DT_COMPLEX64, types_pb2.DT_COMPLEX128)
 
 
-def _shape(proto: tensor_pb2.TensorProto, what: str) -> tuple[int, ...]:
+def _shape(proto: tensor_pb2.TensorProto, what: str) -> tuple[tuple[int, ...], int]:
+    """The claimed shape and its element count, checked (limits.py) before anything is allocated."""
     if proto.tensor_shape.unknown_rank:
         raise ServingError.invalid_argument(f"{what}: tensor shape must have a known rank")
+    limits.check_rank(len(proto.tensor_shape.dim), what)
     dims = tuple(d.size for d in proto.tensor_shape.dim)
-    if any(d < 0 for d in dims):
-        raise ServingError.invalid_argument(f"{what}: tensor shape {list(dims)} has a negative dimension")
-    return dims
+    return dims, limits.check_shape(dims, what)
 
 
 def to_numpy(proto: tensor_pb2.TensorProto, what: str = "tensor") -> np.ndarray:
@@ -34,26 +33,39 @@ def to_numpy(proto: tensor_pb2.TensorProto, what: str = "tensor") -> np.ndarray:
     dt = BY_ENUM.get(proto.dtype)
     if dt is None:
         raise ServingError.invalid_argument(f"{what}: unsupported dtype {dtype_name(proto.dtype)}")
-    shape = _shape(proto, what)
-    count = math.prod(shape)
+    shape, count = _shape(proto, what)
     if dt.is_string:
-        flat = _strings(proto, what)
+        flat = _strings(proto, shape, count, what)
     elif proto.tensor_content:
         flat = _from_content(proto.tensor_content, dt, count, what)
     else:
+        values = len(getattr(proto, dt.field)) // (2 if proto.dtype in _COMPLEX else 1)
+        _check_count(values, shape, count, what)
         try:
             flat = _from_typed(proto, dt)
         except (OverflowError, ValueError) as e:
-            raise ServingError.invalid_argument(f"{what}: bad {dt.name} value: {e}") from e
+            raise ServingError.invalid_argument(f"{what}: bad {dt.name} value: {e}") from None
     return _fit(flat, shape, count, what)
 
 
-def _strings(proto: tensor_pb2.TensorProto, what: str) -> np.ndarray:
+def _check_count(values: int, shape: tuple[int, ...], count: int, what: str) -> None:
+    """Before converting: as many values as the shape needs, or one to fill it."""
+    if values not in (count, 1):
+        raise ServingError.invalid_argument(
+            f"{what}: tensor has {values} values but its shape {list(shape)} needs {count}")
+
+
+def _strings(proto: tensor_pb2.TensorProto, shape: tuple[int, ...], count: int, what: str) -> np.ndarray:
     if proto.tensor_content:
         raise ServingError.invalid_argument(
             f"{what}: string tensors must use string_val, not tensor_content")
-    flat = np.empty(len(proto.string_val), dtype=object)
-    flat[:] = list(proto.string_val)
+    _check_count(len(proto.string_val), shape, count, what)
+    values = list(proto.string_val)
+    total = sum(map(len, values))
+    # One value fills the shape: TensorFlow copies it into every element.
+    limits.check_string_bytes(total * count if len(values) == 1 else total, what)
+    flat = np.empty(len(values), dtype=object)
+    flat[:] = values
     return flat
 
 
