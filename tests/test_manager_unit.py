@@ -194,7 +194,7 @@ def _serving_specific(m, version):
         return v, s
 
 
-def test_failing_load_is_retried_then_ends_with_error():
+def test_failing_load_is_retried_then_ends_with_error(caplog):
     loader = FakeLoader()
     loader.fail["/b/1"] = -1
 
@@ -208,8 +208,31 @@ def test_failing_load_is_retried_then_ends_with_error():
         assert "cannot load /b/1" in status.error.message
         _expect(Code.UNAVAILABLE, lambda: _serving(m), "Latest(m)", "cannot load /b/1")
 
-    run(body, loader, RetryPolicy(max_retries=3, interval_seconds=0.01))
+    with caplog.at_level("WARNING", logger="pyserving.manager"):
+        run(body, loader, RetryPolicy(max_retries=3, interval_seconds=0.01))
     assert loader.count("/b/1") == 4  # the first attempt and 3 retries
+    # Each retry said once, with its number, the total and the wait; the last failure at ERROR.
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if "{name: m version: 1}" in r.getMessage()]
+    reason = "RuntimeError: cannot load /b/1"
+    assert lines == [("WARNING", f"Loading servable {{name: m version: 1}} failed (attempt {n} of 4): "
+                                 f"{reason}; retrying in 0.0 s") for n in (1, 2, 3)] + [
+        ("ERROR", f"Loading servable {{name: m version: 1}} failed (attempt 4 of 4): {reason}; giving up")]
+
+
+def test_stop_cuts_a_retry_wait_short():
+    loader = FakeLoader()
+    loader.fail["/b/1"] = -1
+
+    async def body(m: ModelManager):
+        m.add_model("m", "/b")
+        m.set_aspired("m", {1: "/b/1"})
+        await until(lambda: m.status("m")[0].error is not None, "the first attempt to fail")
+        start = asyncio.get_running_loop().time()
+        await asyncio.wait_for(m.stop(), DEADLINE)  # the hour-long retry wait is cancelled
+        assert asyncio.get_running_loop().time() - start < 1.0
+
+    run(body, loader, RetryPolicy(max_retries=5, interval_seconds=3600))
+    assert loader.count("/b/1") == 1
 
 
 def test_load_succeeds_on_a_retry():

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import signal
 import sys
 from typing import Sequence
 
@@ -66,9 +67,12 @@ def serve(options: ServerOptions) -> int:
         return 1
     for name in options.unsupported_flags_set():
         log.warning("--%s is accepted for compatibility but has no effect in pyserving yet", name)
-    from .server import run
+    try:
+        from .server import run  # imports TensorFlow: seconds before the server's signal handlers
 
-    return run(options, models)
+        return run(options, models)
+    except KeyboardInterrupt:  # SIGINT that early (SIGTERM's default action ends the process)
+        return 128 + signal.SIGINT
 
 
 def model_server_main(argv: Sequence[str] | None = None) -> int:

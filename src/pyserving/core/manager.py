@@ -239,7 +239,8 @@ class ModelManager:
     async def _load(self, model: _Model, record: _Version) -> None:
         path = model.aspired.get(record.number) or os.path.join(model.base_path, str(record.number))
         loop = asyncio.get_running_loop()
-        for attempt in range(self._retry.max_retries + 1):
+        attempts = self._retry.max_retries + 1
+        for attempt in range(1, attempts + 1):
             try:
                 async with self._load_slots:
                     record.state = VersionState.LOADING
@@ -251,13 +252,19 @@ class ModelManager:
             except Exception as e:  # any loader failure is reported in status
                 record.error = e if isinstance(e, ServingError) else ServingError(
                     Code.UNKNOWN, f"{type(e).__name__}: {e}")
-                log.warning("Loading servable version {name: %s version: %d} failed "
-                            "(attempt %d): %s", model.name, record.number, attempt + 1,
-                            record.error.message)
-                if attempt == self._retry.max_retries or record.number not in model.aspired:
-                    record.state = VersionState.END
-                    break
-                await asyncio.sleep(self._retry.interval_seconds)
+                what = (f"Loading servable {{name: {model.name} version: {record.number}}} failed "
+                        f"(attempt {attempt} of {attempts}): {record.error.message}")
+                if record.number not in model.aspired:
+                    log.warning("%s; not retrying: the version is no longer wanted", what)
+                elif attempt == attempts:
+                    log.error("%s; giving up", what)
+                else:
+                    log.warning("%s; retrying in %.1f s", what, self._retry.interval_seconds)
+                    # Cancelled by stop(): a SIGTERM is never kept waiting by a retry interval.
+                    await asyncio.sleep(self._retry.interval_seconds)
+                    continue
+                record.state = VersionState.END
+                break
         await self._notify()
         self._reconcile(model)
 
