@@ -122,6 +122,12 @@ class BatchingServable:
                  for i in range(0, size, step)]
         return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
+    def accepting(self) -> bool:
+        """False when every queue is full: checked on the event loop, before a request takes a
+        thread (its own queue is not known until it is decoded; _submit checks that one)."""
+        rows = list(self._queued_rows.values())  # one C call: no lock needed for a snapshot
+        return not rows or min(rows) < self._options.max_enqueued_batches * self._options.max_batch_size
+
     def _submit(self, key: tuple, task: _Task) -> Future:
         limit = self._options.max_enqueued_batches * self._options.max_batch_size
         with self._cv:

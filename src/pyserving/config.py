@@ -111,6 +111,10 @@ def check_options(options: ServerOptions) -> None:
     if options.rest_api_port and options.rest_api_port == options.port:
         raise ConfigError("--rest_api_port cannot be the same as --port; "
                           "use a different port for the REST API")
+    if options.grpc_max_message_bytes == 0 or options.grpc_max_message_bytes < -1:
+        raise ConfigError("--grpc_max_message_bytes must be positive (or -1 for no limit)")
+    if options.max_pending_requests < -1:
+        raise ConfigError("--max_pending_requests must be -1 (automatic), 0 (no bound) or positive")
     if options.port == 0 and not options.grpc_socket_path:
         raise ConfigError("--port=0 needs --grpc_socket_path: gRPC must listen somewhere")
     if options.ssl_config_file:

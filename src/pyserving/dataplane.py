@@ -19,7 +19,8 @@ import numpy as np
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, inference_pb2,
                                      regression_pb2)
 
-from . import inference
+from . import inference, limits
+from .admission import Admission, overloaded
 from .core.manager import ModelManager
 from .core.states import VersionStatus
 from .errors import ServingError
@@ -58,13 +59,20 @@ class InferenceTask:
     method_name: str
 
 
+# The metric label for requests naming no configured model: a client's string becomes a label
+# only once it names a model, so made-up names can't grow the metrics without bound.
+UNKNOWN_MODEL_LABEL = "(unknown)"
+
+
 class DataPlane:
     def __init__(self, manager: ModelManager, executor: Executor,
-                 strict_method_names: bool = False, metrics: Metrics | None = None) -> None:
+                 strict_method_names: bool = False, metrics: Metrics | None = None,
+                 admission: Admission | None = None) -> None:
         self._manager = manager
         self._executor = executor
         self._strict = strict_method_names
         self._metrics = metrics or Metrics()
+        self._admission = admission or Admission(limit=0)
 
     def _version_of(self, spec: ModelSpec) -> int | None:
         if spec.label:
@@ -72,17 +80,23 @@ class DataPlane:
         return spec.version
 
     async def _in_worker(self, api: str, entrypoint: str, spec: ModelSpec,
-                         work: Callable[[int, Servable], T]) -> T:
+                         work: Callable[[int, Servable], T], deadline: float | None = None) -> T:
         """Run ``work(version, servable)`` in a worker thread, the version held loaded meanwhile."""
         start, status = time.perf_counter(), "OK"
-        in_flight = self._metrics.in_flight.labels(spec.name)
+        label = spec.name if self._manager.has_model(spec.name) else UNKNOWN_MODEL_LABEL
+        in_flight = self._metrics.in_flight.labels(label)
         in_flight.inc()
         try:
             if not spec.name:
                 raise ServingError.invalid_argument("Missing ModelSpec: the request names no model")
-            with self._manager.handle(spec.name, self._version_of(spec)) as (version, servable):
-                result = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, work, version, servable)
+            token = self._admission.admit(deadline)
+            try:
+                with self._manager.handle(spec.name, self._version_of(spec)) as (version, servable):
+                    _check_queue(servable)
+                    result = await asyncio.get_running_loop().run_in_executor(
+                        self._executor, work, version, servable)
+            finally:
+                self._admission.release(token)
             self._metrics.record_answer(spec.name, version, api)
             return result
         except ServingError as e:
@@ -93,7 +107,7 @@ class DataPlane:
             raise
         finally:
             in_flight.dec()
-            self._metrics.record_request(spec.name, api, entrypoint, status, time.perf_counter() - start)
+            self._metrics.record_request(label, api, entrypoint, status, time.perf_counter() - start)
 
     def _run_model(self, api: str, model: str, servable: Servable, signature_name: str,
                    inputs: Mapping[str, np.ndarray], output_filter: Sequence[str]) -> dict[str, np.ndarray]:
@@ -104,33 +118,35 @@ class DataPlane:
             self._metrics.record_runtime(model, api, time.perf_counter() - start)
 
     async def predict(self, spec: ModelSpec, decode: Decoder, output_filter: Sequence[str],
-                      encode: Callable[[PredictResult], T], *, entrypoint: str) -> T:
-        """Decode, validate, run and encode in one worker-thread hop."""
+                      encode: Callable[[PredictResult], T], *, entrypoint: str,
+                      deadline: float | None = None) -> T:
+        """Decode, validate, run and encode in one worker-thread hop (``deadline``: seconds left)."""
         def work(version: int, servable: Servable) -> T:
             signature_name = spec.signature_name or DEFAULT_SIGNATURE
             signature = find_signature(servable, signature_name)
             if self._strict:
                 inference.check_method(signature, inference.PREDICT_METHOD, strict=True)
             inputs = decode(signature)
+            limits.check_inputs(inputs)  # before anything hands them to TensorFlow
             validate_inputs(signature, inputs)
             validate_output_filter(signature, output_filter)
             outputs = self._run_model("predict", spec.name, servable, signature_name, inputs,
                                       tuple(output_filter))
             return encode(PredictResult(spec.name, version, signature_name, outputs))
-        return await self._in_worker("predict", entrypoint, spec, work)
+        return await self._in_worker("predict", entrypoint, spec, work, deadline)
 
     async def classify(self, spec: ModelSpec, examples: Callable[[], list[bytes]], *,
-                       entrypoint: str) -> classification_pb2.ClassificationResponse:
+                       entrypoint: str, deadline: float | None = None) -> classification_pb2.ClassificationResponse:
         return await self._examples_call(spec, examples, entrypoint, "classify",
-                                         classification_pb2.ClassificationResponse)
+                                         classification_pb2.ClassificationResponse, deadline)
 
     async def regress(self, spec: ModelSpec, examples: Callable[[], list[bytes]], *,
-                      entrypoint: str) -> regression_pb2.RegressionResponse:
+                      entrypoint: str, deadline: float | None = None) -> regression_pb2.RegressionResponse:
         return await self._examples_call(spec, examples, entrypoint, "regress",
-                                         regression_pb2.RegressionResponse)
+                                         regression_pb2.RegressionResponse, deadline)
 
     async def _examples_call(self, spec: ModelSpec, examples: Callable[[], list[bytes]],
-                             entrypoint: str, api: str, response_type):
+                             entrypoint: str, api: str, response_type, deadline: float | None):
         """Classify or Regress: one task on one signature, answered in ``response_type``."""
         method = inference.CLASSIFY_METHOD if api == "classify" else inference.REGRESS_METHOD
 
@@ -141,11 +157,11 @@ class DataPlane:
             task = InferenceTask(name, method)
             response.result.CopyFrom(self._run_task(api, spec.name, servable, task, examples()))
             return response
-        return await self._in_worker(api, entrypoint, spec, work)
+        return await self._in_worker(api, entrypoint, spec, work, deadline)
 
     async def multi_inference(self, spec: ModelSpec, tasks: Sequence[InferenceTask],
-                              examples: Callable[[], list[bytes]], *,
-                              entrypoint: str) -> inference_pb2.MultiInferenceResponse:
+                              examples: Callable[[], list[bytes]], *, entrypoint: str,
+                              deadline: float | None = None) -> inference_pb2.MultiInferenceResponse:
         """Several classify/regress tasks on one input, all on the same model version."""
         _check_tasks(tasks)
 
@@ -160,7 +176,7 @@ class DataPlane:
                           else result.regression_result)
                 target.CopyFrom(outcome)
             return response
-        return await self._in_worker("multi_inference", entrypoint, spec, work)
+        return await self._in_worker("multi_inference", entrypoint, spec, work, deadline)
 
     def _run_task(self, api: str, model: str, servable: Servable, task: InferenceTask,
                   serialized: list[bytes]):
@@ -194,6 +210,14 @@ class DataPlane:
         """GetModelMetadata: the SignatureDefs exactly as stored in the served version."""
         with self._manager.handle(spec.name, self._version_of(spec)) as (version, servable):
             return metadata_response(spec.name, version, servable.signature_defs, fields)
+
+
+def _check_queue(servable: Servable) -> None:
+    """A batching servable whose queue is full refuses here, on the event loop, before the
+    request takes a worker thread (other servables have no queue)."""
+    accepting = getattr(servable, "accepting", None)
+    if accepting is not None and not accepting():
+        raise overloaded("The batch scheduling queue to which this task was submitted is full")
 
 
 def _check_tasks(tasks: Sequence[InferenceTask]) -> None:

@@ -56,6 +56,7 @@ class ServingError(Exception):
         super().__init__(message)
         self.code = Code(code)
         self.message = message
+        self.retry_after: int | None = None  # seconds, for a refusal the client should retry
 
     def __str__(self) -> str:
         return self.message

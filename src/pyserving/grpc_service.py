@@ -54,15 +54,18 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             return response
 
         return await self._dataplane.predict(spec_from_proto(request.model_spec), decode,
-                                             list(request.output_filter), encode, entrypoint="GRPC")
+                                             list(request.output_filter), encode, entrypoint="GRPC",
+                                             deadline=context.time_remaining())
 
     async def Classify(self, request, context):
         return await self._dataplane.classify(
-            spec_from_proto(request.model_spec), lambda: serialize_input(request.input), entrypoint="GRPC")
+            spec_from_proto(request.model_spec), lambda: serialize_input(request.input), entrypoint="GRPC",
+            deadline=context.time_remaining())
 
     async def Regress(self, request, context):
         return await self._dataplane.regress(
-            spec_from_proto(request.model_spec), lambda: serialize_input(request.input), entrypoint="GRPC")
+            spec_from_proto(request.model_spec), lambda: serialize_input(request.input), entrypoint="GRPC",
+            deadline=context.time_remaining())
 
     async def MultiInference(self, request, context):
         specs = [spec_from_proto(t.model_spec) for t in request.tasks]
@@ -72,7 +75,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         tasks = [InferenceTask(s.signature_name, t.method_name) for s, t in zip(specs, request.tasks)]
         spec = specs[0] if specs else ModelSpec(name="")
         return await self._dataplane.multi_inference(
-            spec, tasks, lambda: serialize_input(request.input), entrypoint="GRPC")
+            spec, tasks, lambda: serialize_input(request.input), entrypoint="GRPC",
+            deadline=context.time_remaining())
 
     async def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
                                context) -> get_model_metadata_pb2.GetModelMetadataResponse:
@@ -119,10 +123,11 @@ def parse_channel_arguments(text: str) -> list[tuple[str, int | str]]:
     return args
 
 
-# Clients send large tensors; TF Serving lifts gRPC's 4 MiB default on the server.
-UNLIMITED = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1),
-             # A port already in use must fail loudly, not be shared with another server.
-             ("grpc.so_reuseport", 0)]
+# Clients send large tensors: TF Serving lifts gRPC's 4 MiB default (--grpc_max_message_bytes
+# bounds what one request may cost here). Responses are ours and go out whatever their size.
+BASE_OPTIONS = [("grpc.max_send_message_length", -1),
+                # A port already in use must fail loudly, not be shared with another server.
+                ("grpc.so_reuseport", 0)]
 
 
 class _Unparsable:
@@ -142,19 +147,30 @@ def _safe_parser(message_type):
 
 
 def _guarded(method):
-    """Malformed protos and ServingErrors become the gRPC status clients expect."""
+    """Malformed protos and ServingErrors become the gRPC status clients expect.
+
+    The abort is raised outside the except blocks, from a frame that no longer holds the request:
+    grpc keeps the AbortError in a reference cycle until the next garbage collection, and with the
+    failure as its __context__ (whose traceback's frames hold the request and every decoded
+    tensor) a rejected 10^6-string request stayed in memory for several requests more.
+    """
     async def call(request, context):
         if isinstance(request, _Unparsable):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-        try:
-            return await method(request, context)
-        except ServingError as e:
-            await context.abort(_STATUS[int(e.code)], e.message)
-        except (asyncio.CancelledError, grpc.aio.AbortError):
-            raise
-        except Exception as e:  # a bug of ours: say so, with a status clients can act on
-            log.exception("Unexpected error in %s", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"Internal error: {type(e).__name__}: {e}")
+            status, message = grpc.StatusCode.INVALID_ARGUMENT, request.message
+        else:
+            try:
+                return await method(request, context)
+            except ServingError as e:
+                status, message = _STATUS[int(e.code)], e.message
+                if e.retry_after:
+                    context.set_trailing_metadata((("retry-after", str(e.retry_after)),))
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as e:  # a bug of ours: say so, with a status clients can act on
+                log.exception("Unexpected error in %s", method.__name__)
+                status, message = grpc.StatusCode.INTERNAL, f"Internal error: {type(e).__name__}: {e}"
+        del request
+        await context.abort(status, message)
     return call
 
 
@@ -178,11 +194,12 @@ def _methods(service_descriptor) -> dict:
             for m in service_descriptor.methods}
 
 
-def create_server(dataplane: DataPlane, channel_arguments: str = "",
+def create_server(dataplane: DataPlane, channel_arguments: str = "", max_message_bytes: int = -1,
                   tensor_content: bool = False,
                   reload_config: ReloadConfig | None = None,
                   profiler: ProfilerServicer | None = None) -> grpc.aio.Server:
-    options: dict[str, int | str] = dict(UNLIMITED)
+    options: dict[str, int | str] = dict(BASE_OPTIONS)
+    options["grpc.max_receive_message_length"] = max_message_bytes
     options.update(parse_channel_arguments(channel_arguments))
     server = grpc.aio.server(options=list(options.items()))
     prediction = PredictionServicer(dataplane, tensor_content)

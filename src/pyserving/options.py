@@ -82,7 +82,21 @@ class ServerOptions:
         False, "Encode output tensors as tensor_content instead of typed fields")
     # pyserving's own flags (not in TF Serving):
     rest_api_max_request_bytes: int = _flag(
-        1 << 30, "pyserving: largest REST request body accepted (413 above it)")
+        1 << 30, "pyserving: largest REST request body accepted, after decompression (413 above it)")
+    rest_api_header_timeout_in_ms: int = _flag(
+        10000, "pyserving: a REST request's line and headers must arrive within this, from the "
+               "connection's opening or the request's first byte, else the connection closes "
+               "(0 = no limit)")
+    rest_api_body_timeout_in_ms: int = _flag(
+        -1, "pyserving: a REST request body must arrive within this after its headers, else 408 "
+            "(-1 = --rest_api_timeout_in_ms, 0 = no limit)")
+    rest_api_idle_timeout_in_ms: int = _flag(
+        75000, "pyserving: an idle keep-alive REST connection closes after this (0 = after each response)")
+    grpc_max_message_bytes: int = _flag(
+        1 << 30, "pyserving: largest gRPC request message accepted (RESOURCE_EXHAUSTED above it)")
+    max_pending_requests: int = _flag(
+        -1, "pyserving: requests waiting or running at once; past it new ones get UNAVAILABLE / 503 "
+            "at once (-1 = 2 per request worker thread, 0 = no bound)")
 
     @property
     def tags(self) -> tuple[str, ...]:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import gzip
 import re
 import zlib
 from typing import Callable
 
-from aiohttp import web
+from aiohttp import http_exceptions, web
 
 from .codecs import json_codec
 from .codecs.examples import examples_from_json
@@ -19,7 +18,7 @@ from .responses import SIGNATURE_DEF_FIELD, metadata_json, status_response, to_j
 
 _PATH = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)"
-    r"(?:/versions/(?P<version>-?\d+)|/labels/(?P<label>[^/:]+))?"
+    r"(?:/versions/(?P<version>-?[0-9]+)|/labels/(?P<label>[^/:]+))?"
     r"(?:/(?P<suffix>metadata|ready)|:(?P<verb>predict|classify|regress))?$")
 
 # Parse big bodies off the event loop; small ones are cheaper inline.
@@ -27,8 +26,31 @@ _INLINE_JSON_BYTES = 64 * 1024
 log = logging.getLogger("pyserving.rest")
 
 
-def _error(code: Code, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=http_status(code))
+class _MalformedHttpFilter(logging.Filter):
+    """aiohttp logs a request it cannot parse (a bad request line or header: the client's mistake,
+    answered 400) as "Error handling request" at ERROR with a traceback. Those go to DEBUG, one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, http_exceptions.HttpProcessingError):
+            return True
+        if not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
+            return False
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.msg, record.args = "Malformed HTTP request answered %s: %s", (error.code, error.message[:200])
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _malformed_http_at_debug() -> None:
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _MalformedHttpFilter) for f in server_log.filters):
+        server_log.addFilter(_MalformedHttpFilter())
+
+
+def _error(code: Code, message: str, retry_after: int | None = None) -> web.Response:
+    headers = {"Retry-After": str(retry_after)} if retry_after else None
+    return web.json_response({"error": message}, status=http_status(code), headers=headers)
 
 
 class RestService:
@@ -42,6 +64,7 @@ class RestService:
         self._cors = cors
 
     def app(self) -> web.Application:
+        _malformed_http_at_debug()
         middlewares = [self._cors_middleware] if self._cors else []
         app = web.Application(client_max_size=self._max_body_bytes, middlewares=middlewares)
         if self._metrics_route:
@@ -75,23 +98,29 @@ class RestService:
         try:
             spec = ModelSpec(
                 name=match["name"],
-                version=int(match["version"]) if match["version"] else None,
+                version=_version(match["version"]),
                 label=match["label"])
             if method == "GET":
                 return self._get(spec, match["suffix"])
             if match["suffix"]:
                 return _error(Code.NOT_FOUND, f"Malformed request: {method} {request.path}")
             verb = self._predict if match["verb"] == "predict" else self._example_verb(match["verb"])
-            return await asyncio.wait_for(verb(spec, request), self._timeout)
+            # asyncio.timeout, not wait_for: wait_for's inner task and its failure's traceback form
+            # a cycle that kept a rejected request's body and tensors until the next GC.
+            async with asyncio.timeout(self._timeout):
+                return await verb(spec, request)
         except ServingError as e:
-            return _error(e.code, e.message)
+            return _error(e.code, e.message, e.retry_after)
         except asyncio.TimeoutError:
             return _error(Code.DEADLINE_EXCEEDED, "Request timed out (--rest_api_timeout_in_ms)")
         except web.HTTPRequestEntityTooLarge:
-            return web.json_response(
-                {"error": f"Request body is larger than the limit of {self._max_body_bytes} bytes "
-                          "(--rest_api_max_request_bytes)"},
-                status=413)
+            return body_too_large(self._max_body_bytes)
+        except ConnectionError:
+            # The client went away mid-body: nothing of ours failed, and no one reads an answer.
+            log.debug("%s %s: the client closed the connection before its body arrived", method, request.path)
+            return _error(Code.INVALID_ARGUMENT, "Request body incomplete: the connection was closed")
+        except http_exceptions.HttpProcessingError as e:  # a malformed body (chunking, length)
+            return _error(Code.INVALID_ARGUMENT, f"Malformed request body: {e.message}")
         except Exception as e:  # a bug of ours: still answer in the API's JSON shape
             log.exception("Unexpected error serving %s %s", method, request.path)
             return _error(Code.INTERNAL, f"Internal error: {type(e).__name__}: {e}")
@@ -129,7 +158,8 @@ class RestService:
         return web.json_response(metadata_json(response))
 
     async def _body(self, request: web.Request):
-        raw = _decompress(await request.read(), request.headers.get("Content-Encoding", ""))
+        raw = _decompress(await request.read(), request.headers.get("Content-Encoding", ""),
+                          self._max_body_bytes)
         if len(raw) > _INLINE_JSON_BYTES:
             return await asyncio.to_thread(json_codec.parse_json, raw)
         return json_codec.parse_json(raw)
@@ -144,7 +174,7 @@ class RestService:
                 raise ServingError.invalid_argument("'signature_name' key must be a string value")
             spec = ModelSpec(spec.name, spec.version, spec.label, signature_name)
             run = self._dataplane.classify if verb == "classify" else self._dataplane.regress
-            response = await run(spec, lambda: examples_from_json(body), entrypoint="REST")
+            response = await run(spec, lambda: examples_from_json(body), entrypoint="REST", deadline=self._timeout)
             return web.json_response({"results": _results_json(response.result, verb)})
         return handle
 
@@ -159,8 +189,29 @@ class RestService:
         def encode(result: PredictResult) -> bytes:
             return json_codec.encode_outputs(result.outputs, body.row_format)
 
-        payload = await self._dataplane.predict(spec, decode, (), encode, entrypoint="REST")
+        payload = await self._dataplane.predict(spec, decode, (), encode, entrypoint="REST",
+                                                deadline=self._timeout)
         return web.Response(body=payload, content_type="application/json")
+
+
+def _version(text: str | None) -> int | None:
+    """A URL's version as TF Serving reads it: an int64, else 400 in TF Serving's words (and never
+    Python's int() of thousands of digits, whose conversion limit is a ValueError)."""
+    if text is None:
+        return None
+    digits = text.lstrip("-").lstrip("0") or "0"  # int() counts leading zeros toward its limit
+    if len(digits) <= 19:
+        value = -int(digits) if text.startswith("-") else int(digits)
+        if -(2**63) <= value < 2**63:
+            return value
+    shown = text if len(text) <= 64 else text[:64] + "..."
+    raise ServingError.invalid_argument(f"Failed to convert version: {shown} to numeric.")
+
+
+def body_too_large(limit: int) -> web.Response:
+    return web.json_response(
+        {"error": f"Request body is larger than the limit of {limit} bytes (--rest_api_max_request_bytes)"},
+        status=413)
 
 
 def _results_json(result, verb: str) -> list:
@@ -170,16 +221,26 @@ def _results_json(result, verb: str) -> list:
     return [r.value for r in result.regressions]
 
 
-def _decompress(raw: bytes, encoding: str) -> bytes:
+def _decompress(raw: bytes, encoding: str, limit: int) -> bytes:
+    """The body inflated, never past ``limit`` bytes: a small bomb is refused (413) once it has
+    produced the limit, not after it has filled memory."""
     encoding = encoding.strip().lower()
     if not encoding or encoding == "identity":
         return raw
     if encoding not in ("gzip", "x-gzip", "deflate"):
         raise ServingError.invalid_argument(f"Unsupported Content-Encoding: {encoding}")
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if "gzip" in encoding else zlib.MAX_WBITS)
     try:
-        return gzip.decompress(raw) if "gzip" in encoding else zlib.decompress(raw)
-    except (OSError, EOFError, zlib.error) as e:
+        body = inflater.decompress(raw, limit + 1)
+    except zlib.error as e:
         raise ServingError.invalid_argument(f"Request body is not valid {encoding}: {e}") from None
+    if len(body) > limit:
+        size = len(body)
+        del body  # a traceback must not keep the inflated bytes alive until the next GC
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
+    if not inflater.eof:
+        raise ServingError.invalid_argument(f"Request body is not valid {encoding}: it ends early")
+    return body
 
 
 __all__ = ["RestService"]

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import signal
+import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import NoReturn
 
 import grpc
 from aiohttp import web
 
 from . import __version__
+from .admission import Admission, default_limit
 from .batching import PER_MODEL_FILE, BatchingOptions, BatchingServable
 from .config import ConfigError, ModelConfig, read_model_config_file
 from .core.manager import ModelManager, RetryPolicy
@@ -21,6 +26,7 @@ from .core.source import FileSystemSource
 from .dataplane import DataPlane
 from .errors import ServingError
 from .grpc_service import create_server
+from . import http_timeouts
 from .health import HealthReporter
 from .monitoring import Metrics, PrometheusSettings
 from .options import ServerOptions
@@ -35,6 +41,10 @@ log = logging.getLogger("pyserving.server")
 
 # Seconds in-flight requests get to finish on SIGTERM before the process exits.
 DRAIN_SECONDS = 10.0
+# A SIGTERM while starting: seconds the cancelled start-up gets to clean up before the exit.
+ABORT_SECONDS = 1.0
+# After the drain: seconds to wait for load / request threads busy inside TensorFlow.
+THREAD_EXIT_SECONDS = 0.5
 
 
 class Server:
@@ -42,11 +52,14 @@ class Server:
         self.options = options
         self._models = models
         self._should_exit = asyncio.Event()
+        self.exit_signal: int | None = None  # the signal that asked to exit
         cpus = os.cpu_count() or 2
         # With batching, request threads mostly wait for their batch: allow many more.
         default_workers = max(64, 8 * cpus) if options.enable_batching else max(8, 4 * cpus)
-        self._request_pool = ThreadPoolExecutor(
-            max_workers=options.grpc_max_threads or default_workers, thread_name_prefix="request")
+        workers = options.grpc_max_threads or default_workers
+        self._request_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="request")
+        pending = options.max_pending_requests
+        self.admission = Admission(default_limit(workers) if pending < 0 else pending)
         self._batching = (BatchingOptions.from_file(options.batching_parameters_file)
                           if options.batching_parameters_file else BatchingOptions())
         self._loader = ServableLoader(runtime_settings(options))
@@ -68,9 +81,10 @@ class Server:
             lambda: [(v.model, v.version, v.state.name) for v in self.manager.snapshot()])
         self.dataplane = DataPlane(self.manager, self._request_pool,
                                    strict_method_names=options.enable_signature_method_name_check,
-                                   metrics=self.metrics)
+                                   metrics=self.metrics, admission=self.admission)
         self._grpc: grpc.aio.Server | None = None
         self._rest: web.AppRunner | None = None
+        self._rest_listener: asyncio.AbstractServer | None = None
         self._background: list[asyncio.Task] = []  # pollers, cancelled at stop
         # Validated already by config.check_options; read again here for the material.
         self._tls = TlsConfig.from_file(options.ssl_config_file) if options.ssl_config_file else None
@@ -137,7 +151,7 @@ class Server:
 
     async def _start_grpc(self) -> None:
         o = self.options
-        self._grpc = create_server(self.dataplane, o.grpc_channel_arguments,
+        self._grpc = create_server(self.dataplane, o.grpc_channel_arguments, o.grpc_max_message_bytes,
                                    o.enable_serialization_as_tensor_content,
                                    reload_config=self.core.apply,
                                    profiler=ProfilerServicer(Profiler()) if o.enable_profiler else None)
@@ -163,25 +177,82 @@ class Server:
             metrics_route = (self._prometheus.path, self.metrics.exposition)
         service = RestService(self.dataplane, o.rest_api_timeout_in_ms, o.rest_api_enable_cors_support,
                               o.rest_api_max_request_bytes, metrics_route)
-        self._rest = web.AppRunner(service.app(), access_log=None, auto_decompress=False,
-                                   handle_signals=False)
+        app = service.app()
+        # Read timeouts (http_timeouts.py): the tracker outermost, the body deadline inside CORS.
+        body_ms = o.rest_api_timeout_in_ms if o.rest_api_body_timeout_in_ms < 0 else o.rest_api_body_timeout_in_ms
+        app.middlewares.insert(0, http_timeouts.request_tracker)
+        app.middlewares.append(http_timeouts.body_deadline(max(body_ms, 0) / 1000,
+                                                           o.rest_api_max_request_bytes))
+        self._rest = web.AppRunner(app, access_log=None, auto_decompress=False, handle_signals=False,
+                                   keepalive_timeout=max(o.rest_api_idle_timeout_in_ms, 0) / 1000)
         await self._rest.setup()
         ssl_context = self._tls.ssl_context() if self._tls else None
-        await web.TCPSite(self._rest, "0.0.0.0", o.rest_api_port, ssl_context=ssl_context).start()
+        header_seconds = max(o.rest_api_header_timeout_in_ms, 0) / 1000
+        # aiohttp's protocol factory (runner.server) on our own listener, each connection
+        # wrapped in a header deadline; closed in stop() before the runner drains.
+        self._rest_listener = await asyncio.get_running_loop().create_server(
+            http_timeouts.connection_factory(self._rest.server, header_seconds),
+            "0.0.0.0", o.rest_api_port, ssl=ssl_context,
+            ssl_handshake_timeout=(header_seconds or None) if ssl_context else None)
         log.info("Exporting HTTP%s/REST API at:localhost:%d ...", "S" if ssl_context else "",
                  o.rest_api_port)
 
-    def request_exit(self) -> None:
+    def request_exit(self, signum: int = signal.SIGTERM) -> None:
+        if self.exit_signal is None:
+            self.exit_signal = signum
         self._should_exit.set()
 
-    async def serve(self) -> None:
+    @property
+    def exit_requested(self) -> bool:
+        return self._should_exit.is_set()
+
+    async def serve(self) -> int:
+        """Start, serve until request_exit(), drain; returns the exit code.
+
+        0 after a drain. A request to exit is honoured while starting too (the initial loads and
+        their retry waits): the start is cancelled, and the code is 128 + the signal, as the
+        server never served."""
+        starting = asyncio.create_task(self.start())
+        stopping = asyncio.create_task(self._should_exit.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            return await self._abort_start(starting)
+        stopping.cancel()
         try:
-            await self.start()
+            starting.result()
         except (OSError, RuntimeError) as e:  # a port in use, a bad socket path, ...
             await self.stop(grace=0)
             raise ServingError.unavailable(f"Could not start serving: {e}") from None
         await self._should_exit.wait()
         await self.stop()
+        return 0
+
+    async def _abort_start(self, starting: asyncio.Task) -> int:
+        signum = self.exit_signal or signal.SIGTERM
+        log.warning("%s received while starting (the initial versions had not all loaded): "
+                    "exiting without serving", signal.Signals(signum).name)
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        try:
+            # Cancels the loads' retry waits; a load inside TensorFlow runs on in its thread.
+            await asyncio.wait_for(self.stop(grace=0), ABORT_SECONDS)
+        except asyncio.TimeoutError:
+            log.warning("Shutdown took over %.0f s: exiting anyway", ABORT_SECONDS)
+        return 128 + signum
+
+    def threads_finished(self, timeout: float) -> bool:
+        """After stop(): whether the load and request threads end within ``timeout`` seconds.
+
+        TensorFlow can't be interrupted mid-load or mid-call; the caller may exit without them."""
+        done = threading.Event()
+
+        def join() -> None:
+            for pool in (self._load_pool, self._request_pool):
+                pool.shutdown(wait=True)
+            done.set()
+
+        threading.Thread(target=join, name="join-pools", daemon=True).start()
+        return done.wait(timeout)
 
     async def stop(self, grace: float = DRAIN_SECONDS) -> None:
         log.info("Shutting down: draining in-flight requests")
@@ -192,6 +263,8 @@ class Server:
         stops = []
         if self._grpc:
             stops.append(self._grpc.stop(grace))
+        if self._rest_listener:
+            self._rest_listener.close()  # stop accepting; the runner then drains
         if self._rest:
             stops.append(self._rest.cleanup())
         await asyncio.gather(*stops, return_exceptions=True)
@@ -213,18 +286,56 @@ def runtime_settings(o: ServerOptions) -> RuntimeSettings:
         tflite_interpreters_per_pool=o.num_tflite_interpreters_per_pool or o.num_tflite_interpreters)
 
 
+def _return_big_buffers_to_os() -> None:
+    """Buffers of 1 MiB and more (request bodies, tensors) are mmapped, so freeing them gives the
+    memory back: glibc's default raises this threshold after the first big free, after which a
+    rejected 16 MiB body stays in the heap. glibc only; elsewhere the allocator's default stays."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+    except (OSError, AttributeError):
+        pass
+
+
+_M_MMAP_THRESHOLD = -3  # malloc.h
+
+
 def run(options: ServerOptions, models: list[ModelConfig]) -> int:
-    async def main() -> None:
+    server: Server | None = None
+    _return_big_buffers_to_os()
+
+    async def main() -> int:
+        nonlocal server
         server = Server(options, models)
         loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            if server.exit_requested:
+                if signum == signal.SIGINT:  # Ctrl-C twice: don't wait for the drain
+                    log.warning("SIGINT received again: exiting now")
+                    _exit_now(128 + signum)
+                return  # a repeated SIGTERM (supervisors resend it) lets the drain finish
+            log.info("Received %s", signal.Signals(signum).name)
+            server.request_exit(signum)
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, server.request_exit)
+            loop.add_signal_handler(sig, on_signal, sig)
         log.info("pyserving %s (TensorFlow Serving compatible) starting", __version__)
-        await server.serve()
+        return await server.serve()
 
     try:
-        asyncio.run(main())
+        code = asyncio.run(main())
     except ServingError as e:  # a version label that can't be set, a port in use, ...
         log.error("%s", e.message)
-        return 1
-    return 0
+        code = 1
+    if server is not None and not server.threads_finished(THREAD_EXIT_SECONDS):
+        log.warning("Exiting without waiting for a model load or model call still running in TensorFlow")
+        _exit_now(code)
+    return code
+
+
+def _exit_now(code: int) -> NoReturn:
+    """Exit at once, without joining threads stuck in TensorFlow (they can't be interrupted)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -155,6 +155,23 @@ def export_sleeper(path: str) -> str:
     return path
 
 
+class _BatchSleeper(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.int64, name="micros")])
+    def sleep(self, micros):
+        from tensorflow.python.data.experimental.ops import testing
+
+        ds = tf.data.Dataset.range(1).apply(testing.sleep(micros[0]))
+        slept = ds.reduce(tf.constant(0, tf.int64), lambda acc, _: acc + 1)
+        return {"slept": micros + 0 * slept}
+
+
+def export_batch_sleeper(path: str) -> str:
+    """Like the sleeper, batchable: micros is a vector, the batch sleeps for its first element."""
+    module = _BatchSleeper()
+    tf.saved_model.save(module, path, signatures={"serving_default": module.sleep})
+    return path
+
+
 def export_tf1_examples(path: str) -> str:
     """TF1 Example-based model: feature x (float) and optional bias (float, default 0).
 

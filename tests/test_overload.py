@@ -1,0 +1,117 @@
+"""Admission control: past --max_pending_requests, or with a full batch queue, requests are
+refused at once (UNAVAILABLE / 503 + Retry-After) before they take a worker thread."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from support import models
+from support.server import ServerProcess, wait_for
+
+SLEEP_MICROS = 1_500_000
+
+
+def _sleep_request(micros: int = SLEEP_MICROS) -> predict_pb2.PredictRequest:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "sleeper"
+    request.inputs["micros"].CopyFrom(tf.make_tensor_proto(np.int64(micros)))
+    return request
+
+
+def _call(stub, request) -> tuple[str, float, dict]:
+    start = time.monotonic()
+    try:
+        stub.Predict(request, 30)
+        return "OK", time.monotonic() - start, {}
+    except grpc.RpcError as e:
+        return e.code().name, time.monotonic() - start, dict(e.trailing_metadata() or ())
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    root = tmp_path_factory.mktemp("overload")
+    models.export_sleeper(str(root / "sleeper" / "1"))
+    models.export_batch_sleeper(str(root / "batch_sleeper" / "1"))
+    return root
+
+
+def test_requests_past_the_bound_are_refused_at_once(tmp_path, base):
+    server = ServerProcess("--model_name=sleeper", f"--model_base_path={base / 'sleeper'}",
+                           "--grpc_max_threads=1", "--max_pending_requests=2",
+                           log_path=tmp_path / "server.log").wait_ready()
+    try:
+        with server.channel() as channel, ThreadPoolExecutor(8) as pool:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            futures = [pool.submit(_call, stub, _sleep_request()) for _ in range(8)]
+            # While two requests hold the server, REST is refused too, with Retry-After.
+            wait_for(lambda: sum(f.done() for f in futures) >= 6, 10, "the excess to be refused")
+            r = server.post("/v1/models/sleeper:predict", json={"inputs": {"micros": 1}})
+            assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+            assert "--max_pending_requests=2" in r.json()["error"]
+            results = [f.result() for f in futures]
+        codes = sorted(code for code, _, _ in results)
+        assert codes == ["OK"] * 2 + ["UNAVAILABLE"] * 6, codes
+        for code, seconds, trailers in results:
+            if code == "UNAVAILABLE":
+                assert seconds < SLEEP_MICROS / 1e6 / 2, seconds  # not queued behind the sleepers
+                assert trailers.get("retry-after") == "1"
+        # Once the work is done the server takes requests again.
+        with server.channel() as channel:
+            assert _call(prediction_service_pb2_grpc.PredictionServiceStub(channel), _sleep_request(1))[0] == "OK"
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_request_that_would_miss_its_deadline_is_refused_at_once(tmp_path, base):
+    monitoring = tmp_path / "monitoring.pbtxt"
+    monitoring.write_text('prometheus_config { enable: true path: "/metrics" }')
+    server = ServerProcess("--model_name=sleeper", f"--model_base_path={base / 'sleeper'}",
+                           "--grpc_max_threads=1", f"--monitoring_config_file={monitoring}",
+                           log_path=tmp_path / "server.log").wait_ready()
+    in_flight = ':pyserving:requests_in_flight{model_name="sleeper"} 1'
+    try:
+        with server.channel() as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            assert _call(stub, _sleep_request())[0] == "OK"  # the server learns what a request costs
+            running = stub.Predict.future(_sleep_request(), 30)
+            wait_for(lambda: in_flight in server.get("/metrics").text, 10, "the first request to run")
+            start = time.monotonic()
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Predict(_sleep_request(), 1.0)  # behind a 1.5 s request with a 1 s deadline
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "past its deadline" in info.value.details()
+            assert time.monotonic() - start < 0.5  # refused now, not after the deadline
+            # With time enough, the same request waits its turn and is served.
+            assert _call(stub, _sleep_request(1))[0] == "OK"
+            running.result()
+    finally:
+        assert server.stop() == 0
+
+
+def test_full_batch_queue_refuses_before_taking_a_thread(tmp_path, base):
+    params = tmp_path / "batching.pbtxt"
+    params.write_text("max_batch_size { value: 1 } batch_timeout_micros { value: 0 } "
+                      "max_enqueued_batches { value: 1 } num_batch_threads { value: 1 }")
+    server = ServerProcess("--model_name=sleeper", f"--model_base_path={base / 'batch_sleeper'}",
+                           "--enable_batching", f"--batching_parameters_file={params}",
+                           "--max_pending_requests=0", log_path=tmp_path / "server.log", rest=False).wait_ready()
+    try:
+        with server.channel() as channel, ThreadPoolExecutor(6) as pool:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            # micros as a [1] tensor: batchable along dim 0.
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = "sleeper"
+            request.inputs["micros"].CopyFrom(tf.make_tensor_proto(np.array([SLEEP_MICROS], np.int64)))
+            results = [f.result() for f in [pool.submit(_call, stub, request) for _ in range(6)]]
+        refused = [(s, t) for code, s, t in results if code == "UNAVAILABLE"]
+        assert refused and any(code == "OK" for code, _, _ in results), results
+        assert all(s < SLEEP_MICROS / 1e6 / 2 for s, _ in refused), refused
+    finally:
+        assert server.stop() == 0
