@@ -21,6 +21,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
 
 from . import inference, limits
 from .admission import Admission, overloaded
+from .inline import InlinePolicy
 from .core.manager import ModelManager
 from .core.states import VersionStatus
 from .errors import ServingError
@@ -52,6 +53,16 @@ Decoder = Callable[[Signature], Mapping[str, np.ndarray]]
 
 
 @dataclass(frozen=True)
+class Caller:
+    """What the data plane needs to know of a request's caller: the protocol (a metric label),
+    the seconds the request has left, and whether it is small enough to run on the event loop."""
+
+    entrypoint: str  # "GRPC" or "REST"
+    deadline: float | None = None
+    small: bool = False
+
+
+@dataclass(frozen=True)
 class InferenceTask:
     """One task of a MultiInference call: a signature and the method it must have."""
 
@@ -67,21 +78,23 @@ UNKNOWN_MODEL_LABEL = "(unknown)"
 class DataPlane:
     def __init__(self, manager: ModelManager, executor: Executor,
                  strict_method_names: bool = False, metrics: Metrics | None = None,
-                 admission: Admission | None = None) -> None:
+                 admission: Admission | None = None, inline: InlinePolicy | None = None) -> None:
         self._manager = manager
         self._executor = executor
         self._strict = strict_method_names
         self._metrics = metrics or Metrics()
         self._admission = admission or Admission(limit=0)
+        self._inline = inline or InlinePolicy(max_seconds=0)
 
     def _version_of(self, spec: ModelSpec) -> int | None:
         if spec.label:
             return self._manager.resolve_label(spec.name, spec.label)
         return spec.version
 
-    async def _in_worker(self, api: str, entrypoint: str, spec: ModelSpec,
-                         work: Callable[[int, Servable], T], deadline: float | None = None) -> T:
-        """Run ``work(version, servable)`` in a worker thread, the version held loaded meanwhile."""
+    async def _in_worker(self, api: str, caller: Caller, spec: ModelSpec,
+                         work: Callable[[int, Servable], T]) -> T:
+        """Run ``work(version, servable)`` in a worker thread (inline when cheap: inline.py), the
+        version held loaded meanwhile."""
         start, status = time.perf_counter(), "OK"
         label = spec.name if self._manager.has_model(spec.name) else UNKNOWN_MODEL_LABEL
         in_flight = self._metrics.in_flight.labels(label)
@@ -89,12 +102,16 @@ class DataPlane:
         try:
             if not spec.name:
                 raise ServingError.invalid_argument("Missing ModelSpec: the request names no model")
-            token = self._admission.admit(deadline)
+            token = self._admission.admit(caller.deadline)
             try:
                 with self._manager.handle(spec.name, self._version_of(spec)) as (version, servable):
                     _check_queue(servable)
-                    result = await asyncio.get_running_loop().run_in_executor(
-                        self._executor, work, version, servable)
+                    key = (spec.name, version, api, spec.signature_name)
+                    if self._inline.inline(key, caller.small) and not _batching(servable):
+                        result = self._timed(key, work, version, servable, time.perf_counter, True)
+                    else:
+                        result = await asyncio.get_running_loop().run_in_executor(
+                            self._executor, self._timed, key, work, version, servable, time.thread_time, False)
             finally:
                 self._admission.release(token)
             self._metrics.record_answer(spec.name, version, api)
@@ -107,7 +124,14 @@ class DataPlane:
             raise
         finally:
             in_flight.dec()
-            self._metrics.record_request(label, api, entrypoint, status, time.perf_counter() - start)
+            self._metrics.record_request(label, api, caller.entrypoint, status, time.perf_counter() - start)
+
+    def _timed(self, key: tuple, work: Callable[[int, Servable], T], version: int, servable: Servable,
+               clock: Callable[[], float], inline: bool) -> T:
+        start = clock()
+        result = work(version, servable)
+        self._inline.record(key, clock() - start, inline)
+        return result
 
     def _run_model(self, api: str, model: str, servable: Servable, signature_name: str,
                    inputs: Mapping[str, np.ndarray], output_filter: Sequence[str]) -> dict[str, np.ndarray]:
@@ -118,9 +142,8 @@ class DataPlane:
             self._metrics.record_runtime(model, api, time.perf_counter() - start)
 
     async def predict(self, spec: ModelSpec, decode: Decoder, output_filter: Sequence[str],
-                      encode: Callable[[PredictResult], T], *, entrypoint: str,
-                      deadline: float | None = None) -> T:
-        """Decode, validate, run and encode in one worker-thread hop (``deadline``: seconds left)."""
+                      encode: Callable[[PredictResult], T], caller: Caller) -> T:
+        """Decode, validate, run and encode in one worker-thread hop."""
         def work(version: int, servable: Servable) -> T:
             signature_name = spec.signature_name or DEFAULT_SIGNATURE
             signature = find_signature(servable, signature_name)
@@ -133,20 +156,20 @@ class DataPlane:
             outputs = self._run_model("predict", spec.name, servable, signature_name, inputs,
                                       tuple(output_filter))
             return encode(PredictResult(spec.name, version, signature_name, outputs))
-        return await self._in_worker("predict", entrypoint, spec, work, deadline)
+        return await self._in_worker("predict", caller, spec, work)
 
-    async def classify(self, spec: ModelSpec, examples: Callable[[], list[bytes]], *,
-                       entrypoint: str, deadline: float | None = None) -> classification_pb2.ClassificationResponse:
-        return await self._examples_call(spec, examples, entrypoint, "classify",
-                                         classification_pb2.ClassificationResponse, deadline)
+    async def classify(self, spec: ModelSpec, examples: Callable[[], list[bytes]],
+                       caller: Caller) -> classification_pb2.ClassificationResponse:
+        return await self._examples_call(spec, examples, caller, "classify",
+                                         classification_pb2.ClassificationResponse)
 
-    async def regress(self, spec: ModelSpec, examples: Callable[[], list[bytes]], *,
-                      entrypoint: str, deadline: float | None = None) -> regression_pb2.RegressionResponse:
-        return await self._examples_call(spec, examples, entrypoint, "regress",
-                                         regression_pb2.RegressionResponse, deadline)
+    async def regress(self, spec: ModelSpec, examples: Callable[[], list[bytes]],
+                      caller: Caller) -> regression_pb2.RegressionResponse:
+        return await self._examples_call(spec, examples, caller, "regress",
+                                         regression_pb2.RegressionResponse)
 
     async def _examples_call(self, spec: ModelSpec, examples: Callable[[], list[bytes]],
-                             entrypoint: str, api: str, response_type, deadline: float | None):
+                             caller: Caller, api: str, response_type):
         """Classify or Regress: one task on one signature, answered in ``response_type``."""
         method = inference.CLASSIFY_METHOD if api == "classify" else inference.REGRESS_METHOD
 
@@ -157,11 +180,11 @@ class DataPlane:
             task = InferenceTask(name, method)
             response.result.CopyFrom(self._run_task(api, spec.name, servable, task, examples()))
             return response
-        return await self._in_worker(api, entrypoint, spec, work, deadline)
+        return await self._in_worker(api, caller, spec, work)
 
     async def multi_inference(self, spec: ModelSpec, tasks: Sequence[InferenceTask],
-                              examples: Callable[[], list[bytes]], *, entrypoint: str,
-                              deadline: float | None = None) -> inference_pb2.MultiInferenceResponse:
+                              examples: Callable[[], list[bytes]],
+                              caller: Caller) -> inference_pb2.MultiInferenceResponse:
         """Several classify/regress tasks on one input, all on the same model version."""
         _check_tasks(tasks)
 
@@ -176,7 +199,7 @@ class DataPlane:
                           else result.regression_result)
                 target.CopyFrom(outcome)
             return response
-        return await self._in_worker("multi_inference", entrypoint, spec, work, deadline)
+        return await self._in_worker("multi_inference", caller, spec, work)
 
     def _run_task(self, api: str, model: str, servable: Servable, task: InferenceTask,
                   serialized: list[bytes]):
@@ -210,6 +233,10 @@ class DataPlane:
         """GetModelMetadata: the SignatureDefs exactly as stored in the served version."""
         with self._manager.handle(spec.name, self._version_of(spec)) as (version, servable):
             return metadata_response(spec.name, version, servable.signature_defs, fields)
+
+
+def _batching(servable: Servable) -> bool:
+    return hasattr(servable, "accepting")  # only a BatchingServable queues (see _check_queue)
 
 
 def _check_queue(servable: Servable) -> None:

@@ -14,7 +14,8 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
 from . import profiler_service
 from .codecs import tensor_proto
 from .codecs.examples import serialize_input
-from .dataplane import DataPlane, InferenceTask, ModelSpec, PredictResult, fill_model_spec
+from .dataplane import Caller, DataPlane, InferenceTask, ModelSpec, PredictResult, fill_model_spec
+from .inline import SMALL_REQUEST_BYTES
 from .config import ConfigError, ModelConfig, models_from_proto
 from .errors import Code, ServingError
 from .profiler_service import ProfilerServicer
@@ -32,6 +33,10 @@ def spec_from_proto(spec: model_pb2.ModelSpec) -> ModelSpec:
         label=spec.version_label if choice == "version_label" else None,
         signature_name=spec.signature_name,
     )
+
+
+def _caller(request, context) -> Caller:
+    return Caller("GRPC", context.time_remaining(), request.ByteSize() <= SMALL_REQUEST_BYTES)
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -54,18 +59,15 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             return response
 
         return await self._dataplane.predict(spec_from_proto(request.model_spec), decode,
-                                             list(request.output_filter), encode, entrypoint="GRPC",
-                                             deadline=context.time_remaining())
+                                             list(request.output_filter), encode, _caller(request, context))
 
     async def Classify(self, request, context):
         return await self._dataplane.classify(
-            spec_from_proto(request.model_spec), lambda: serialize_input(request.input), entrypoint="GRPC",
-            deadline=context.time_remaining())
+            spec_from_proto(request.model_spec), lambda: serialize_input(request.input), _caller(request, context))
 
     async def Regress(self, request, context):
         return await self._dataplane.regress(
-            spec_from_proto(request.model_spec), lambda: serialize_input(request.input), entrypoint="GRPC",
-            deadline=context.time_remaining())
+            spec_from_proto(request.model_spec), lambda: serialize_input(request.input), _caller(request, context))
 
     async def MultiInference(self, request, context):
         specs = [spec_from_proto(t.model_spec) for t in request.tasks]
@@ -75,8 +77,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         tasks = [InferenceTask(s.signature_name, t.method_name) for s, t in zip(specs, request.tasks)]
         spec = specs[0] if specs else ModelSpec(name="")
         return await self._dataplane.multi_inference(
-            spec, tasks, lambda: serialize_input(request.input), entrypoint="GRPC",
-            deadline=context.time_remaining())
+            spec, tasks, lambda: serialize_input(request.input), _caller(request, context))
 
     async def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
                                context) -> get_model_metadata_pb2.GetModelMetadataResponse:

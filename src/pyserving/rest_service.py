@@ -6,14 +6,15 @@ import asyncio
 import logging
 import re
 import zlib
-from typing import Callable
+from typing import Any, Callable
 
 from aiohttp import http_exceptions, web
 
 from .codecs import json_codec
 from .codecs.examples import examples_from_json
-from .dataplane import DataPlane, ModelSpec, PredictResult
+from .dataplane import Caller, DataPlane, ModelSpec, PredictResult
 from .errors import Code, ServingError, http_status
+from .inline import SMALL_REQUEST_BYTES
 from .responses import SIGNATURE_DEF_FIELD, metadata_json, status_response, to_json_dict
 
 _PATH = re.compile(
@@ -21,8 +22,6 @@ _PATH = re.compile(
     r"(?:/versions/(?P<version>-?[0-9]+)|/labels/(?P<label>[^/:]+))?"
     r"(?:/(?P<suffix>metadata|ready)|:(?P<verb>predict|classify|regress))?$")
 
-# Parse big bodies off the event loop; small ones are cheaper inline.
-_INLINE_JSON_BYTES = 64 * 1024
 log = logging.getLogger("pyserving.rest")
 
 
@@ -157,16 +156,18 @@ class RestService:
         response = self._dataplane.metadata(spec, [SIGNATURE_DEF_FIELD])
         return web.json_response(metadata_json(response))
 
-    async def _body(self, request: web.Request):
+    async def _body(self, request: web.Request) -> tuple[Any, Caller]:
+        """The parsed JSON body, and the caller as the data plane sees it."""
         raw = _decompress(await request.read(), request.headers.get("Content-Encoding", ""),
                           self._max_body_bytes)
-        if len(raw) > _INLINE_JSON_BYTES:
-            return await asyncio.to_thread(json_codec.parse_json, raw)
-        return json_codec.parse_json(raw)
+        small = len(raw) <= SMALL_REQUEST_BYTES
+        caller = Caller("REST", self._timeout, small)
+        # Parse big bodies off the event loop; small ones are cheaper inline.
+        return (json_codec.parse_json(raw) if small else await asyncio.to_thread(json_codec.parse_json, raw)), caller
 
     def _example_verb(self, verb: str):
         async def handle(spec: ModelSpec, request: web.Request) -> web.Response:
-            body = await self._body(request)
+            body, caller = await self._body(request)
             if not isinstance(body, dict):
                 raise ServingError.invalid_argument("JSON Value: request body must be a JSON object")
             signature_name = body.get("signature_name", "")
@@ -174,12 +175,13 @@ class RestService:
                 raise ServingError.invalid_argument("'signature_name' key must be a string value")
             spec = ModelSpec(spec.name, spec.version, spec.label, signature_name)
             run = self._dataplane.classify if verb == "classify" else self._dataplane.regress
-            response = await run(spec, lambda: examples_from_json(body), entrypoint="REST", deadline=self._timeout)
+            response = await run(spec, lambda: examples_from_json(body), caller)
             return web.json_response({"results": _results_json(response.result, verb)})
         return handle
 
     async def _predict(self, spec: ModelSpec, request: web.Request) -> web.Response:
-        body = json_codec.parse_predict_body(await self._body(request))
+        parsed, caller = await self._body(request)
+        body = json_codec.parse_predict_body(parsed)
         spec = ModelSpec(spec.name, spec.version, spec.label, body.signature_name)
 
         def decode(signature):
@@ -189,8 +191,7 @@ class RestService:
         def encode(result: PredictResult) -> bytes:
             return json_codec.encode_outputs(result.outputs, body.row_format)
 
-        payload = await self._dataplane.predict(spec, decode, (), encode, entrypoint="REST",
-                                                deadline=self._timeout)
+        payload = await self._dataplane.predict(spec, decode, (), encode, caller)
         return web.Response(body=payload, content_type="application/json")
 
 

@@ -28,6 +28,7 @@ from .errors import ServingError
 from .grpc_service import create_server
 from . import http_timeouts
 from .health import HealthReporter
+from .inline import InlinePolicy
 from .monitoring import Metrics, PrometheusSettings
 from .options import ServerOptions
 from .rest_service import RestService
@@ -81,7 +82,7 @@ class Server:
             lambda: [(v.model, v.version, v.state.name) for v in self.manager.snapshot()])
         self.dataplane = DataPlane(self.manager, self._request_pool,
                                    strict_method_names=options.enable_signature_method_name_check,
-                                   metrics=self.metrics, admission=self.admission)
+                                   metrics=self.metrics, admission=self.admission, inline=InlinePolicy())
         self._grpc: grpc.aio.Server | None = None
         self._rest: web.AppRunner | None = None
         self._rest_listener: asyncio.AbstractServer | None = None

@@ -1,0 +1,71 @@
+"""Cheap model calls run on the event loop; slow ones stay in worker threads and never block it."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from pyserving.inline import BAN_SECONDS, INLINE_MAX_SECONDS, InlinePolicy
+from support import models
+from support.server import ServerProcess, model_config
+
+HALF_PLUS_TWO = Path(__file__).resolve().parent.parent.parent / "shared" / "tfs-testdata" / "saved_model_half_plus_two_cpu"
+
+
+def test_policy_learns_from_measured_calls():
+    policy = InlinePolicy()
+    assert not policy.inline("m", small=True)  # unmeasured: a thread first
+    policy.record("m", INLINE_MAX_SECONDS * 10, inline=False)  # a first call that built its callable
+    assert not policy.inline("m", small=True)
+    for _ in range(20):
+        policy.record("m", INLINE_MAX_SECONDS / 10, inline=False)
+    assert policy.inline("m", small=True)
+    assert not policy.inline("m", small=False)  # big requests decode and encode in a thread
+    policy.record("m", BAN_SECONDS / 2, inline=True)  # slowish on the loop: threads for a while
+    assert not policy.inline("m", small=True)
+    for _ in range(20):
+        policy.record("m", INLINE_MAX_SECONDS / 10, inline=False)
+    assert policy.inline("m", small=True)
+    policy.record("m", BAN_SECONDS * 2, inline=True)  # it blocked the loop: never again
+    for _ in range(100):
+        policy.record("m", INLINE_MAX_SECONDS / 10, inline=False)
+    assert not policy.inline("m", small=True)
+    assert not InlinePolicy(max_seconds=0).inline("m", small=True)
+
+
+def test_slow_model_never_blocks_the_loop(tmp_path):
+    models.export_sleeper(str(tmp_path / "sleeper" / "1"))
+    config = tmp_path / "models.config"
+    config.write_text(model_config({"sleeper": str(tmp_path / "sleeper"), "fast": str(HALF_PLUS_TWO)}))
+    server = ServerProcess(f"--model_config_file={config}", log_path=tmp_path / "server.log").wait_ready()
+    try:
+        fast = predict_pb2.PredictRequest()
+        fast.model_spec.name = "fast"
+        fast.inputs["x"].CopyFrom(tf.make_tensor_proto(np.float32([1.0])))
+        slow = predict_pb2.PredictRequest()
+        slow.model_spec.name = "sleeper"
+        with server.channel() as channel, ThreadPoolExecutor(4) as pool:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            slow.inputs["micros"].CopyFrom(tf.make_tensor_proto(np.int64(200_000)))
+            for _ in range(50):  # the fast model runs inline now
+                stub.Predict(fast, 10)
+            for _ in range(3):  # a sleeping model costs no CPU: it may block the loop once, then never
+                stub.Predict(slow, 10)
+            slow.inputs["micros"].CopyFrom(tf.make_tensor_proto(np.int64(1_000_000)))
+            sleeping = [pool.submit(stub.Predict, slow, 30) for _ in range(3)]
+            # Until the sleepers are done (seconds of model calls), the fast model keeps answering.
+            latencies, answers = [], []
+            while not all(f.done() for f in sleeping):
+                started = time.monotonic()
+                answers.append(stub.Predict(fast, 10).outputs["y"].float_val[0])
+                latencies.append(time.monotonic() - started)
+            assert [f.result().outputs["slept"].int64_val[0] for f in sleeping] == [1_000_000] * 3
+        assert len(answers) > 20 and set(answers) == {2.5}
+        assert max(latencies) < 0.25, max(latencies)
+    finally:
+        assert server.stop() == 0
