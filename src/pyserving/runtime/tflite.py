@@ -32,7 +32,7 @@ from tensorflow.lite.python import schema_py_generated as schema
 from tensorflow.lite.tools import flatbuffer_utils
 
 from ..errors import Code, ServingError
-from .servable import DEFAULT_SIGNATURE, first_line, op_error_message, runnable_signatures, validate_inputs
+from .servable import DEFAULT_SIGNATURE, first_line, op_error_message, runnable_signatures
 
 # tf.lite.Interpreter warns on every construction that it will move to LiteRT; it still
 # works, and LiteRT lacks nothing it has here (see the module docstring), so only this goes.
@@ -231,8 +231,7 @@ class TfLiteServable:
 
     def run(self, signature_key: str, inputs: Mapping[str, np.ndarray],
             output_filter: Sequence[str] = ()) -> dict[str, np.ndarray]:
-        validate_inputs(self.signatures[signature_key], inputs)
-        plan = self._plans[signature_key]
+        plan = self._plans[signature_key]  # inputs were checked by the caller (data plane, warmup)
         names = tuple(output_filter) or tuple(plan.outputs)
         slot = self._pool.get()
         try:
