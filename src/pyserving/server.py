@@ -191,6 +191,7 @@ class Server:
         header_seconds = max(o.rest_api_header_timeout_in_ms, 0) / 1000
         # aiohttp's protocol factory (runner.server) on our own listener, each connection
         # wrapped in a header deadline; closed in stop() before the runner drains.
+        assert self._rest.server is not None  # made by setup()
         self._rest_listener = await asyncio.get_running_loop().create_server(
             http_timeouts.connection_factory(self._rest.server, header_seconds),
             "0.0.0.0", o.rest_api_port, ssl=ssl_context,

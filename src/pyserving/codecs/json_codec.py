@@ -45,7 +45,9 @@ def parse_json(raw: bytes | str) -> Any:
         raise ServingError.invalid_argument("JSON Parse error: the body nests too deeply") from None
     # json accepts "\ud800" (orjson and TF Serving's RapidJSON do not): such a string can become
     # no proto field, tensor or log line, so it is refused here, wherever it is.
-    if (_SURROGATE_ESCAPE_BYTES if isinstance(raw, bytes) else _SURROGATE_ESCAPE_TEXT).search(raw):
+    escaped = (_SURROGATE_ESCAPE_BYTES.search(raw) if isinstance(raw, bytes)
+               else _SURROGATE_ESCAPE_TEXT.search(raw))
+    if escaped:
         where = _lone_surrogate(value)
         if where is not None:
             raise ServingError.invalid_argument(

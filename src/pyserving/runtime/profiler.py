@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 import threading
+from typing import Any
 
 from ..errors import Code, ServingError
 
@@ -23,7 +24,7 @@ class Profiler:
 
     def __init__(self) -> None:
         self._busy = threading.Lock()
-        self._session = None
+        self._session: Any = None  # TensorFlow's ProfilerSession while a capture runs
         self._dir = ""
 
     def start(self, host_tracer_level: int = 2, device_tracer_level: int = 1,

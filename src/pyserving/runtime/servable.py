@@ -49,7 +49,10 @@ class Servable(Protocol):
 
     path: str
     runtime: str  # which kind: "session", "function", "tflite" (logged at load)
-    signatures: Mapping[str, Signature]  # runnable signatures, by key
+
+    @property
+    def signatures(self) -> Mapping[str, Signature]:
+        """The runnable signatures, by key."""
 
     @property
     def signature_defs(self) -> Mapping[str, Any]:
