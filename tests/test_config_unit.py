@@ -133,6 +133,11 @@ def test_version_policy_select(policy, available, expected):
     (dict(model_base_path="/m", batching_parameters_file="/b.pbtxt"), "--enable_batching"),
     (dict(model_base_path="/m", port=9000, rest_api_port=9000), "--rest_api_port"),
     (dict(model_base_path="/m", port=0), "--grpc_socket_path"),
+    (dict(model_base_path="/m", rest_api_header_timeout_in_ms=-5), "--rest_api_header_timeout_in_ms"),
+    (dict(model_base_path="/m", rest_api_idle_timeout_in_ms=-1), "--rest_api_idle_timeout_in_ms"),
+    (dict(model_base_path="/m", rest_api_body_timeout_in_ms=-2), "--rest_api_body_timeout_in_ms"),
+    (dict(model_base_path="/m", max_pending_requests=-2), "--max_pending_requests"),
+    (dict(model_base_path="/m", grpc_max_message_bytes=0), "--grpc_max_message_bytes"),
 ])
 def test_check_options_rejects(kwargs, fragment):
     with pytest.raises(ConfigError) as info:

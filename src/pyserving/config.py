@@ -113,6 +113,12 @@ def check_options(options: ServerOptions) -> None:
                           "use a different port for the REST API")
     if options.grpc_max_message_bytes == 0 or options.grpc_max_message_bytes < -1:
         raise ConfigError("--grpc_max_message_bytes must be positive (or -1 for no limit)")
+    for flag in ("rest_api_header_timeout_in_ms", "rest_api_idle_timeout_in_ms"):
+        if getattr(options, flag) < 0:
+            raise ConfigError(f"--{flag} must be 0 (no limit) or positive")
+    if options.rest_api_body_timeout_in_ms < -1:
+        raise ConfigError("--rest_api_body_timeout_in_ms must be -1 (as --rest_api_timeout_in_ms), "
+                          "0 (no limit) or positive")
     if options.max_pending_requests < -1:
         raise ConfigError("--max_pending_requests must be -1 (automatic), 0 (no bound) or positive")
     if options.port == 0 and not options.grpc_socket_path:
