@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -308,6 +309,10 @@ def run(options: ServerOptions, models: list[ModelConfig]) -> int:
     async def main() -> int:
         nonlocal server
         server = Server(options, models)
+        # The hundreds of thousands of objects TensorFlow's import made live for good: out of the
+        # collector's sight, a request that builds many (a 224x224x3 JSON image: 50k lists) no
+        # longer pays ~170 ms full collections over them. Models loaded later stay collectable.
+        gc.freeze()
         loop = asyncio.get_running_loop()
 
         def on_signal(signum: int) -> None:

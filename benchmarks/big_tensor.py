@@ -1,0 +1,106 @@
+"""What a 224x224x3 float32 Predict costs beyond the model's own run, over gRPC and REST.
+
+    python benchmarks/big_tensor.py [--requests 200]
+
+The model averages each image (y = mean(x, [1, 2, 3])), so nearly all of a request's time is
+transport and codecs. Bodies are encoded once, before timing: the gRPC request as its
+serialized bytes (tensor_content, as tf.make_tensor_proto builds it) sent through a raw-bytes
+stub, the REST request as JSON bytes (`{"instances": [...]}`), so the client's own encoding is
+not what is measured. The model's run time is measured in-process, through the same Session
+runtime the server uses. Loopback, one request at a time, p50 and p99 reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import grpc
+import numpy as np
+import orjson
+import requests
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2
+
+from _common import free_port, stop, wait_ready  # benchmarks/ is on sys.path when run as a script
+from pyserving.runtime.loader import RuntimeSettings, session_config
+from pyserving.runtime.session import load_session
+
+SHAPE = (1, 224, 224, 3)
+
+
+class _Mean(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None, 224, 224, 3], tf.float32, name="x")])
+    def serve(self, x):
+        return {"y": tf.reduce_mean(x, axis=[1, 2, 3])}
+
+
+def ms(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+def timed(call, n: int) -> list[float]:
+    for _ in range(10):
+        call()
+    samples = []
+    for _ in range(n):
+        start = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=200)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="big-tensor-"))
+    module = _Mean()
+    tf.saved_model.save(module, str(work / "m" / "1"), signatures={"serving_default": module.serve})
+    image = np.random.default_rng(0).random(SHAPE, dtype=np.float32)
+
+    servable = load_session(str(work / "m" / "1"), ["serve"], session_config(RuntimeSettings()))
+    model = timed(lambda: servable.run("serving_default", {"x": image}), args.requests)
+    servable.close()
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "m"
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(image))
+    grpc_body = request.SerializeToString()
+    rest_body = orjson.dumps({"instances": image.tolist()})
+
+    port, rest_port = free_port(), free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "tensorflow_model_server"), f"--port={port}",
+         f"--rest_api_port={rest_port}", "--model_name=m", f"--model_base_path={work / 'm'}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_ready(f"http://127.0.0.1:{rest_port}/v1/models/m/ready", server)
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", -1)]) as ch:
+            predict = ch.unary_unary("/tensorflow.serving.PredictionService/Predict")
+            grpc_samples = timed(lambda: predict(grpc_body, timeout=30), args.requests)
+        url = f"http://127.0.0.1:{rest_port}/v1/models/m:predict"
+        with requests.Session() as http:
+            rest_samples = timed(lambda: http.post(url, data=rest_body, timeout=30).raise_for_status(),
+                                 args.requests)
+    finally:
+        stop(server)
+    base = statistics.median(model) * 1000
+    print(f"model run (in-process Session call): p50 {base:.2f} ms")
+    for name, samples, size in (("gRPC tensor_content", grpc_samples, len(grpc_body)),
+                                ("REST JSON", rest_samples, len(rest_body))):
+        print(f"{name:<20} body {size / 1024:.0f} KiB: p50 {ms(samples, 0.5):.2f} ms, p99 {ms(samples, 0.99):.2f} ms"
+              f" -> {ms(samples, 0.5) - base:.2f} ms over the model's run (p50)")
+
+
+if __name__ == "__main__":
+    main()
