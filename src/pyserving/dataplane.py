@@ -105,9 +105,13 @@ class DataPlane:
             token = self._admission.admit(caller.deadline)
             try:
                 with self._manager.handle(spec.name, self._version_of(spec)) as (version, servable):
-                    _check_queue(servable)
+                    # Only a BatchingServable queues: a full queue refuses here, on the event loop,
+                    # before the request takes a thread; its calls wait, so they never run inline.
+                    accepting = getattr(servable, "accepting", None)
+                    if accepting is not None and not accepting():
+                        raise overloaded("The batch scheduling queue to which this task was submitted is full")
                     key = (spec.name, version, api, spec.signature_name)
-                    if self._inline.inline(key, caller.small) and not _batching(servable):
+                    if accepting is None and self._inline.inline(key, caller.small):
                         result = self._timed(key, work, version, servable, time.perf_counter, True)
                     else:
                         result = await asyncio.get_running_loop().run_in_executor(
@@ -233,18 +237,6 @@ class DataPlane:
         """GetModelMetadata: the SignatureDefs exactly as stored in the served version."""
         with self._manager.handle(spec.name, self._version_of(spec)) as (version, servable):
             return metadata_response(spec.name, version, servable.signature_defs, fields)
-
-
-def _batching(servable: Servable) -> bool:
-    return hasattr(servable, "accepting")  # only a BatchingServable queues (see _check_queue)
-
-
-def _check_queue(servable: Servable) -> None:
-    """A batching servable whose queue is full refuses here, on the event loop, before the
-    request takes a worker thread (other servables have no queue)."""
-    accepting = getattr(servable, "accepting", None)
-    if accepting is not None and not accepting():
-        raise overloaded("The batch scheduling queue to which this task was submitted is full")
 
 
 def _check_tasks(tasks: Sequence[InferenceTask]) -> None:
