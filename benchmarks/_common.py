@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts: free ports, readiness, shutdown."""
+"""Helpers shared by the benchmark scripts: free ports, readiness, shutdown, timing, percentiles."""
 
 from __future__ import annotations
 
@@ -6,8 +6,27 @@ import signal
 import socket
 import subprocess
 import time
+from typing import Callable
 
 import requests
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """The q-quantile of the samples (nearest rank), NaN when there are none."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def time_calls(call: Callable[[], object], n: int, warmup: int) -> list[float]:
+    """Seconds each of ``n`` sequential calls took, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        call()
+    samples = []
+    for _ in range(n):
+        start = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - start)
+    return samples
 
 
 def free_port() -> int:

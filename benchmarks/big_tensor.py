@@ -18,7 +18,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -30,7 +29,7 @@ import requests
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 
-from _common import free_port, stop, wait_ready  # benchmarks/ is on sys.path when run as a script
+from _common import free_port, percentile, stop, time_calls, wait_ready  # benchmarks/ is on sys.path when run as a script
 from pyserving.runtime.loader import RuntimeSettings, session_config
 from pyserving.runtime.session import load_session
 
@@ -44,19 +43,7 @@ class _Mean(tf.Module):
 
 
 def ms(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
-
-
-def timed(call, n: int) -> list[float]:
-    for _ in range(10):
-        call()
-    samples = []
-    for _ in range(n):
-        start = time.perf_counter()
-        call()
-        samples.append(time.perf_counter() - start)
-    return samples
+    return percentile(samples, q) * 1000
 
 
 def main() -> None:
@@ -69,7 +56,7 @@ def main() -> None:
     image = np.random.default_rng(0).random(SHAPE, dtype=np.float32)
 
     servable = load_session(str(work / "m" / "1"), ["serve"], session_config(RuntimeSettings()))
-    model = timed(lambda: servable.run("serving_default", {"x": image}), args.requests)
+    model = time_calls(lambda: servable.run("serving_default", {"x": image}), args.requests, warmup=10)
     servable.close()
 
     request = predict_pb2.PredictRequest()
@@ -87,11 +74,11 @@ def main() -> None:
         wait_ready(f"http://127.0.0.1:{rest_port}/v1/models/m/ready", server)
         with grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", -1)]) as ch:
             predict = ch.unary_unary("/tensorflow.serving.PredictionService/Predict")
-            grpc_samples = timed(lambda: predict(grpc_body, timeout=30), args.requests)
+            grpc_samples = time_calls(lambda: predict(grpc_body, timeout=30), args.requests, warmup=10)
         url = f"http://127.0.0.1:{rest_port}/v1/models/m:predict"
         with requests.Session() as http:
-            rest_samples = timed(lambda: http.post(url, data=rest_body, timeout=30).raise_for_status(),
-                                 args.requests)
+            rest_samples = time_calls(lambda: http.post(url, data=rest_body, timeout=30).raise_for_status(),
+                                      args.requests, warmup=10)
     finally:
         stop(server)
     base = statistics.median(model) * 1000

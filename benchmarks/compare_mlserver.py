@@ -25,7 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import requests
 
-from _common import free_port, stop, wait_ready  # benchmarks/ is on sys.path when run as a script
+from _common import free_port, percentile, stop, time_calls, wait_ready  # benchmarks/ is on sys.path when run as a script
 from pyserving.mnist.data import load_mnist
 from pyserving.mnist.export import export_mnist
 
@@ -51,15 +51,8 @@ class TFSavedModel(MLModel):
 
 
 def measure(name: str, post, n: int) -> None:
-    for _ in range(100):
-        post()
-    samples = []
-    for _ in range(n):
-        start = time.perf_counter()
-        post()
-        samples.append(time.perf_counter() - start)
-    samples.sort()
-    p50, p99 = samples[n // 2] * 1000, samples[int(n * 0.99)] * 1000
+    samples = time_calls(post, n, warmup=100)
+    p50, p99 = percentile(samples, 0.5) * 1000, percentile(samples, 0.99) * 1000
     start = time.perf_counter()
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda _: post(), range(n)))

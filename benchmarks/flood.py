@@ -22,15 +22,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import free_port, stop, wait_ready  # benchmarks/ is on sys.path when run as a script
+from _common import free_port, percentile as pct, stop, wait_ready  # benchmarks/ is on sys.path when run as a script
 
 MODEL = Path(__file__).resolve().parent.parent.parent / "shared" / "tfs-testdata" / "saved_model_half_plus_two_cpu"
 BODY = b'{"instances": [1.0, 2.0, 5.0]}'
-
-
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 def h2load(url: str, work: Path, *args: str) -> list[tuple[int, float]]:

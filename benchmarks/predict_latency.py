@@ -28,26 +28,19 @@ import requests
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from _common import free_port, stop, wait_ready  # benchmarks/ is on sys.path when run as a script
+from _common import free_port, percentile, stop, time_calls, wait_ready  # benchmarks/ is on sys.path when run as a script
 from pyserving.mnist.data import load_mnist
 from pyserving.mnist.export import export_mnist
 
 
 def percentiles(samples: list[float]) -> str:
-    ms = sorted(s * 1000 for s in samples)
-    pick = lambda q: ms[min(len(ms) - 1, int(q * len(ms)))]
+    pick = lambda q: percentile(samples, q) * 1000
     return (f"p50 {pick(0.50):.3f} ms  p90 {pick(0.90):.3f} ms  p99 {pick(0.99):.3f} ms  "
-            f"mean {statistics.fmean(ms):.3f} ms")
+            f"mean {statistics.fmean(samples) * 1000:.3f} ms")
 
 
 def bench(name: str, call, n: int, concurrency: int) -> None:
-    for _ in range(min(200, n)):
-        call()  # warm up
-    samples = []
-    for _ in range(n):
-        t = time.perf_counter()
-        call()
-        samples.append(time.perf_counter() - t)
+    samples = time_calls(call, n, warmup=min(200, n))
     print(f"{name:5s} sequential ({n} requests): {percentiles(samples)}")
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
