@@ -8,10 +8,14 @@ import logging
 import os
 import signal
 import sys
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from . import __version__
 from .options import ServerOptions
+
+if TYPE_CHECKING:
+    from .config import ModelConfig
+    from .supervisor import WorkerSlot
 
 _TRUE = {"true", "1", "yes", "t", "y"}
 _FALSE = {"false", "0", "no", "f", "n"}
@@ -67,10 +71,20 @@ def serve(options: ServerOptions) -> int:
         return 1
     for name in options.unsupported_flags_set():
         log.warning("--%s is accepted for compatibility but has no effect in pyserving yet", name)
+    from .supervisor import Supervisor, worker_count
+
+    count = worker_count(options.num_workers)
+    if count == 1:
+        return _run_server(options, models, None)
+    # Forked before TensorFlow and gRPC are imported: neither survives a fork once started.
+    return Supervisor(count, lambda slot: _run_server(options, models, slot)).run()
+
+
+def _run_server(options: ServerOptions, models: list[ModelConfig], slot: WorkerSlot | None) -> int:
     try:
         from .server import run  # imports TensorFlow: seconds before the server's signal handlers
 
-        return run(options, models)
+        return run(options, models, slot)
     except KeyboardInterrupt:  # SIGINT that early (SIGTERM's default action ends the process)
         return 128 + signal.SIGINT
 

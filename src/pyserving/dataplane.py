@@ -26,6 +26,7 @@ from .core.manager import ModelManager
 from .core.states import VersionStatus
 from .errors import ServingError
 from .monitoring import Metrics
+from .peers import Peers
 from .responses import metadata_response
 from .runtime.servable import (DEFAULT_SIGNATURE, Servable, Signature, find_signature, validate_inputs,
                                validate_output_filter)
@@ -78,8 +79,10 @@ UNKNOWN_MODEL_LABEL = "(unknown)"
 class DataPlane:
     def __init__(self, manager: ModelManager, executor: Executor,
                  strict_method_names: bool = False, metrics: Metrics | None = None,
-                 admission: Admission | None = None, inline: InlinePolicy | None = None) -> None:
+                 admission: Admission | None = None, inline: InlinePolicy | None = None,
+                 peers: Peers | None = None) -> None:
         self._manager = manager
+        self._peers = peers
         self._executor = executor
         self._strict = strict_method_names
         self._metrics = metrics or Metrics()
@@ -220,8 +223,15 @@ class DataPlane:
             return inference.classification_result(outputs, len(serialized))
         return inference.regression_result(outputs, len(serialized))
 
-    def status(self, spec: ModelSpec) -> list[VersionStatus]:
-        return self._manager.status(spec.name, self._version_of(spec))
+    async def status(self, spec: ModelSpec) -> list[VersionStatus]:
+        """Model status of the whole server: with --num_workers, merged over every worker."""
+        if self._peers is None:
+            return self.local_status(spec.name, spec.version, spec.label)
+        return await self._peers.status(spec.name, spec.version, spec.label, self.local_status)
+
+    def local_status(self, name: str, version: int | None = None, label: str | None = None
+                     ) -> list[VersionStatus]:
+        return self._manager.status(name, self._version_of(ModelSpec(name, version, label)))
 
     def readiness(self) -> dict[str, bool]:
         """Each configured model: does it have an AVAILABLE version?"""

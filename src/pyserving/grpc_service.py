@@ -11,12 +11,13 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      model_service_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2, prediction_service_pb2_grpc)
 
+from tensorflow_serving.config import model_server_config_pb2
+
 from . import profiler_service
 from .codecs import tensor_proto
 from .codecs.examples import serialize_input
 from .dataplane import Caller, DataPlane, InferenceTask, ModelSpec, PredictResult, fill_model_spec
 from .inline import SMALL_REQUEST_BYTES
-from .config import ConfigError, ModelConfig, models_from_proto
 from .errors import Code, ServingError
 from .profiler_service import ProfilerServicer
 from .responses import status_response
@@ -84,7 +85,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         return self._dataplane.metadata(spec_from_proto(request.model_spec), list(request.metadata_field))
 
 
-ReloadConfig = Callable[[list[ModelConfig]], Awaitable[None]]
+ReloadConfig = Callable[[model_server_config_pb2.ModelServerConfig], Awaitable[None]]
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
@@ -96,18 +97,14 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
                                         context) -> model_management_pb2.ReloadConfigResponse:
         if self._reload_config is None:
             raise ServingError(Code.UNIMPLEMENTED, "This server does not take config reloads")
-        try:
-            models = models_from_proto(request.config)
-        except ConfigError as e:
-            raise ServingError.invalid_argument(str(e)) from None
-        await self._reload_config(models)
+        await self._reload_config(request.config)
         response = model_management_pb2.ReloadConfigResponse()
         response.status.error_code = 0
         return response
 
     async def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest,
                              context) -> get_model_status_pb2.GetModelStatusResponse:
-        return status_response(self._dataplane.status(spec_from_proto(request.model_spec)))
+        return status_response(await self._dataplane.status(spec_from_proto(request.model_spec)))
 
 
 def parse_channel_arguments(text: str) -> list[tuple[str, int | str]]:
@@ -196,11 +193,12 @@ def _methods(service_descriptor) -> dict:
 
 
 def create_server(dataplane: DataPlane, channel_arguments: str = "", max_message_bytes: int = -1,
-                  tensor_content: bool = False,
+                  tensor_content: bool = False, reuse_port: bool = False,
                   reload_config: ReloadConfig | None = None,
                   profiler: ProfilerServicer | None = None) -> grpc.aio.Server:
     options: dict[str, int | str] = dict(BASE_OPTIONS)
     options["grpc.max_receive_message_length"] = max_message_bytes
+    options["grpc.so_reuseport"] = int(reuse_port)  # --num_workers: sibling processes share ports
     options.update(parse_channel_arguments(channel_arguments))
     server = grpc.aio.server(options=list(options.items()))
     prediction = PredictionServicer(dataplane, tensor_content)

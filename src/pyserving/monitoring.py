@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.utils import floatToGoString
@@ -22,6 +22,9 @@ DEFAULT_PATH = "/monitoring/prometheus/metrics"
 LATENCY_BUCKETS_US = tuple(10 * 1.8 ** i for i in range(33))
 EXAMPLE_BUCKETS = tuple(2 ** i for i in range(16))
 RUNTIME = "TF2"
+# Gauges of the whole server, not summed over worker processes.
+VERSION_STATE = ":pyserving:model_version_available"
+SERVING_WORKERS = ":pyserving:serving_workers"
 
 
 @dataclass(frozen=True)
@@ -86,8 +89,10 @@ class Metrics:
         self.in_flight = Gauge(
             ":pyserving:requests_in_flight", "Requests being served right now.", ["model_name"], registry=r)
         self.version_state = Gauge(
-            ":pyserving:model_version_available", "1 while a model version is AVAILABLE, else 0.",
+            VERSION_STATE, "1 while a model version is AVAILABLE, else 0.",
             ["model_name", "version", "state"], registry=r)
+        self.workers = Gauge(
+            SERVING_WORKERS, "Worker processes whose counts this page adds up.", registry=r)
         self._version_lister: VersionLister | None = None
         self._answered: set[tuple[str, str, str]] = set()  # version_requests label sets in use
 
@@ -127,12 +132,10 @@ class Metrics:
 
     # ---- exposition ---------------------------------------------------------------
 
-    def _refresh_versions(self) -> None:
-        if self._version_lister is None:
-            return
+    def _refresh_versions(self, versions: Iterable[tuple[str, int, str]]) -> None:
         self.version_state.clear()
         known = set()
-        for model, version, state in self._version_lister():
+        for model, version, state in versions:
             known.add((model, str(version)))
             self.version_state.labels(model, str(version), state).set(1 if state == "AVAILABLE" else 0)
         # Versions the manager has forgotten drop out, so series don't pile up with every rollout.
@@ -140,22 +143,65 @@ class Metrics:
             self.version_requests.remove(*labels)
             self._answered.discard(labels)
 
-    def exposition(self) -> bytes:
-        """Prometheus text format 0.0.4, with TF Serving's counter naming."""
-        self._refresh_versions()
+    def families(self) -> list[Family]:
+        """This process's counts as plain data (JSON-safe), for a sibling worker to add up.
+
+        The version-state gauge is left out: it describes the server, not a process, and the
+        caller fills it from the merged model status."""
+        return [_plain(f) for f in self.registry.collect()
+                if f.name not in (VERSION_STATE, SERVING_WORKERS)]
+
+    def exposition(self, others: Sequence[Sequence[Family]] = (),
+                   versions: Iterable[tuple[str, int, str]] | None = None) -> bytes:
+        """Prometheus text format 0.0.4, with TF Serving's counter naming.
+
+        ``others``: the families of sibling workers (--num_workers), summed into this one's;
+        ``versions``: their merged model versions (else this process's own)."""
+        if versions is None and self._version_lister is not None:
+            versions = self._version_lister()
+        self._refresh_versions(versions or ())
+        self.workers.set(1 + len(others))
+        own = [_plain(f) for f in self.registry.collect()]
         lines: list[str] = []
-        for family in self.registry.collect():
-            samples = [s for s in family.samples if not s.name.endswith("_created")]
+        for name, kind, documentation, samples in _summed([own, *others]):
             if not samples:
                 continue
-            exposed = _EXPOSED_NAMES.get(family.name, family.name)
-            lines.append(f"# HELP {exposed} {family.documentation}")
-            lines.append(f"# TYPE {exposed} {family.type}")
-            for s in samples:
-                name = exposed if family.type == "counter" else s.name
-                labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(s.labels.items()))
-                lines.append(f"{name}{{{labels}}} {_value(s.value)}" if labels else f"{name} {_value(s.value)}")
+            exposed = _EXPOSED_NAMES.get(name, name)
+            lines.append(f"# HELP {exposed} {documentation}")
+            lines.append(f"# TYPE {exposed} {kind}")
+            for sample_name, labels, value in samples:
+                sample_name = exposed if kind == "counter" else sample_name
+                text = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
+                lines.append(f"{sample_name}{{{text}}} {_value(value)}" if text else f"{sample_name} {_value(value)}")
         return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+# name, type, help, samples (sample name, labels, value): lists once through JSON.
+Family = tuple[str, str, str, list]
+
+
+def _plain(family) -> Family:
+    return (family.name, family.type, family.documentation,
+            [(s.name, s.labels, s.value) for s in family.samples if not s.name.endswith("_created")])
+
+
+def _summed(views: Sequence[Sequence[Family]]) -> list[Family]:
+    """Families of several processes as one: every series added up (counters, histograms and
+    in-flight gauges all sum), in the first view's order, series only some have included."""
+    order: dict[str, Family] = {}
+    values: dict[tuple[str, str, tuple], float] = {}
+    for view in views:
+        for name, kind, documentation, samples in view:
+            family = order.setdefault(name, (name, kind, documentation, []))
+            for sample_name, labels, value in samples:
+                key = (name, sample_name, tuple(sorted(labels.items())))
+                if key not in values:
+                    values[key] = 0.0
+                    family[3].append((sample_name, labels))
+                values[key] += value
+    return [(name, kind, documentation,
+             [(s, labels, values[(name, s, tuple(sorted(labels.items())))]) for s, labels in samples])
+            for name, kind, documentation, samples in order.values()]
 
 
 # prometheus_client drops a trailing _total from counter names; TF Serving keeps this one.

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import re
 import zlib
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from aiohttp import http_exceptions, web
 
@@ -55,7 +55,7 @@ def _error(code: Code, message: str, retry_after: int | None = None) -> web.Resp
 class RestService:
     def __init__(self, dataplane: DataPlane, timeout_ms: int = 30000, cors: bool = False,
                  max_body_bytes: int = 1 << 30,
-                 metrics_route: tuple[str, Callable[[], bytes]] | None = None) -> None:
+                 metrics_route: tuple[str, Callable[[], Awaitable[bytes]]] | None = None) -> None:
         self._dataplane = dataplane
         self._metrics_route = metrics_route
         self._max_body_bytes = max_body_bytes
@@ -70,7 +70,7 @@ class RestService:
             path, exposition = self._metrics_route
 
             async def metrics(_request: web.Request) -> web.Response:
-                return web.Response(body=exposition(), content_type="text/plain",
+                return web.Response(body=await exposition(), content_type="text/plain",
                                     charset="utf-8", headers={"X-Content-Type-Options": "nosniff"})
             app.router.add_get(path, metrics)
         app.router.add_get("/healthz", self._healthz)
@@ -100,7 +100,7 @@ class RestService:
                 version=_version(match["version"]),
                 label=match["label"])
             if method == "GET":
-                return self._get(spec, match["suffix"])
+                return await self._get(spec, match["suffix"])
             if match["suffix"]:
                 return _error(Code.NOT_FOUND, f"Malformed request: {method} {request.path}")
             verb = self._predict if match["verb"] == "predict" else self._example_verb(match["verb"])
@@ -124,12 +124,12 @@ class RestService:
             log.exception("Unexpected error serving %s %s", method, request.path)
             return _error(Code.INTERNAL, f"Internal error: {type(e).__name__}: {e}")
 
-    def _get(self, spec: ModelSpec, suffix: str | None) -> web.Response:
+    async def _get(self, spec: ModelSpec, suffix: str | None) -> web.Response:
         if suffix == "metadata":
             return self._metadata(spec)
         if suffix == "ready":
             return self._ready(spec)
-        return self._status(spec)
+        return await self._status(spec)
 
     def _ready(self, spec: ModelSpec) -> web.Response:
         """For load balancers and Kubernetes probes: 200 only while a matching version serves."""
@@ -149,8 +149,8 @@ class RestService:
     async def _healthz(self, _request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
-    def _status(self, spec: ModelSpec) -> web.Response:
-        return web.json_response(to_json_dict(status_response(self._dataplane.status(spec))))
+    async def _status(self, spec: ModelSpec) -> web.Response:
+        return web.json_response(to_json_dict(status_response(await self._dataplane.status(spec))))
 
     def _metadata(self, spec: ModelSpec) -> web.Response:
         response = self._dataplane.metadata(spec, [SIGNATURE_DEF_FIELD])

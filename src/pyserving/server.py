@@ -16,11 +16,12 @@ from typing import NoReturn
 
 import grpc
 from aiohttp import web
+from tensorflow_serving.config import model_server_config_pb2
 
 from . import __version__
 from .admission import Admission, default_limit
 from .batching import PER_MODEL_FILE, BatchingOptions, BatchingServable
-from .config import ConfigError, ModelConfig, read_model_config_file
+from .config import ConfigError, ModelConfig, models_from_proto, read_model_config_file
 from .core.manager import ModelManager, RetryPolicy
 from .core.server_core import ServerCore
 from .core.source import FileSystemSource
@@ -32,11 +33,13 @@ from .health import HealthReporter
 from .inline import InlinePolicy
 from .monitoring import Metrics, PrometheusSettings
 from .options import ServerOptions
+from .peers import PeerService, Peers, merge_status
 from .rest_service import RestService
 from .profiler_service import ProfilerServicer
 from .runtime.loader import RuntimeSettings, ServableLoader
 from .runtime.profiler import Profiler
 from .runtime.warmup import run_warmup, warmup_path
+from .supervisor import WorkerSlot
 from .tls import TlsConfig
 
 log = logging.getLogger("pyserving.server")
@@ -50,9 +53,12 @@ THREAD_EXIT_SECONDS = 0.5
 
 
 class Server:
-    def __init__(self, options: ServerOptions, models: list[ModelConfig]) -> None:
+    def __init__(self, options: ServerOptions, models: list[ModelConfig], slot: WorkerSlot | None = None) -> None:
         self.options = options
         self._models = models
+        self._slot = slot  # --num_workers: this process's place among the workers
+        self._peers = Peers(slot) if slot else None
+        self._peer_server: grpc.aio.Server | None = None
         self._should_exit = asyncio.Event()
         self.exit_signal: int | None = None  # the signal that asked to exit
         cpus = os.cpu_count() or 2
@@ -83,7 +89,8 @@ class Server:
             lambda: [(v.model, v.version, v.state.name) for v in self.manager.snapshot()])
         self.dataplane = DataPlane(self.manager, self._request_pool,
                                    strict_method_names=options.enable_signature_method_name_check,
-                                   metrics=self.metrics, admission=self.admission, inline=InlinePolicy())
+                                   metrics=self.metrics, admission=self.admission, inline=InlinePolicy(),
+                                   peers=self._peers)
         self._grpc: grpc.aio.Server | None = None
         self._rest: web.AppRunner | None = None
         self._rest_listener: asyncio.AbstractServer | None = None
@@ -135,8 +142,13 @@ class Server:
 
     async def start(self) -> None:
         o = self.options
+        # A worker started after a reload (a restart) serves the reloaded config, not the flags'.
+        reloaded = self._peers.reloaded_config() if self._peers else None
         # Like TF Serving, open the ports once the initial versions have loaded (or failed).
-        await self.core.apply(self._models)
+        await self.core.apply(_models_of(reloaded) if reloaded else self._models)
+        if self._peers:
+            await self._start_peer_server()
+            await self._peers.catch_up(reloaded, self._apply_serialized)
         self._background.append(asyncio.create_task(self.source.run()))
         if o.model_config_file and o.model_config_file_poll_wait_seconds > 0:
             self._background.append(asyncio.create_task(self.core.watch_config_file(
@@ -151,11 +163,37 @@ class Server:
             await self._health.start()
             self._background.append(asyncio.create_task(self._health.run()))
 
+    async def reload(self, config: model_server_config_pb2.ModelServerConfig) -> None:
+        """HandleReloadConfigRequest: with --num_workers, applied by every worker before it answers."""
+        if self._peers is None:
+            await self.core.apply(_models_of(config))
+        else:
+            await self._peers.reload(config.SerializeToString(), self._apply_serialized)
+
+    async def _apply_serialized(self, config: bytes) -> None:
+        await self.core.apply(_models_of(config))
+
+    async def _exposition(self) -> bytes:
+        if self._peers is None:
+            return self.metrics.exposition()
+        families, versions = await self._peers.metrics()
+        merged = merge_status([self.manager.snapshot(), *versions])
+        return self.metrics.exposition(families, [(v.model, v.version, v.state.name) for v in merged])
+
+    async def _start_peer_server(self) -> None:
+        assert self._slot is not None and self._peers is not None
+        service = PeerService(self.dataplane.local_status, self._apply_serialized,
+                              lambda: (self.metrics.families(), self.manager.snapshot()))
+        self._peer_server = grpc.aio.server()
+        self._peer_server.add_generic_rpc_handlers((service.handler(),))
+        self._peer_server.add_insecure_port(f"unix:{self._slot.socket_path(self._slot.index)}")
+        await self._peer_server.start()
+
     async def _start_grpc(self) -> None:
         o = self.options
         self._grpc = create_server(self.dataplane, o.grpc_channel_arguments, o.grpc_max_message_bytes,
                                    o.enable_serialization_as_tensor_content,
-                                   reload_config=self.core.apply,
+                                   reuse_port=self._slot is not None, reload_config=self.reload,
                                    profiler=ProfilerServicer(Profiler()) if o.enable_profiler else None)
         if self._health:
             self._health.register(self._grpc)
@@ -166,7 +204,8 @@ class Server:
         elif o.port:
             self._grpc.add_insecure_port(f"0.0.0.0:{o.port}")
             log.info("Running gRPC ModelServer at 0.0.0.0:%d ...", o.port)
-        if o.grpc_socket_path:
+        if o.grpc_socket_path and (self._slot is None or self._slot.index == 0):
+            # A UNIX socket can't be shared: with --num_workers, the first worker serves it.
             # Local only: stays plaintext with or without --ssl_config_file, as in TF Serving.
             self._grpc.add_insecure_port(f"unix:{o.grpc_socket_path}")
             log.info("Running gRPC ModelServer at UNIX socket %s ...", o.grpc_socket_path)
@@ -176,7 +215,7 @@ class Server:
         o = self.options
         metrics_route = None
         if self._prometheus and self._prometheus.enabled:
-            metrics_route = (self._prometheus.path, self.metrics.exposition)
+            metrics_route = (self._prometheus.path, self._exposition)
         service = RestService(self.dataplane, o.rest_api_timeout_in_ms, o.rest_api_enable_cors_support,
                               o.rest_api_max_request_bytes, metrics_route)
         app = service.app()
@@ -195,7 +234,7 @@ class Server:
         assert self._rest.server is not None  # made by setup()
         self._rest_listener = await asyncio.get_running_loop().create_server(
             http_timeouts.connection_factory(self._rest.server, header_seconds),
-            "0.0.0.0", o.rest_api_port, ssl=ssl_context,
+            "0.0.0.0", o.rest_api_port, ssl=ssl_context, reuse_port=self._slot is not None,
             ssl_handshake_timeout=(header_seconds or None) if ssl_context else None)
         log.info("Exporting HTTP%s/REST API at:localhost:%d ...", "S" if ssl_context else "",
                  o.rest_api_port)
@@ -264,8 +303,9 @@ class Server:
         if self._health:
             await self._health.shutdown()
         stops = []
-        if self._grpc:
-            stops.append(self._grpc.stop(grace))
+        for grpc_server in (self._grpc, self._peer_server):
+            if grpc_server:
+                stops.append(grpc_server.stop(grace))
         if self._rest_listener:
             self._rest_listener.close()  # stop accepting; the runner then drains
         if self._rest:
@@ -302,13 +342,22 @@ def _return_big_buffers_to_os() -> None:
 _M_MMAP_THRESHOLD = -3  # malloc.h
 
 
-def run(options: ServerOptions, models: list[ModelConfig]) -> int:
+def _models_of(config: bytes | model_server_config_pb2.ModelServerConfig) -> list[ModelConfig]:
+    if isinstance(config, bytes):
+        config = model_server_config_pb2.ModelServerConfig.FromString(config)
+    try:
+        return models_from_proto(config)
+    except ConfigError as e:
+        raise ServingError.invalid_argument(str(e)) from None
+
+
+def run(options: ServerOptions, models: list[ModelConfig], slot: WorkerSlot | None = None) -> int:
     server: Server | None = None
     _return_big_buffers_to_os()
 
     async def main() -> int:
         nonlocal server
-        server = Server(options, models)
+        server = Server(options, models, slot)
         # The hundreds of thousands of objects TensorFlow's import made live for good: out of the
         # collector's sight, a request that builds many (a 224x224x3 JSON image: 50k lists) no
         # longer pays ~170 ms full collections over them. Models loaded later stay collectable.
