@@ -76,7 +76,13 @@ def serve(options: ServerOptions) -> int:
     count = worker_count(options.num_workers)
     if count == 1:
         return _run_server(options, models, None)
-    # Forked before TensorFlow and gRPC are imported: neither survives a fork once started.
+    # TensorFlow's import (~550 MiB) is done once and shared copy-on-write by the forked workers;
+    # nothing of TensorFlow or gRPC has started yet (no session, channel or server), so the fork is safe.
+    import gc
+    import importlib
+
+    importlib.import_module(".server", __package__)
+    gc.freeze()  # keeps the collector from touching, and so copying, the shared objects
     return Supervisor(count, lambda slot: _run_server(options, models, slot)).run()
 
 
