@@ -52,8 +52,12 @@ def _start(root: Path, exporters: dict, *flags: str) -> ServerProcess:
                            "--file_system_poll_wait_seconds=1", *flags,
                            log_path=root / "server.log").wait_ready()
     # Each worker opens the ports when its own models have loaded: wait for all of them.
-    wait_for(lambda: all(_metric(server, ":pyserving:serving_workers") == WORKERS for _ in range(6)),
-             120, "every worker to serve")
+    try:
+        wait_for(lambda: all(_metric(server, ":pyserving:serving_workers") == WORKERS for _ in range(6)),
+                 120, "every worker to serve")
+    except AssertionError:
+        server.stop()
+        raise
     return server
 
 

@@ -71,17 +71,24 @@ def serve(options: ServerOptions) -> int:
         return 1
     for name in options.unsupported_flags_set():
         log.warning("--%s is accepted for compatibility but has no effect in pyserving yet", name)
-    from .supervisor import Supervisor, worker_count
+    from .supervisor import worker_count
 
     count = worker_count(options.num_workers)
-    if count == 1:
-        return _run_server(options, models, None)
-    # TensorFlow's import (~550 MiB) is done once and shared copy-on-write by the forked workers;
-    # nothing of TensorFlow or gRPC has started yet (no session, channel or server), so the fork is safe.
+    return _run_server(options, models, None) if count == 1 else _supervise(options, models, count)
+
+
+def _supervise(options: ServerOptions, models: list[ModelConfig], count: int) -> int:
     import gc
     import importlib
 
-    importlib.import_module(".server", __package__)
+    from .supervisor import Supervisor
+
+    # TensorFlow's import (~550 MiB) is done once and shared copy-on-write by the forked workers;
+    # nothing of TensorFlow or gRPC has started yet (no session, channel or server), so the fork is safe.
+    try:
+        importlib.import_module(".server", __package__)
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
     gc.freeze()  # keeps the collector from touching, and so copying, the shared objects
     return Supervisor(count, lambda slot: _run_server(options, models, slot)).run()
 
