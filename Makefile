@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 MNIST_DIR ?= $(abspath ../shared/mnist)
 export MNIST_DIR
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q tests
+
+bench: venv
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) benchmarks/compare_mlserver.py
 
 clean:
 	rm -rf $(VENV) demo-work
