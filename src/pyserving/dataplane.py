@@ -100,7 +100,7 @@ class DataPlane:
         version held loaded meanwhile."""
         start, status = time.perf_counter(), "OK"
         label = spec.name if self._manager.has_model(spec.name) else UNKNOWN_MODEL_LABEL
-        in_flight = self._metrics.in_flight.labels(label)
+        in_flight = self._metrics.requests_in_flight(label)
         in_flight.inc()
         try:
             if not spec.name:

@@ -95,18 +95,29 @@ class Metrics:
             SERVING_WORKERS, "Worker processes whose counts this page adds up.", registry=r)
         self._version_lister: VersionLister | None = None
         self._answered: set[tuple[str, str, str]] = set()  # version_requests label sets in use
+        self._children: dict[tuple[int, tuple[str, ...]], object] = {}
 
     def track_versions(self, lister: VersionLister) -> None:
         self._version_lister = lister
 
     # ---- recording -------------------------------------------------------------
 
+    def _child(self, metric, *labels: str):
+        """metric.labels(*labels), remembered: prometheus_client checks and locks on every
+        labels() call, a measurable part of a small request. Labels are resolved model names
+        (never a client's string), so the cache stays as small as the series themselves."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def record_request(self, model: str, api: str, entrypoint: str, status: str, seconds: float) -> None:
-        self.request_count.labels(model, status).inc()
-        self.request_latency.labels(model, api, entrypoint).observe(seconds * 1e6)
+        self._child(self.request_count, model, status).inc()
+        self._child(self.request_latency, model, api, entrypoint).observe(seconds * 1e6)
 
     def record_runtime(self, model: str, api: str, seconds: float) -> None:
-        self.runtime_latency.labels(model, api, RUNTIME).observe(seconds * 1e6)
+        self._child(self.runtime_latency, model, api, RUNTIME).observe(seconds * 1e6)
 
     def record_examples(self, model: str, count: int) -> None:
         self.example_counts.labels(model).observe(count)
@@ -114,8 +125,11 @@ class Metrics:
 
     def record_answer(self, model: str, version: int, api: str) -> None:
         labels = (model, str(version), api)
-        self.version_requests.labels(*labels).inc()
+        self._child(self.version_requests, *labels).inc()
         self._answered.add(labels)
+
+    def requests_in_flight(self, model: str):
+        return self._child(self.in_flight, model)
 
     def record_load(self, path: str, seconds: float, ok: bool) -> None:
         self.load_attempts.labels(path, "success" if ok else "fail").inc()
@@ -142,6 +156,7 @@ class Metrics:
         for labels in [l for l in self._answered if l[:2] not in known]:
             self.version_requests.remove(*labels)
             self._answered.discard(labels)
+            self._children.pop((id(self.version_requests), labels), None)
 
     def families(self) -> list[Family]:
         """This process's counts as plain data (JSON-safe), for a sibling worker to add up.

@@ -299,10 +299,12 @@ def encode_outputs(outputs: Mapping[str, np.ndarray], row_format: bool) -> bytes
         body = {"outputs": to_json_value(array, name)}
     else:
         body = {"outputs": {k: to_json_value(v, k) for k, v in outputs.items()}}
-    if all(_finite(v) for v in outputs.values()):
-        # orjson writes numpy arrays natively, float32 in its shortest form.
-        return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
-    # NaN and Infinity, which TF Serving prints as such: only the standard encoder does.
+    # orjson writes numpy arrays natively, float32 in its shortest form, but NaN and Infinity as
+    # null: a null in its output (rare, and a byte search) sends the body to the standard encoder,
+    # which prints them as TF Serving does.
+    encoded = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    if b"null" not in encoded or all(_finite(v) for v in outputs.values()):
+        return encoded
     return json.dumps(body, separators=(",", ":"), default=_plain).encode("utf-8")
 
 
