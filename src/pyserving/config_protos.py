@@ -44,13 +44,21 @@ def read_text_proto(path: str, message_class: Any) -> Any:
     """Parse a text-format config file, with TF Serving's wording on failure."""
     name = message_class.DESCRIPTOR.full_name
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        text = _read_text(path)
     except OSError as e:
-        raise ConfigFileError(f"Error parsing text-format {name}: cannot read {path}: {e.strerror}") from e
+        raise ConfigFileError(f"Error parsing text-format {name}: cannot read {path}: {e.strerror or e}") from e
     message = message_class()
     try:
         text_format.Parse(text, message)
     except text_format.ParseError as e:
         raise ConfigFileError(f"Error parsing text-format {name}: {path}: {e}") from e
     return message
+
+
+def _read_text(path: str) -> str:
+    from .core.storage import is_remote, read_bytes
+
+    if is_remote(path):  # a config file in object storage
+        return read_bytes(path).decode("utf-8")
+    with open(path, encoding="utf-8") as f:
+        return f.read()

@@ -97,6 +97,9 @@ class ServerOptions:
     max_pending_requests: int = _flag(
         -1, "pyserving: requests waiting or running at once; past it new ones get UNAVAILABLE / 503 "
             "at once (-1 = 2 per request worker thread, 0 = no bound)")
+    model_cache_dir: str = _flag(
+        "", "pyserving: local folder for copies of versions read from object storage (s3://, gs://, "
+            "az://); default: a temporary folder, removed at exit")
     num_workers: int = _flag(
         1, "pyserving: serving processes sharing --port and --rest_api_port (SO_REUSEPORT), to use "
            "more than one core; each loads its own copy of every model (0 = one per CPU core)")

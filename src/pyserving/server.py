@@ -25,6 +25,7 @@ from .config import ConfigError, ModelConfig, models_from_proto, read_model_conf
 from .core.manager import ModelManager, RetryPolicy
 from .core.server_core import ServerCore
 from .core.source import FileSystemSource
+from .core.storage import VersionCache, is_remote
 from .dataplane import DataPlane
 from .errors import ServingError
 from .grpc_service import create_server
@@ -83,7 +84,8 @@ class Server:
                               options.load_retry_interval_micros / 1e6),
             allow_labels_for_unavailable=options.allow_version_labels_for_unavailable_models,
             max_concurrent_loads=options.num_load_threads or 2)
-        self.source = FileSystemSource(self.manager, options.file_system_poll_wait_seconds)
+        self._cache = VersionCache(options.model_cache_dir)  # copies of object-storage versions
+        self.source = FileSystemSource(self.manager, options.file_system_poll_wait_seconds, self._cache)
         self.core = ServerCore(self.manager, self.source)
         self.metrics.track_versions(
             lambda: [(v.model, v.version, v.state.name) for v in self.manager.snapshot()])
@@ -103,7 +105,7 @@ class Server:
         """The manager's loader (runs in a load thread): load, warm up, and time both."""
         start = time.perf_counter()
         try:
-            servable = self._loader.load(path)
+            servable = self._loader.load(self._cache.fetch(path) if is_remote(path) else path)
         except Exception:
             self.metrics.record_load(path, time.perf_counter() - start, ok=False)
             raise
@@ -314,6 +316,7 @@ class Server:
         await self.manager.stop()
         self._request_pool.shutdown(wait=False, cancel_futures=True)
         self._load_pool.shutdown(wait=False, cancel_futures=True)
+        self._cache.close()
 
 
 def runtime_settings(o: ServerOptions) -> RuntimeSettings:

@@ -1,0 +1,197 @@
+"""Object storage for base paths and config files: s3://, gs://, az:// and abfs:// through fsspec.
+
+TensorFlow loads from local disk here, so a remote version is copied into a local cache first,
+atomically (a temporary folder, then a rename), and only once it is complete and stable: it must
+hold a model file, and its listing (names, sizes, ETags) must not change between two looks, so a
+version still being uploaded is never loaded. The cache keeps only the versions the policy wants.
+Credentials and endpoints come the standard way of each store (environment, config files,
+instance metadata); TF Serving's S3_ENDPOINT / S3_USE_HTTPS are honoured too. The store clients
+are optional extras (pyserving[s3], [gcs], [azure]), imported on first use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import posixpath
+import shutil
+import tempfile
+import time
+from typing import Any
+
+log = logging.getLogger("pyserving.storage")
+
+# scheme -> (fsspec protocol, the pyserving extra that installs its client)
+SCHEMES = {"s3": ("s3", "s3"), "s3a": ("s3", "s3"), "gs": ("gcs", "gcs"), "gcs": ("gcs", "gcs"),
+           "az": ("az", "azure"), "abfs": ("abfs", "azure"), "abfss": ("abfs", "azure")}
+MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt", "model.tflite")
+# A version seen for the first time is looked at again after this, and offered only if unchanged.
+STABLE_SECONDS = 1.0
+
+
+class StorageError(OSError):
+    """A remote path that can't be read: a missing client library, an outage, a bad URL."""
+
+
+def is_remote(path: str) -> bool:
+    return path.split("://", 1)[0].lower() in SCHEMES if "://" in path else False
+
+
+def filesystem(path: str) -> Any:
+    """The fsspec filesystem for a remote path (listings never cached: polls must see changes)."""
+    scheme = path.split("://", 1)[0].lower()
+    protocol, extra = SCHEMES[scheme]
+    if protocol == "gcs" and os.environ.get("STORAGE_EMULATOR_HOST"):
+        # gcsfs asks GCS's control-plane gRPC API for each bucket's layout, which emulators lack
+        # (a 60 s timeout per bucket): off for them, before gcsfs is imported.
+        os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+    try:
+        import fsspec
+
+        return fsspec.filesystem(protocol, use_listings_cache=False, skip_instance_cache=False,
+                                 **_store_options(protocol))
+    except ImportError as e:
+        raise StorageError(f"Reading {scheme}:// paths needs the store's client: "
+                           f"pip install 'pyserving[{extra}]' ({e})") from None
+
+
+def _store_options(protocol: str) -> dict[str, Any]:
+    if protocol != "s3":
+        return {}  # gcsfs and adlfs read their standard variables (STORAGE_EMULATOR_HOST, AZURE_*)
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if not endpoint and os.environ.get("S3_ENDPOINT"):  # TF Serving's S3 variables
+        endpoint = os.environ["S3_ENDPOINT"]
+        if "://" not in endpoint:
+            https = os.environ.get("S3_USE_HTTPS", "1") not in ("0", "false")
+            endpoint = ("https://" if https else "http://") + endpoint
+    client: dict[str, Any] = {"endpoint_url": endpoint} if endpoint else {}
+    if os.environ.get("S3_VERIFY_SSL", "1") in ("0", "false"):
+        client["verify"] = False
+    return {"client_kwargs": client} if client else {}
+
+
+def read_bytes(path: str) -> bytes:
+    try:
+        return filesystem(path).cat_file(_strip(path))
+    except StorageError:
+        raise
+    except Exception as e:  # each store raises its own kinds
+        raise StorageError(f"Cannot read {path}: {_reason(e)}") from None
+
+
+class RemoteVersions:
+    """Lists the versions under remote base paths, offering each only once complete and stable."""
+
+    def __init__(self) -> None:
+        self._fingerprints: dict[str, tuple] = {}  # version path -> listing last seen
+        self._waiting: set[str] = set()  # versions already logged as not ready
+
+    def list_versions(self, base_path: str) -> dict[int, str]:
+        fs = filesystem(base_path)
+        try:
+            entries = fs.ls(_strip(base_path), detail=True)
+            versions = {}
+            for entry in entries:
+                name = posixpath.basename(entry["name"].rstrip("/"))
+                if entry.get("type") == "directory" and name.isascii() and name.isdigit():
+                    path = f"{base_path.rstrip('/')}/{name}"
+                    if self._ready(fs, path):
+                        versions[int(name)] = path
+            return versions
+        except FileNotFoundError as e:
+            raise StorageError(f"{base_path} does not exist ({_reason(e)})") from None
+        except StorageError:
+            raise
+        except Exception as e:
+            raise StorageError(_reason(e)) from None
+
+    def _ready(self, fs: Any, path: str) -> bool:
+        seen = _fingerprint(fs, path)
+        if path not in self._fingerprints:
+            time.sleep(STABLE_SECONDS)  # first sight: look again before trusting it
+            self._fingerprints[path], seen = seen, _fingerprint(fs, path)
+        stable = seen == self._fingerprints[path]
+        self._fingerprints[path] = seen
+        complete = any(posixpath.basename(name) in MODEL_FILES and "/" not in name for name, *_ in seen)
+        if stable and complete:
+            self._waiting.discard(path)
+            return True
+        if path not in self._waiting:  # once per version, not on every poll
+            self._waiting.add(path)
+            log.info("Version %s is %s: it will load once complete and unchanged", path,
+                     "still changing" if not stable else "incomplete (no model file yet)")
+        return False
+
+
+def _fingerprint(fs: Any, path: str) -> tuple:
+    root = _strip(path).rstrip("/") + "/"
+    files = fs.find(root, detail=True)
+    return tuple(sorted((name[len(root):], info.get("size"), info.get("ETag") or info.get("etag")
+                         or info.get("md5Hash") or info.get("mtime"))
+                        for name, info in files.items()))
+
+
+class VersionCache:
+    """Local copies of remote versions, for TensorFlow to load; only the wanted ones are kept."""
+
+    def __init__(self, root: str = "") -> None:
+        self._given = root
+        self._root = ""  # made on the first copy: a server of local models never needs one
+
+    @property
+    def root(self) -> str:
+        if not self._root:
+            self._root = self._given or tempfile.mkdtemp(prefix="pyserving-models-")
+            os.makedirs(self._root, exist_ok=True)
+        return self._root
+
+    def local_path(self, remote: str) -> str:
+        digest = hashlib.sha256(remote.encode()).hexdigest()[:16]
+        return os.path.join(self.root, f"{digest}-{posixpath.basename(remote.rstrip('/'))}")
+
+    def fetch(self, remote: str) -> str:
+        """The version's local copy, downloaded whole before it appears (runs in a load thread)."""
+        local = self.local_path(remote)
+        if os.path.isdir(local):
+            return local
+        partial = tempfile.mkdtemp(prefix=".partial-", dir=self.root)
+        try:
+            start = time.perf_counter()
+            fs = filesystem(remote)
+            source = _strip(remote).rstrip("/")
+            for name in fs.find(source + "/"):
+                target = os.path.join(partial, os.path.relpath(name, source))
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                fs.get_file(name, target)
+            size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs_ in os.walk(partial) for f in fs_)
+            os.rename(partial, local)
+        except Exception as e:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise StorageError(f"Cannot copy {remote}: {_reason(e)}") from None
+        seconds = time.perf_counter() - start
+        log.info("Copied %s (%.1f MiB) in %.2f s", remote, size / 2**20, seconds)
+        return local
+
+    def keep_only(self, remotes: set[str]) -> None:
+        """Delete the local copies of versions no longer wanted (a loaded model keeps its memory;
+        TensorFlow reads a version's files only while loading it)."""
+        if not self._root:
+            return
+        wanted = {os.path.basename(self.local_path(r)) for r in remotes}
+        for name in os.listdir(self.root):
+            if name not in wanted and not name.startswith(".partial-"):
+                shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
+
+    def close(self) -> None:
+        if self._root and not self._given:
+            shutil.rmtree(self._root, ignore_errors=True)
+
+
+def _strip(path: str) -> str:
+    """fsspec's path for a URL: gcsfs and s3fs take 'bucket/key' (the scheme is the filesystem's)."""
+    return path.split("://", 1)[1]
+
+
+def _reason(e: Exception) -> str:
+    return f"{type(e).__name__}: {e}"[:500]
