@@ -160,10 +160,11 @@ class VersionCache:
             start = time.perf_counter()
             fs = filesystem(remote)
             source = _strip(remote).rstrip("/")
-            for name in fs.find(source + "/"):
-                target = os.path.join(partial, os.path.relpath(name, source))
+            names = fs.find(source + "/")
+            targets = [os.path.join(partial, os.path.relpath(name, source)) for name in names]
+            for target in targets:
                 os.makedirs(os.path.dirname(target), exist_ok=True)
-                fs.get_file(name, target)
+            fs.get(names, targets)  # lists: the async stores fetch the files concurrently
             size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs_ in os.walk(partial) for f in fs_)
             os.rename(partial, local)
         except Exception as e:
