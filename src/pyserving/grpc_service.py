@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from typing import Awaitable, Callable
 
@@ -36,8 +37,13 @@ def spec_from_proto(spec: model_pb2.ModelSpec) -> ModelSpec:
     )
 
 
+# The request's size on the wire, set per RPC by _guarded: ByteSize() would re-encode the
+# message (0.36 ms for a 600 KB image, on the event loop).
+_REQUEST_BYTES: contextvars.ContextVar[int] = contextvars.ContextVar("request_bytes", default=0)
+
+
 def _caller(request, context) -> Caller:
-    return Caller("GRPC", context.time_remaining(), request.ByteSize() <= SMALL_REQUEST_BYTES)
+    return Caller("GRPC", context.time_remaining(), _REQUEST_BYTES.get() <= SMALL_REQUEST_BYTES)
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -138,7 +144,7 @@ class _Unparsable:
 def _safe_parser(message_type):
     def parse(data: bytes):
         try:
-            return message_type.FromString(data)
+            return message_type.FromString(data), len(data)
         except Exception as e:  # DecodeError and friends: the client sent garbage
             return _Unparsable(message_type.DESCRIPTOR.full_name, str(e))
     return parse
@@ -156,6 +162,8 @@ def _guarded(method):
         if isinstance(request, _Unparsable):
             status, message = grpc.StatusCode.INVALID_ARGUMENT, request.message
         else:
+            request, size = request
+            _REQUEST_BYTES.set(size)
             try:
                 return await method(request, context)
             except ServingError as e:
