@@ -46,13 +46,17 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
     return ServerOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServerOptions)})
 
 
-def _setup_logging() -> None:
+def _setup_logging() -> bool:
+    """Python logging as pyserving prints it; whether TensorFlow's C++ start-up lines stay quiet
+    (yes, unless the user set TF_CPP_MIN_LOG_LEVEL to see them)."""
+    quiet_tensorflow = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=os.environ.get("PYSERVING_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname).1s %(name)s] %(message)s")
     # TensorFlow's loader logs routine notes at INFO through absl.
     logging.getLogger("absl").setLevel(logging.WARNING)
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    return quiet_tensorflow
 
 
 def serve(options: ServerOptions) -> int:
@@ -61,7 +65,7 @@ def serve(options: ServerOptions) -> int:
     if options.version:
         print(f"TensorFlow ModelServer: pyserving-{__version__}")
         return 0
-    _setup_logging()
+    quiet_tensorflow = _setup_logging()
     log = logging.getLogger("pyserving")
     try:
         check_options(options)
@@ -74,6 +78,12 @@ def serve(options: ServerOptions) -> int:
     from .supervisor import worker_count
 
     count = worker_count(options.num_workers)
+    try:
+        from .runtime.quiet import import_tensorflow
+
+        import_tensorflow(quiet_tensorflow, probe_devices=count == 1)  # seconds, before the server's signal handlers exist
+    except KeyboardInterrupt:  # SIGINT that early (SIGTERM's default action ends the process)
+        return 128 + signal.SIGINT
     return _run_server(options, models, None) if count == 1 else _supervise(options, models, count)
 
 

@@ -1,0 +1,34 @@
+"""Start-up logs: TensorFlow's C++ start-up lines stay out unless the user asks for them."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from support.server import ServerProcess
+
+HALF_PLUS_TWO = Path(__file__).resolve().parents[2] / "shared" / "tfs-testdata" / "saved_model_half_plus_two_cpu"
+# absl's C++ log prefix (I0000 00:00:... file.cc:NN]) and its pre-initialisation warning.
+TF_CPP_LINE = re.compile(r"^([IWEF]\d{4} .*\.cc:\d+\]|WARNING: All log messages before absl)", re.M)
+
+
+def _start_and_stop(tmp_path: Path) -> str:
+    server = ServerProcess("--model_name=hpt", f"--model_base_path={HALF_PLUS_TWO}",
+                           log_path=tmp_path / "server.log").wait_ready()
+    r = server.post("/v1/models/hpt:predict", json={"instances": [1.0]})
+    assert r.json() == {"predictions": [2.5]}
+    assert server.stop() == 0
+    return server.log()
+
+
+def test_a_cpu_start_prints_no_tensorflow_cpp_lines(tmp_path, monkeypatch):
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    log = _start_and_stop(tmp_path)
+    assert TF_CPP_LINE.findall(log) == []
+    assert "cuInit" not in log
+    assert "Running gRPC ModelServer" in log
+
+
+def test_tf_cpp_min_log_level_brings_them_back(tmp_path, monkeypatch):
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
+    assert TF_CPP_LINE.search(_start_and_stop(tmp_path))
