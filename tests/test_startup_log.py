@@ -27,6 +27,9 @@ def test_a_cpu_start_prints_no_tensorflow_cpp_lines(tmp_path, monkeypatch):
     assert TF_CPP_LINE.findall(log) == []
     assert "cuInit" not in log
     assert "Running gRPC ModelServer" in log
+    # One line per version loaded: its path, runtime, load time and signatures.
+    assert re.search(r"Loaded \S+/00000123 with the session runtime in \d+\.\d\d s; "
+                     r"signatures: .*regress_x_to_y.*serving_default", log)
 
 
 def test_tf_cpp_min_log_level_brings_them_back(tmp_path, monkeypatch):

@@ -212,8 +212,8 @@ def test_parse_example_metadata_rest(lite):
 
 def test_prefer_tflite_picks_the_tflite_file(servers):
     lite, plain, root = servers
-    assert f"Loaded {root / 'two_way' / '1'} with the tflite runtime" in lite.log()
-    assert f"Loaded {root / 'two_way' / '1'} with the session runtime" in plain.log()
+    assert f"Loaded {root / 'two_way' / '1'} with the tflite runtime in " in lite.log()
+    assert f"Loaded {root / 'two_way' / '1'} with the session runtime in " in plain.log()
     assert "tflite runtime" not in plain.log()
     a = np.array([[1, 0, 0], [0, 1, 1], [0.5, 0.5, 0.5]], np.float32)
     b = np.array([1, 2, -3], np.int32)

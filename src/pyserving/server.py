@@ -109,8 +109,10 @@ class Server:
         except Exception:
             self.metrics.record_load(path, time.perf_counter() - start, ok=False)
             raise
-        self.metrics.record_load(path, time.perf_counter() - start, ok=True)
-        log.info("Loaded %s with the %s runtime", path, servable.runtime)
+        seconds = time.perf_counter() - start
+        self.metrics.record_load(path, seconds, ok=True)
+        log.info("Loaded %s with the %s runtime in %.2f s; signatures: %s", path, servable.runtime, seconds,
+                 ", ".join(sorted(servable.signature_defs)) or "none")
         warmup_file = warmup_path(path) if self.options.enable_model_warmup else None
         if warmup_file:
             self._warm_up(servable, path, warmup_file)
