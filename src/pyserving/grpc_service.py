@@ -168,6 +168,7 @@ def _guarded(method):
                 return await method(request, context)
             except ServingError as e:
                 status, message = _STATUS[int(e.code)], e.message
+                log.debug("gRPC %s answered %s: %s", method.__name__, status.name, message)
                 if e.retry_after:
                     context.set_trailing_metadata((("retry-after", str(e.retry_after)),))
             except (asyncio.CancelledError, grpc.aio.AbortError):

@@ -48,6 +48,7 @@ def _malformed_http_at_debug() -> None:
 
 
 def _error(code: Code, message: str, retry_after: int | None = None) -> web.Response:
+    log.debug("REST answered %s: %s", code.name, message)  # a client's mistake: DEBUG, never louder
     headers = {"Retry-After": str(retry_after)} if retry_after else None
     return web.json_response({"error": message}, status=http_status(code), headers=headers)
 

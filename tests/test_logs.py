@@ -1,9 +1,12 @@
-"""Start-up logs: TensorFlow's C++ start-up lines stay out unless the user asks for them."""
+"""Logs: TensorFlow's C++ start-up lines stay out unless asked for; client errors only at DEBUG."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+
+import grpc
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from support.server import ServerProcess
 
@@ -35,3 +38,28 @@ def test_a_cpu_start_prints_no_tensorflow_cpp_lines(tmp_path, monkeypatch):
 def test_tf_cpp_min_log_level_brings_them_back(tmp_path, monkeypatch):
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
     assert TF_CPP_LINE.search(_start_and_stop(tmp_path))
+
+
+def _client_mistakes(server: ServerProcess) -> None:
+    assert server.post("/v1/models/nope:predict", json={"instances": [1.0]}).status_code == 404
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "nope"
+    with server.channel() as channel:
+        try:
+            prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=10)
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.NOT_FOUND
+        else:
+            raise AssertionError("an unknown model was answered")
+
+
+def test_client_errors_are_logged_with_their_reason_at_debug_only(tmp_path):
+    flags = ("--model_name=hpt", f"--model_base_path={HALF_PLUS_TWO}")
+    debug = ServerProcess(*flags, log_path=tmp_path / "debug.log", env={"PYSERVING_LOG_LEVEL": "DEBUG"}).wait_ready()
+    info = ServerProcess(*flags, log_path=tmp_path / "info.log").wait_ready()
+    for server in (debug, info):
+        _client_mistakes(server)
+        assert server.stop() == 0
+    assert "REST answered NOT_FOUND: Servable not found for request: Latest(nope)" in debug.log()
+    assert "gRPC Predict answered NOT_FOUND: Servable not found for request: Latest(nope)" in debug.log()
+    assert "answered NOT_FOUND" not in info.log() and "Traceback" not in info.log()
