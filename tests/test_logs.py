@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -63,3 +64,37 @@ def test_client_errors_are_logged_with_their_reason_at_debug_only(tmp_path):
     assert "REST answered NOT_FOUND: Servable not found for request: Latest(nope)" in debug.log()
     assert "gRPC Predict answered NOT_FOUND: Servable not found for request: Latest(nope)" in debug.log()
     assert "answered NOT_FOUND" not in info.log() and "Traceback" not in info.log()
+    assert "pyserving.access" not in info.log()  # the access log is off by default
+
+
+def test_json_logs_and_the_access_log(tmp_path, monkeypatch):
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    server = ServerProcess("--model_name=hpt", f"--model_base_path={HALF_PLUS_TWO}", "--log_format=json",
+                           "--access_log", log_path=tmp_path / "server.log").wait_ready()
+    assert server.post("/v1/models/hpt:predict", json={"instances": [1.0]}).status_code == 200
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "hpt"
+    request.inputs["x"].CopyFrom(tf_float([[1.0]]))
+    with server.channel() as channel:
+        prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=10)
+    _client_mistakes(server)
+    assert server.stop() == 0
+    entries = [json.loads(line) for line in server.log().splitlines() if line.strip()]  # every line is JSON
+    assert {"time", "level", "logger", "message"} <= set(entries[0])
+    access = [{k: e[k] for k in ("protocol", "api", "model", "version", "status")}
+              for e in entries if e["logger"] == "pyserving.access"]
+    assert access == [
+        {"protocol": "REST", "api": "predict", "model": "hpt", "version": 123, "status": "OK"},
+        {"protocol": "GRPC", "api": "predict", "model": "hpt", "version": 123, "status": "OK"},
+        {"protocol": "REST", "api": "predict", "model": "(unknown)", "version": None, "status": "NOT_FOUND"},
+        {"protocol": "GRPC", "api": "predict", "model": "(unknown)", "version": None, "status": "NOT_FOUND"}]
+    assert all(e["latency_ms"] >= 0 for e in entries if e["logger"] == "pyserving.access")
+
+
+def tf_float(rows):
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+
+    shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=len(rows)),
+                                                   tensor_shape_pb2.TensorShapeProto.Dim(size=len(rows[0]))])
+    return tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_shape=shape,
+                                  float_val=[v for row in rows for v in row])

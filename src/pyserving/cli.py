@@ -46,16 +46,14 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
     return ServerOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServerOptions)})
 
 
-def _setup_logging() -> bool:
-    """Python logging as pyserving prints it; whether TensorFlow's C++ start-up lines stay quiet
+def _setup_logging(options: ServerOptions) -> bool:
+    """Python logging as the flags ask; whether TensorFlow's C++ start-up lines stay quiet
     (yes, unless the user set TF_CPP_MIN_LOG_LEVEL to see them)."""
+    from . import logs
+
     quiet_tensorflow = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.basicConfig(level=os.environ.get("PYSERVING_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname).1s %(name)s] %(message)s")
-    # TensorFlow's loader logs routine notes at INFO through absl.
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    logs.configure(options.log_format)
     return quiet_tensorflow
 
 
@@ -65,7 +63,7 @@ def serve(options: ServerOptions) -> int:
     if options.version:
         print(f"TensorFlow ModelServer: pyserving-{__version__}")
         return 0
-    quiet_tensorflow = _setup_logging()
+    quiet_tensorflow = _setup_logging(options)
     log = logging.getLogger("pyserving")
     try:
         check_options(options)

@@ -121,6 +121,8 @@ def check_options(options: ServerOptions) -> None:
                           "0 (no limit) or positive")
     if options.max_pending_requests < -1:
         raise ConfigError("--max_pending_requests must be -1 (automatic), 0 (no bound) or positive")
+    if options.log_format not in ("text", "json"):
+        raise ConfigError(f"--log_format must be text or json, not {options.log_format!r}")
     if options.num_workers < 0:
         raise ConfigError("--num_workers must be 0 (one per CPU core) or positive")
     if options.port == 0 and not options.grpc_socket_path:

@@ -9,6 +9,7 @@ two protocols cannot disagree about models, validation or errors.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from .runtime.servable import (DEFAULT_SIGNATURE, Servable, Signature, find_sign
                                validate_output_filter)
 
 T = TypeVar("T")
+_access_log = logging.getLogger("pyserving.access")  # --access_log: a line per inference request
 
 
 @dataclass(frozen=True)
@@ -80,8 +82,9 @@ class DataPlane:
     def __init__(self, manager: ModelManager, executor: Executor,
                  strict_method_names: bool = False, metrics: Metrics | None = None,
                  admission: Admission | None = None, inline: InlinePolicy | None = None,
-                 peers: Peers | None = None) -> None:
+                 peers: Peers | None = None, access_log: bool = False) -> None:
         self._manager = manager
+        self._access_log = access_log
         self._peers = peers
         self._executor = executor
         self._strict = strict_method_names
@@ -98,7 +101,7 @@ class DataPlane:
                          work: Callable[[int, Servable], T]) -> T:
         """Run ``work(version, servable)`` in a worker thread (inline when cheap: inline.py), the
         version held loaded meanwhile."""
-        start, status = time.perf_counter(), "OK"
+        start, status, served = time.perf_counter(), "OK", None
         label = spec.name if self._manager.has_model(spec.name) else UNKNOWN_MODEL_LABEL
         in_flight = self._metrics.requests_in_flight(label)
         in_flight.inc()
@@ -108,6 +111,7 @@ class DataPlane:
             token = self._admission.admit(caller.deadline)
             try:
                 with self._manager.handle(spec.name, self._version_of(spec)) as (version, servable):
+                    served = version
                     # Only a BatchingServable queues: a full queue refuses here, on the event loop,
                     # before the request takes a thread; its calls wait, so they never run inline.
                     accepting = getattr(servable, "accepting", None)
@@ -131,7 +135,10 @@ class DataPlane:
             raise
         finally:
             in_flight.dec()
-            self._metrics.record_request(label, api, caller.entrypoint, status, time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            self._metrics.record_request(label, api, caller.entrypoint, status, seconds)
+            if self._access_log:
+                _access(caller.entrypoint, api, label, served, status, seconds)
 
     def _timed(self, key: tuple, work: Callable[[int, Servable], T], version: int, servable: Servable,
                clock: Callable[[], float], inline: bool) -> T:
@@ -247,6 +254,14 @@ class DataPlane:
         """GetModelMetadata: the SignatureDefs exactly as stored in the served version."""
         with self._manager.handle(spec.name, self._version_of(spec)) as (version, servable):
             return metadata_response(spec.name, version, servable.signature_defs, fields)
+
+
+def _access(protocol: str, api: str, model: str, version: int | None, status: str, seconds: float) -> None:
+    latency_ms = round(seconds * 1000, 3)
+    _access_log.info("%s %s model=%s version=%s status=%s %.3f ms", protocol, api, model,
+                     version if version is not None else "-", status, latency_ms,
+                     extra={"protocol": protocol, "api": api, "model": model, "version": version,
+                            "status": status, "latency_ms": latency_ms})
 
 
 def _check_tasks(tasks: Sequence[InferenceTask]) -> None:

@@ -97,6 +97,10 @@ class ServerOptions:
     max_pending_requests: int = _flag(
         -1, "pyserving: requests waiting or running at once; past it new ones get UNAVAILABLE / 503 "
             "at once (-1 = 2 per request worker thread, 0 = no bound)")
+    log_format: str = _flag("text", "pyserving: text, or json for one JSON object a line")
+    access_log: bool = _flag(
+        False, "pyserving: log one line per inference request (protocol, API, model, version, status, "
+               "latency; never the tensors) on the pyserving.access logger")
     model_cache_dir: str = _flag(
         "", "pyserving: local folder for copies of versions read from object storage (s3://, gs://, "
             "az://); default: a temporary folder, removed at exit")

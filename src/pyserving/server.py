@@ -92,7 +92,7 @@ class Server:
         self.dataplane = DataPlane(self.manager, self._request_pool,
                                    strict_method_names=options.enable_signature_method_name_check,
                                    metrics=self.metrics, admission=self.admission, inline=InlinePolicy(),
-                                   peers=self._peers)
+                                   peers=self._peers, access_log=options.access_log)
         self._grpc: grpc.aio.Server | None = None
         self._rest: web.AppRunner | None = None
         self._rest_listener: asyncio.AbstractServer | None = None

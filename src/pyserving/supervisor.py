@@ -142,9 +142,9 @@ def _become_worker(slot: WorkerSlot) -> None:
         pass  # not Linux: an orphaned worker outlives a SIGKILLed supervisor
     if os.getppid() != supervisor:  # the supervisor died before prctl took effect
         os._exit(1)
-    fmt = f"%(asctime)s %(levelname).1s w{slot.index} %(name)s] %(message)s"
-    for handler in logging.getLogger().handlers:
-        handler.setFormatter(logging.Formatter(fmt))
+    from . import logs
+
+    logs.set_worker(slot.index)
 
 
 def worker_count(requested: int) -> int:
