@@ -51,5 +51,5 @@ def test_grpc_guard_maps_errors_to_statuses(error, code, details):
 
     context = RecordingContext()
     with pytest.raises(grpc.aio.AbortError):
-        asyncio.run(_guarded(handler)((object(), 0), context)  # (message, wire size), as the deserializer hands it)
+        asyncio.run(_guarded(handler)((object(), 0), context))  # (message, wire size), as deserialized
     assert context.aborted == (code, details)
