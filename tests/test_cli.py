@@ -115,3 +115,25 @@ def test_flag_prefixes_are_not_guessed():
     out = run_server_cli("--model_base=/m")
     assert out.returncode == 2
     assert "--model_base" in out.stderr
+
+
+@pytest.mark.parametrize("argv, suggestion", [
+    (["tensorflow_model_server", "--model_nmae=m", "--model_base_path=/m"], "(did you mean --model_name?)"),
+    (["pyserving", "serve", "--rest_api_prot=8501"], "(did you mean --rest_api_port?)"),
+])
+def test_a_misspelt_flag_is_one_short_line_with_a_suggestion(argv, suggestion):
+    binary, *args = argv
+    out = subprocess.run([str(BIN_DIR / binary), *args], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    first, *rest = out.stderr.strip().splitlines()
+    assert first.endswith(suggestion) and "usage:" not in out.stderr
+    assert rest == [f"Run '{binary} --help' to see every flag."]
+
+
+def test_help_shows_every_default():
+    out = run_server_cli("--help")
+    assert out.returncode == 0
+    text = " ".join(out.stdout.split())
+    assert "--port PORT TCP port for the gRPC API" in text and "(default: 8500)" in text
+    assert "(default: 1)" in text and "(default: false)" in text and "(default: 'serve')" not in text
+    assert "(default: serve)" in text  # --saved_model_tags

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import logging
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, NoReturn, Sequence
 
 from . import __version__
 from .options import ServerOptions
@@ -35,11 +36,41 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(ServerOptions):
         kind = type(f.default)
         help_text = f.metadata["help"] + ("" if f.metadata["supported"] else " [accepted; no effect yet]")
+        help_text += f" (default: {_shown(f.default)})"
         if kind is bool:
             parser.add_argument(f"--{f.name}", type=_parse_bool, nargs="?", const=True,
                                 default=f.default, metavar="true|false", help=help_text)
         else:
             parser.add_argument(f"--{f.name}", type=kind, default=f.default, help=help_text)
+
+
+def _shown(default: object) -> str:
+    if isinstance(default, bool):
+        return str(default).lower()
+    return repr(default) if default == "" else str(default)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one short line (with a "did you mean" for a misspelt flag)
+    instead of the whole usage."""
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: {message}{_suggestion(self, message)}\n"
+                     f"Run '{self.prog} --help' to see every flag.\n")
+
+
+def _suggestion(parser: argparse.ArgumentParser, message: str) -> str:
+    prefix = "unrecognized arguments: "
+    if not message.startswith(prefix):
+        return ""
+    parsers = [parser] + [p for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+                          for p in a.choices.values()]
+    known = sorted({o for p in parsers for o in p._option_string_actions if o.startswith("--")})
+    for word in message[len(prefix):].split():
+        match = difflib.get_close_matches(word.split("=", 1)[0], known, n=1, cutoff=0.75)
+        if match:
+            return f" (did you mean {match[0]}?)"
+    return ""
 
 
 def options_from_args(args: argparse.Namespace) -> ServerOptions:
@@ -112,7 +143,7 @@ def _run_server(options: ServerOptions, models: list[ModelConfig], slot: WorkerS
 
 def model_server_main(argv: Sequence[str] | None = None) -> int:
     # No abbreviations: TF Serving takes whole flag names only, and a prefix must not be misread.
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tensorflow_model_server", allow_abbrev=False,
         description="pyserving: a drop-in tensorflow_model_server (TF Serving's flags).")
     add_server_flags(parser)
@@ -120,7 +151,7 @@ def model_server_main(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pyserving", allow_abbrev=False,
         description="pyserving: TensorFlow Serving, rebuilt in Python. "
                     "`pyserving serve` is tensorflow_model_server; `pyserving mnist` is the tutorial.")
