@@ -254,8 +254,13 @@ def test_rest_client(rest_server: str, data: MnistData) -> None:
 def test_format_result() -> None:
     ok = ClientResult(num_tests=1000, num_errors=92, num_failures=0, error_rate=0.092)
     assert format_result(ok) == "Inference error rate: 9.2%"
-    bad = ClientResult(1000, 0, 3, 0.0, ["UNAVAILABLE: down"])
-    assert format_result(bad).splitlines()[:2] == ["Inference error rate: 0.0%", "Failed requests: 3 of 1000"]
+    some = ClientResult(1000, 99, 10, 0.099, ["UNAVAILABLE: down"])
+    assert format_result(some).splitlines() == [
+        "Failed requests: 10 of 1000", "  UNAVAILABLE: down", "Inference error rate: 10.0% of the 990 answered"]
+    down = ClientResult(5, 0, 5, 0.0, ["UNAVAILABLE: connection refused"])
+    assert format_result(down).splitlines() == [
+        "Failed requests: 5 of 5", "  UNAVAILABLE: connection refused",
+        "Inference error rate: unknown (no request was answered)"]
 
 
 # --- CLI wiring -------------------------------------------------------------
@@ -306,3 +311,16 @@ def test_scores_read_from_packed_tensor_content() -> None:
     packed = tf.make_tensor_proto(np.arange(10, dtype=np.float32).reshape(1, 10))
     assert not packed.float_val
     assert int(np.argmax(_scores(packed))) == 9
+
+
+def test_no_data_says_where_it_looked_and_what_to_do(tmp_path, monkeypatch) -> None:
+    from pyserving.mnist import data as mnist_data
+    from support.server import free_port
+
+    monkeypatch.delenv("MNIST_DIR", raising=False)
+    monkeypatch.setattr(mnist_data, "DEFAULT_CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(mnist_data, "MIRROR_URL", f"http://127.0.0.1:{free_port()}/")  # nothing listens
+    with pytest.raises(mnist_data.MnistFormatError) as failure:
+        mnist_data.load_mnist(None)
+    message = str(failure.value)
+    assert str(tmp_path / "cache") in message and "--data-dir" in message and "$MNIST_DIR" in message

@@ -228,8 +228,15 @@ def run_client(
 
 
 def format_result(result: ClientResult) -> str:
-    lines = [f"Inference error rate: {result.error_rate * 100:.1f}%"]
-    if result.num_failures:
-        lines.append(f"Failed requests: {result.num_failures} of {result.num_tests}")
-        lines.extend(f"  {message}" for message in result.failure_messages)
+    """The tutorial's one line; failed requests first, since an error rate over them means nothing."""
+    if not result.num_failures:
+        return f"Inference error rate: {result.error_rate * 100:.1f}%"
+    lines = [f"Failed requests: {result.num_failures} of {result.num_tests}"]
+    lines.extend(f"  {message}" for message in result.failure_messages)
+    answered = result.num_tests - result.num_failures
+    if answered:
+        lines.append(f"Inference error rate: {result.num_errors / answered * 100:.1f}% "
+                     f"of the {answered} answered")
+    else:
+        lines.append("Inference error rate: unknown (no request was answered)")
     return "\n".join(lines)

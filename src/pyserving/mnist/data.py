@@ -45,7 +45,14 @@ def resolve_data_dir(data_dir: str | None = None) -> Path:
     env_dir = os.environ.get("MNIST_DIR")
     if env_dir:
         return Path(env_dir)
-    return download_mnist(DEFAULT_CACHE_DIR)
+    try:
+        return download_mnist(DEFAULT_CACHE_DIR, MIRROR_URL)
+    except OSError as e:  # offline, or the mirror is down: say where we looked and what to do
+        raise MnistFormatError(
+            f"MNIST is not in {DEFAULT_CACHE_DIR} and could not be downloaded from {MIRROR_URL} "
+            f"({getattr(e, 'reason', None) or e}); no --data-dir was given and $MNIST_DIR is not set. "
+            "Point --data-dir (or $MNIST_DIR) at a folder holding the four MNIST .gz files, "
+            "e.g. --data-dir ../shared/mnist") from None
 
 
 def download_mnist(target_dir: Path, base_url: str = MIRROR_URL) -> Path:
