@@ -36,6 +36,17 @@ def test_status_json(server):
     assert server.get("/v1/models/tf2/labels/stable").json()["model_version_status"][0]["version"] == "1"
 
 
+def test_model_list(server):
+    r = server.get("/v1/models")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["models"] == ["dtypes", "tf1", "tf2"]  # KServe v1's list
+    ok = {"error_code": "OK", "error_message": ""}
+    assert body["model_version_status"]["tf2"] == [{"version": "2", "state": "AVAILABLE", "status": ok},
+                                                   {"version": "1", "state": "AVAILABLE", "status": ok}]
+    assert body["model_version_status"]["tf1"] == [{"version": "1", "state": "AVAILABLE", "status": ok}]
+
+
 def test_metadata_json(server):
     r = server.get("/v1/models/tf1/metadata")
     assert r.status_code == 200

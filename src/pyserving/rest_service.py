@@ -76,6 +76,7 @@ class RestService:
             app.router.add_get(path, metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/v1/models", self._list_models)
         app.router.add_route("*", "/{tail:.*}", self.dispatch)
         return app
 
@@ -146,6 +147,19 @@ class RestService:
         waiting = sorted(name for name, ok in ready.items() if not ok)
         body = {"ready": not waiting, "models": ready}
         return web.json_response(body, status=503 if waiting else 200)
+
+    async def _list_models(self, _request: web.Request) -> web.Response:
+        """KServe v1's model list ({"models": [names]}), with each model's versions and states in
+        the shape of TF Serving's model status."""
+        names = sorted(self._dataplane.readiness())
+        versions = {}
+        for name in names:
+            try:
+                statuses = await self._dataplane.status(ModelSpec(name=name))
+            except ServingError:  # no version found yet
+                statuses = []
+            versions[name] = to_json_dict(status_response(statuses)).get("model_version_status", [])
+        return web.json_response({"models": names, "model_version_status": versions})
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
