@@ -10,6 +10,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import http_exceptions, web
 
+from . import openapi
 from .codecs import json_codec
 from .codecs.examples import examples_from_json
 from .dataplane import Caller, DataPlane, ModelSpec, PredictResult
@@ -77,6 +78,7 @@ class RestService:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/v1/models", self._list_models)
+        app.router.add_get("/v1/openapi.json", self._openapi)
         app.router.add_route("*", "/{tail:.*}", self.dispatch)
         return app
 
@@ -160,6 +162,9 @@ class RestService:
                 statuses = []
             versions[name] = to_json_dict(status_response(statuses)).get("model_version_status", [])
         return web.json_response({"models": names, "model_version_status": versions})
+
+    async def _openapi(self, _request: web.Request) -> web.Response:
+        return web.json_response(openapi.document())
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

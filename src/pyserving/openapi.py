@@ -1,0 +1,103 @@
+"""The REST API as an OpenAPI 3 document, served at GET /v1/openapi.json.
+
+TF Serving's REST API (status, metadata, predict, classify, regress; by version or label) plus
+pyserving's own routes (model list, readiness, health). Schemas describe the JSON envelopes; the
+tensors inside are as TF Serving's REST API documents them (rows or columns of any depth).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import __version__
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_SELECTORS = {"": [], "/versions/{version}": ["version"], "/labels/{label}": ["label"]}
+_PARAMS = {
+    "model_name": {"name": "model_name", "in": "path", "required": True, "schema": {"type": "string"}},
+    "version": {"name": "version", "in": "path", "required": True,
+                "schema": {"type": "integer", "minimum": 0}},
+    "label": {"name": "label", "in": "path", "required": True, "schema": {"type": "string"}},
+}
+_VERBS = {"predict": ("PredictRequest", "PredictResponse"),
+          "classify": ("ExampleRequest", "ClassifyResponse"),
+          "regress": ("ExampleRequest", "RegressResponse")}
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict:
+    return {str(c): _json(_ERROR, "The request can't be served; `error` says why") for c in codes}
+
+
+def _model_paths() -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for selector, extra in _SELECTORS.items():
+        params = [_PARAMS["model_name"]] + [_PARAMS[p] for p in extra]
+        base = "/v1/models/{model_name}" + selector
+        paths[base] = {"get": {"summary": "Model status", "parameters": params, "responses": {
+            "200": _json({"$ref": "#/components/schemas/Status"}, "The versions and their states"),
+            **_errors(400, 404)}}}
+        paths[base + "/metadata"] = {"get": {"summary": "Model metadata (signature defs)", "parameters": params,
+                                             "responses": {"200": _json({"type": "object"}, "model_spec and metadata"),
+                                                           **_errors(400, 404)}}}
+        paths[base + "/ready"] = {"get": {"summary": "200 while a matching version is AVAILABLE",
+                                          "parameters": params, "responses": {
+            "200": _json({"type": "object", "properties": {"ready": {"type": "boolean"}}}, "Ready"),
+            "503": _json({"type": "object", "properties": {"ready": {"type": "boolean"},
+                                                           "error": {"type": "string"}}}, "Not ready")}}}
+        for verb, (request, response) in _VERBS.items():
+            paths[f"{base}:{verb}"] = {"post": {
+                "summary": verb.capitalize(), "parameters": params,
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": f"#/components/schemas/{request}"}}}},
+                "responses": {"200": _json({"$ref": f"#/components/schemas/{response}"}, "The result"),
+                              **_errors(400, 404, 408, 413, 503, 504)}}}
+    return paths
+
+
+def _schemas() -> dict[str, Any]:
+    tensor: dict = {"description": "A tensor as nested JSON arrays (or a scalar); "
+                                   "binary strings as {\"b64\": ...}"}
+    return {
+        "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+        "Status": {"type": "object", "properties": {"model_version_status": {"type": "array", "items": {
+            "type": "object", "properties": {
+                "version": {"type": "string"},
+                "state": {"type": "string",
+                          "enum": ["UNKNOWN", "START", "LOADING", "AVAILABLE", "UNLOADING", "END"]},
+                "status": {"type": "object", "properties": {"error_code": {"type": "string"},
+                                                            "error_message": {"type": "string"}}}}}}}},
+        "ModelList": {"type": "object", "required": ["models"], "properties": {
+            "models": {"type": "array", "items": {"type": "string"}},
+            "model_version_status": {"type": "object",
+                                     "additionalProperties": {"type": "array", "items": {"type": "object"}}}}},
+        "PredictRequest": {"type": "object", "properties": {
+            "signature_name": {"type": "string"}, "instances": tensor,
+            "inputs": tensor}},
+        "PredictResponse": {"type": "object", "properties": {"predictions": tensor, "outputs": tensor}},
+        "ExampleRequest": {"type": "object", "required": ["examples"], "properties": {
+            "signature_name": {"type": "string"}, "context": {"type": "object"},
+            "examples": {"type": "array", "items": {"type": "object"}}}},
+        "ClassifyResponse": {"type": "object", "properties": {"result": {"type": "array"}}},
+        "RegressResponse": {"type": "object", "properties": {"result": {"type": "array",
+                                                                         "items": {"type": "number"}}}},
+    }
+
+
+def document() -> dict[str, Any]:
+    paths = {
+        "/v1/models": {"get": {"summary": "Every configured model with its versions and states",
+                               "responses": {"200": _json({"$ref": "#/components/schemas/ModelList"}, "Models")}}},
+        **_model_paths(),
+        "/readyz": {"get": {"summary": "200 once every configured model has an AVAILABLE version", "responses": {
+            "200": _json({"type": "object"}, "All ready"), "503": _json({"type": "object"}, "Some not ready")}}},
+        "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json({"type": "object"}, "Alive")}}},
+        "/v1/openapi.json": {"get": {"summary": "This document",
+                                     "responses": {"200": _json({"type": "object"}, "OpenAPI 3")}}},
+    }
+    return {"openapi": "3.0.3",
+            "info": {"title": "pyserving REST API (TensorFlow Serving compatible)", "version": __version__},
+            "paths": paths, "components": {"schemas": _schemas()}}
