@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from pyserving.client import Client
 from pyserving.errors import Code, ServingError
-from support.server import ServerProcess
+from support.server import serve_half_plus_two
 
-HALF_PLUS_TWO = Path(__file__).resolve().parents[2] / "shared" / "tfs-testdata" / "saved_model_half_plus_two_cpu"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    server = ServerProcess("--model_name=hpt", f"--model_base_path={HALF_PLUS_TWO}",
-                           log_path=tmp_path_factory.mktemp("client") / "server.log").wait_ready()
+    server = serve_half_plus_two(tmp_path_factory.mktemp("client"))
     yield server
     assert server.stop() == 0
 

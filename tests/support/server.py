@@ -108,3 +108,13 @@ def serve_models(root: Path, exporters: dict[str, Callable[[str], object]], *fla
     config = root / "models.config"
     config.write_text(model_config({name: str(root / name) for name in exporters}, extra))
     return ServerProcess(f"--model_config_file={config}", *flags, log_path=root / "server.log").wait_ready()
+
+
+TFS_TESTDATA = Path(__file__).resolve().parents[3] / "shared" / "tfs-testdata"
+HALF_PLUS_TWO = TFS_TESTDATA / "saved_model_half_plus_two_cpu"
+
+
+def serve_half_plus_two(log_dir: Path, *flags: str) -> ServerProcess:
+    """TF Serving's half_plus_two, read in place from ../shared/tfs-testdata, as model "hpt"."""
+    return ServerProcess("--model_name=hpt", f"--model_base_path={HALF_PLUS_TWO}", *flags,
+                         log_path=log_dir / "server.log").wait_ready()
