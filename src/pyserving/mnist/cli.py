@@ -35,7 +35,13 @@ def _add_demo(commands: Any) -> None:
 def _with_data(command: Callable[[argparse.Namespace, Any], int]) -> Callable[[argparse.Namespace], int]:
     """A sub-command that needs MNIST: exit 2 with the reason when the data can't be read."""
     def run(args: argparse.Namespace) -> int:
+        from pyserving.runtime.quiet import import_tensorflow
+
+        # TensorFlow's C++ start-up lines stay out of the tutorial's output, as the server's
+        # (the level must be set before TensorFlow's import reads it).
+        quiet = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import_tensorflow(quiet)
         from pyserving.mnist.data import MnistFormatError, load_mnist
 
         try:
