@@ -63,14 +63,22 @@ def _suggestion(parser: argparse.ArgumentParser, message: str) -> str:
     prefix = "unrecognized arguments: "
     if not message.startswith(prefix):
         return ""
-    parsers = [parser] + [p for a in parser._actions if isinstance(a, argparse._SubParsersAction)
-                          for p in a.choices.values()]
-    known = sorted({o for p in parsers for o in p._option_string_actions if o.startswith("--")})
+    known = sorted({o for p in _all_parsers(parser) for o in p._option_string_actions if o.startswith("--")})
     for word in message[len(prefix):].split():
         match = difflib.get_close_matches(word.split("=", 1)[0], known, n=1, cutoff=0.75)
         if match:
             return f" (did you mean {match[0]}?)"
     return ""
+
+
+def _all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parser and its sub-commands' parsers, at every depth (pyserving mnist client ...)."""
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found += _all_parsers(sub)
+    return found
 
 
 def options_from_args(args: argparse.Namespace) -> ServerOptions:

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 def add_mnist_commands(subparsers: Any) -> argparse.ArgumentParser:
     """Register `mnist` with `export` and `client` sub-commands on subparsers."""
-    mnist = subparsers.add_parser("mnist", help="TF Serving MNIST tutorial: export a model, run the client")
+    mnist = subparsers.add_parser("mnist", allow_abbrev=False, help="TF Serving MNIST tutorial: export a model, run the client")
     commands = mnist.add_subparsers(dest="mnist_command", metavar="{export,client,demo}")
     commands.required = True
     _add_export(commands)
@@ -24,7 +24,7 @@ def add_mnist_commands(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _add_demo(commands: Any) -> None:
-    parser = commands.add_parser("demo", help="the whole tutorial: export, serve, query, hot-swap a version")
+    parser = commands.add_parser("demo", allow_abbrev=False, help="the whole tutorial: export, serve, query, hot-swap a version")
     _add_data_dir(parser)
     parser.add_argument("--workdir", default=None, help="where models and the server log go (default: a temp dir)")
     parser.add_argument("--num_tests", "--num-tests", dest="num_tests", type=_positive_int, default=1000)
@@ -68,7 +68,7 @@ def _add_data_dir(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_export(commands: Any) -> None:
-    parser = commands.add_parser("export", help="train the softmax model and export a SavedModel version")
+    parser = commands.add_parser("export", allow_abbrev=False, help="train the softmax model and export a SavedModel version")
     _add_data_dir(parser)
     parser.add_argument("--training_iteration", "--training-iteration", dest="training_iteration",
                         type=_positive_int, default=1000, help="number of training steps")
@@ -80,7 +80,7 @@ def _add_export(commands: Any) -> None:
 
 
 def _add_client(commands: Any) -> None:
-    parser = commands.add_parser("client", help="send MNIST test images to a server and report the error rate")
+    parser = commands.add_parser("client", allow_abbrev=False, help="send MNIST test images to a server and report the error rate")
     parser.add_argument("--server", default="localhost:8500",
                         help="host:port of the gRPC API (or of the REST API with --rest)")
     parser.add_argument("--num_tests", "--num-tests", dest="num_tests", type=_positive_int, default=100,
