@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import difflib
 import logging
-import os
 import signal
 import sys
 from typing import TYPE_CHECKING, NoReturn, Sequence
@@ -89,9 +88,9 @@ def _setup_logging(options: ServerOptions) -> bool:
     """Python logging as the flags ask; whether TensorFlow's C++ start-up lines stay quiet
     (yes, unless the user set TF_CPP_MIN_LOG_LEVEL to see them)."""
     from . import logs
+    from .runtime.quiet import claim_log_level
 
-    quiet_tensorflow = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow = claim_log_level()  # before check_options, which may import TensorFlow
     logs.configure(options.log_format)
     return quiet_tensorflow
 
@@ -114,14 +113,15 @@ def serve(options: ServerOptions) -> int:
         log.warning("--%s is accepted for compatibility but has no effect in pyserving yet", name)
     from .supervisor import worker_count
 
+    from .runtime.quiet import import_tensorflow
+
     count = worker_count(options.num_workers)
     try:
-        from .runtime.quiet import import_tensorflow
-
-        import_tensorflow(quiet_tensorflow, probe_devices=count == 1)  # seconds, before the server's signal handlers exist
+        # Seconds of imports before the server's (or the supervisor's) signal handlers exist.
+        import_tensorflow(quiet_tensorflow, probe_devices=count == 1)
+        return _run_server(options, models, None) if count == 1 else _supervise(options, models, count)
     except KeyboardInterrupt:  # SIGINT that early (SIGTERM's default action ends the process)
         return 128 + signal.SIGINT
-    return _run_server(options, models, None) if count == 1 else _supervise(options, models, count)
 
 
 def _supervise(options: ServerOptions, models: list[ModelConfig], count: int) -> int:
@@ -132,21 +132,15 @@ def _supervise(options: ServerOptions, models: list[ModelConfig], count: int) ->
 
     # TensorFlow's import (~550 MiB) is done once and shared copy-on-write by the forked workers;
     # nothing of TensorFlow or gRPC has started yet (no session, channel or server), so the fork is safe.
-    try:
-        importlib.import_module(".server", __package__)
-    except KeyboardInterrupt:
-        return 128 + signal.SIGINT
+    importlib.import_module(".server", __package__)
     gc.freeze()  # keeps the collector from touching, and so copying, the shared objects
     return Supervisor(count, lambda slot: _run_server(options, models, slot)).run()
 
 
 def _run_server(options: ServerOptions, models: list[ModelConfig], slot: WorkerSlot | None) -> int:
-    try:
-        from .server import run  # imports TensorFlow: seconds before the server's signal handlers
+    from .server import run
 
-        return run(options, models, slot)
-    except KeyboardInterrupt:  # SIGINT that early (SIGTERM's default action ends the process)
-        return 128 + signal.SIGINT
+    return run(options, models, slot)
 
 
 def model_server_main(argv: Sequence[str] | None = None) -> int:

@@ -7,7 +7,6 @@ costs nothing when the user just asks for --help or runs another command.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any, Callable
 
@@ -35,13 +34,10 @@ def _add_demo(commands: Any) -> None:
 def _with_data(command: Callable[[argparse.Namespace, Any], int]) -> Callable[[argparse.Namespace], int]:
     """A sub-command that needs MNIST: exit 2 with the reason when the data can't be read."""
     def run(args: argparse.Namespace) -> int:
-        from pyserving.runtime.quiet import import_tensorflow
+        from pyserving.runtime.quiet import claim_log_level, import_tensorflow
 
-        # TensorFlow's C++ start-up lines stay out of the tutorial's output, as the server's
-        # (the level must be set before TensorFlow's import reads it).
-        quiet = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        import_tensorflow(quiet)
+        # TensorFlow's C++ start-up lines stay out of the tutorial's output, as the server's.
+        import_tensorflow(claim_log_level())
         from pyserving.mnist.data import MnistFormatError, load_mnist
 
         try:

@@ -14,6 +14,14 @@ import sys
 import tempfile
 
 
+def claim_log_level() -> bool:
+    """Set TensorFlow's C++ log level (WARNING and up) unless the user chose one, before anything
+    imports TensorFlow (it reads the level then); whether its start-up lines should stay quiet."""
+    quiet = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return quiet
+
+
 def import_tensorflow(quiet: bool, probe_devices: bool = True) -> None:
     """Import TensorFlow and find its devices, once, before any model loads.
 
