@@ -160,17 +160,18 @@ class VersionCache:
             start = time.perf_counter()
             fs = filesystem(remote)
             source = _strip(remote).rstrip("/")
-            names = fs.find(source + "/")
+            files = fs.find(source + "/", detail=True)
+            names = list(files)
             targets = [os.path.join(partial, os.path.relpath(name, source)) for name in names]
             for target in targets:
                 os.makedirs(os.path.dirname(target), exist_ok=True)
             fs.get(names, targets)  # lists: the async stores fetch the files concurrently
-            size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs_ in os.walk(partial) for f in fs_)
             os.rename(partial, local)
         except Exception as e:
             shutil.rmtree(partial, ignore_errors=True)
             raise StorageError(f"Cannot copy {remote}: {_reason(e)}") from None
         seconds = time.perf_counter() - start
+        size = sum(info.get("size") or 0 for info in files.values())
         log.info("Copied %s (%.1f MiB) in %.2f s", remote, size / 2**20, seconds)
         return local
 
