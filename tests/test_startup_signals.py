@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
 
 import numpy as np
@@ -13,7 +12,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
 from support import models
-from support.server import ServerProcess, model_config, wait_for
+from support.server import ServerProcess, model_config, port_open, wait_for
 
 EXIT_SECONDS = 2.0  # what a SIGTERM during start-up may take, as a Kubernetes pod's shutdown would want
 LOG_TIMEOUT = 120.0  # the server's own start (TensorFlow's import) on a busy 2-core machine
@@ -28,14 +27,6 @@ def signal_and_time(server: ServerProcess, sig: int) -> tuple[int, float]:
     finally:
         server.stop(signal.SIGKILL)
     return code, time.monotonic() - start
-
-
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -24,6 +24,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_open(port: int) -> bool:
+    """Whether something accepts connections on this loopback port."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
     """Poll with a deadline (never a bare sleep as synchronisation)."""
     deadline = time.monotonic() + timeout
@@ -56,15 +65,7 @@ class ServerProcess:
     def _ready(self) -> bool:
         if self.proc.poll() is not None:
             raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-        try:
-            with socket.create_connection(("127.0.0.1", self.grpc_port), timeout=0.5):
-                pass
-            if self.rest_port:
-                with socket.create_connection(("127.0.0.1", self.rest_port), timeout=0.5):
-                    pass
-            return True
-        except OSError:
-            return False
+        return port_open(self.grpc_port) and (not self.rest_port or port_open(self.rest_port))
 
     def wait_ready(self) -> "ServerProcess":
         wait_for(self._ready, START_TIMEOUT, "the server to open its ports", interval=0.1)
