@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 MNIST_DIR ?= $(abspath ../shared/mnist)
 export MNIST_DIR
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench clean test-packages bench-packages
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,12 +18,20 @@ venv: $(VENV)/.installed
 demo: venv
 	$(VENV)/bin/pyserving mnist demo --data-dir "$(MNIST_DIR)"
 
-test: venv
+# System packages, installed with apt-get only when missing: the status page's test runs Chromium;
+# the benchmarks drive load with h2load (nghttp2-client) and wrk.
+test-packages:
+	tools/ensure-debian-packages.sh chromium fonts-dejavu-core:-
+
+bench-packages:
+	tools/ensure-debian-packages.sh nghttp2-client:h2load wrk
+
+test: venv test-packages
 	$(PY) -m pytest -q tests
 
-bench: venv
+bench: venv bench-packages
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) benchmarks/compare_mlserver.py
 
 clean:
-	rm -rf $(VENV) demo-work
+	rm -rf $(VENV) demo-work test-artifacts

@@ -8,8 +8,8 @@ with h2load (Debian package `nghttp2-client`; HTTP/1.1, per-request log) as the 
 2. capacity: 8 clients back to back; answered requests a second;
 3. the flood: 64 clients at a fixed rate adding up to --times x capacity (open loop: each client
    sends on its timer, answered or not), with each request's status and latency logged;
-once with admission control as shipped (--max_pending_requests default) and once without it
-(--max_pending_requests=0), in the same run.
+once with admission control as shipped (--max_pending_requests and --queue_delay_target_in_ms
+defaults) and once without it (both 0: TF Serving's behaviour), in the same run.
 """
 
 from __future__ import annotations
@@ -39,11 +39,11 @@ def h2load(url: str, work: Path, *args: str) -> list[tuple[int, float]]:
     return [(int(status), int(micros) / 1000) for _, status, micros in rows]
 
 
-def measure(pending_flag: str, args, work: Path) -> dict:
+def measure(flags: tuple[str, ...], args, work: Path) -> dict:
     port, grpc_port = free_port(), free_port()
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "tensorflow_model_server"), f"--port={grpc_port}",
-         f"--rest_api_port={port}", "--model_name=m", f"--model_base_path={MODEL}", pending_flag],
+         f"--rest_api_port={port}", "--model_name=m", f"--model_base_path={MODEL}", *flags, *args.server_flags],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1/models/m:predict"
     try:
@@ -70,14 +70,16 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--times", type=float, default=2.0, help="offered load, as a multiple of capacity")
     parser.add_argument("--json", help="write the figures here")
+    parser.add_argument("--server-flags", default="", help="more flags for both servers, space-separated")
     args = parser.parse_args()
+    args.server_flags = args.server_flags.split()
     if not shutil.which("h2load"):
         sys.exit("h2load is needed: apt-get install nghttp2-client")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for label, flag in (("admission control (default)", "--max_pending_requests=-1"),
-                            ("no admission control", "--max_pending_requests=0")):
-            m = results[label] = measure(flag, args, Path(tmp))
+        for label, flags in (("admission control (default)", ()),
+                             ("no admission control", ("--max_pending_requests=0", "--queue_delay_target_in_ms=0"))):
+            m = results[label] = measure(flags, args, Path(tmp))
             print(f"\n{label}")
             print(f"  unloaded: p50 {m['unloaded_p50_ms']:.2f} ms, p99 {m['unloaded_p99_ms']:.2f} ms; "
                   f"capacity {m['capacity_rps']:.0f} answered/s")

@@ -49,6 +49,7 @@ CALLS = [  # method, concrete path, templated path, body, expected status
      {"signature_name": "regress_x_to_y", **EXAMPLE}, 200),
     ("get", "/readyz", "/readyz", None, 200),
     ("get", "/healthz", "/healthz", None, 200),
+    ("get", "/v1/status", "/v1/status", None, 200),
 ]
 
 

@@ -1,20 +1,27 @@
 """Admission control: requests that can't be served in time are refused at once.
 
-A request counts from the moment the data plane takes it until its answer is
-built: waiting for a worker thread or a batch, and running. Two rules refuse a
-new request on the event loop, before it takes a thread or a batch slot, with
-UNAVAILABLE (HTTP 503 and ``Retry-After``):
+A request counts from the moment it is taken until its answer is built: waiting (for the event
+loop, a worker thread or a batch) and running. Three rules refuse a new request before it takes
+a thread or a batch slot, with UNAVAILABLE (HTTP 503 and ``Retry-After``):
 
-* a bound on pending requests (``--max_pending_requests``, sized from the worker
-  pool by default), so a flood can't queue without limit and hold memory;
-* the request's own deadline: when the requests ahead of it would keep it
-  waiting past its deadline (gRPC's, or ``--rest_api_timeout_in_ms``), it is
-  refused now rather than answered DEADLINE_EXCEEDED later, after using a
-  thread. The wait is estimated from recent requests: each position in the
-  queue has cost ``_per_position`` seconds (a moving average).
+* a bound on pending requests (``--max_pending_requests``), so a flood can't queue without limit
+  and hold memory;
+* the request's own deadline: when the requests ahead of it would keep it waiting past its
+  deadline (gRPC's, or ``--rest_api_timeout_in_ms``), it is refused now rather than answered
+  DEADLINE_EXCEEDED later, after using a thread;
+* a standing queue (``--queue_delay_target_in_ms``), CoDel's idea (Nichols & Jacobson, 2012)
+  applied to admission: a burst that drains is fine, a queue that stays is not. When every
+  request for a whole interval has found more than the target's worth of work ahead of it, the
+  server is taking in more than it serves, and from then on a request that would wait longer
+  than the target is refused, until the queue has stayed under the target for an interval. So
+  accepted requests keep a latency near the target under any flood, and the excess is refused
+  quickly enough to cost little.
 
-A burst that the server can serve in time is never refused. Only the event
-loop thread calls ``admit`` and ``release``, so plain counters are enough.
+The wait ahead of a request is estimated from recent requests: each position in the queue has
+cost ``_per_position`` seconds lately (a moving average of latency / position). The target is
+never below ``TARGET_POSITIONS`` positions, and the interval never below four targets, so a
+slow model's ordinary queue is not taken for an overload. Only the event loop thread calls
+``refusal``, ``enter`` and ``leave``, so plain counters are enough.
 """
 
 from __future__ import annotations
@@ -28,6 +35,11 @@ RETRY_AFTER_SECONDS = 1
 # Default bound: pending requests per worker thread. Generous, so that a client's legitimate
 # burst (TF Serving's own clients fire futures by the hundred) is queued, not refused.
 PENDING_PER_WORKER = 128
+QUEUE_DELAY_TARGET_MS = 5
+INTERVAL_SECONDS = 0.1  # CoDel's: a queue must stand this long to count as an overload
+TARGET_POSITIONS = 8
+OVERLOADED_MESSAGE = ("Server is overloaded: requests have been queueing longer than "
+                      "--queue_delay_target_in_ms; retry later")
 _SMOOTHING = 0.05  # weight of the newest request in the moving average
 
 
@@ -35,29 +47,73 @@ def default_limit(workers: int) -> int:
     return PENDING_PER_WORKER * workers
 
 
+Token = tuple[float, int]  # (when the request was taken, its position then)
+
+
 @dataclass
 class Admission:
     limit: int  # 0: no bound on pending requests
+    target: float = QUEUE_DELAY_TARGET_MS / 1000  # seconds; 0: no standing-queue rule
     pending: int = 0
+    shedding: bool = False  # a standing queue was found: waits past the target are refused
     _per_position: float = 0.0  # seconds a queue position has cost lately; 0 = not measured yet
+    _above_since: float | None = None  # since when every look found the queue above target
+    _last_above: float = float("-inf")
 
-    def admit(self, deadline: float | None = None) -> tuple[float, int]:
-        """Take a request (``deadline``: seconds it has left, None = none); a token for release."""
+    def refusal(self, deadline: float | None = None, now: float | None = None) -> str | None:
+        """Why a new request must be refused now (``deadline``: seconds it has left), or None."""
         if self.limit and self.pending >= self.limit:
-            raise overloaded(f"Server is at capacity: {self.pending} requests pending "
-                             f"(--max_pending_requests={self.limit}); retry later")
+            return (f"Server is at capacity: {self.pending} requests pending "
+                    f"(--max_pending_requests={self.limit}); retry later")
         expected = self.pending * self._per_position  # the wait behind those ahead; none if none
         if deadline is not None and expected > deadline:
-            raise overloaded(f"Server is busy: {self.pending} requests ahead of this one would take "
-                             f"about {expected * 1000:.0f} ms, past its deadline of {deadline * 1000:.0f} ms")
-        self.pending += 1
-        return time.perf_counter(), self.pending
+            return (f"Server is busy: {self.pending} requests ahead of this one would take "
+                    f"about {expected * 1000:.0f} ms, past its deadline of {deadline * 1000:.0f} ms")
+        if self.target and self._over_target(expected, time.perf_counter() if now is None else now):
+            return OVERLOADED_MESSAGE
+        return None
 
-    def release(self, token: tuple[float, int]) -> None:
+    def admit(self, deadline: float | None = None) -> Token:
+        """Take a request, or raise UNAVAILABLE; the token goes back to ``leave``."""
+        now = time.perf_counter()
+        reason = self.refusal(deadline, now)
+        if reason is not None:
+            raise overloaded(reason)
+        return self.enter(now)
+
+    def enter(self, now: float) -> Token:
+        """Count a request in (``refusal`` said None)."""
+        self.pending += 1
+        return now, self.pending
+
+    def leave(self, token: Token, now: float | None = None) -> None:
         started, position = token
+        now = time.perf_counter() if now is None else now
         self.pending -= 1
-        sample = (time.perf_counter() - started) / position
+        sample = (now - started) / position
         self._per_position += _SMOOTHING * (sample - self._per_position) if self._per_position else sample
+        if self.target and self._above_since is not None:
+            self._over_target(self.pending * self._per_position, now)  # a drained burst resets
+
+    def _target(self) -> float:
+        return max(self.target, TARGET_POSITIONS * self._per_position)
+
+    def _over_target(self, expected: float, now: float) -> bool:
+        """CoDel's state: True when a request expected to wait ``expected`` must be refused."""
+        target = self._target()
+        interval = max(INTERVAL_SECONDS, 4 * target)
+        if expected <= target:
+            if self.shedding and now - self._last_above >= interval:
+                self.shedding = False
+            if not self.shedding:
+                self._above_since = None
+            return False
+        self._last_above = now
+        if self._above_since is None:
+            self._above_since = now
+        elif not self.shedding and now - self._above_since >= interval:
+            self.shedding = True
+        return self.shedding
 
 
 def overloaded(message: str) -> ServingError:

@@ -156,7 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _Parser(
         prog="pyserving", allow_abbrev=False,
         description="pyserving: TensorFlow Serving, rebuilt in Python. "
-                    "`pyserving serve` is tensorflow_model_server; `pyserving mnist` is the tutorial.")
+                    "`pyserving serve` is tensorflow_model_server; `pyserving mnist` is the tutorial; "
+                    "`pyserving warmup-from-log` makes a warmup file from request logs.")
     parser.add_argument("--version", action="version", version=f"pyserving {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve", help="run the model server (TF Serving's flags)",
@@ -166,6 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .mnist.cli import add_mnist_commands
 
     add_mnist_commands(commands)
+    from .warmup_from_log import add_command as add_warmup_from_log
+
+    add_warmup_from_log(commands)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -35,12 +35,22 @@ class VersionPolicy:
 
 
 @dataclass(frozen=True)
+class LoggingSettings:
+    """A model's logging_config: this share of its requests goes, with the responses, to
+    TFRecord files named from filename_prefix (request_log.py)."""
+
+    sampling_rate: float
+    filename_prefix: str
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: str
     base_path: str
     policy: VersionPolicy = field(default_factory=VersionPolicy)
     labels: tuple[tuple[str, int], ...] = ()
     platform: str = "tensorflow"
+    logging: LoggingSettings | None = None
 
 
 def parse_model_server_config(text: str) -> list[ModelConfig]:
@@ -86,7 +96,23 @@ def _model_config(c) -> ModelConfig:  # c: tensorflow.serving.ModelConfig
     else:
         policy = VersionPolicy()
     return ModelConfig(name=c.name, base_path=c.base_path, policy=policy,
-                       labels=tuple(sorted(c.version_labels.items())))
+                       labels=tuple(sorted(c.version_labels.items())), logging=_logging(c))
+
+
+def _logging(c) -> LoggingSettings | None:
+    """logging_config { sampling_config { sampling_rate } log_collector_config { filename_prefix } }."""
+    if not c.HasField("logging_config"):
+        return None
+    rate = c.logging_config.sampling_config.sampling_rate
+    prefix = c.logging_config.log_collector_config.filename_prefix
+    if not 0.0 <= rate <= 1.0:  # NaN too
+        raise ConfigError(f"model {c.name}: logging_config sampling_rate must be between 0 and 1, not {rate}")
+    if rate > 0 and not prefix:
+        raise ConfigError(f"model {c.name}: logging_config needs log_collector_config {{ filename_prefix }}")
+    if "://" in prefix:
+        raise ConfigError(f"model {c.name}: log_collector_config filename_prefix must be a local path, "
+                          f"not {prefix}")
+    return LoggingSettings(rate, prefix)
 
 
 def read_model_config_file(path: str) -> list[ModelConfig]:
@@ -121,10 +147,14 @@ def check_options(options: ServerOptions) -> None:
                           "0 (no limit) or positive")
     if options.max_pending_requests < -1:
         raise ConfigError("--max_pending_requests must be -1 (automatic), 0 (no bound) or positive")
+    if options.queue_delay_target_in_ms < 0:
+        raise ConfigError("--queue_delay_target_in_ms must be 0 (off) or positive")
     if options.log_format not in ("text", "json"):
         raise ConfigError(f"--log_format must be text or json, not {options.log_format!r}")
     if options.num_workers < 0:
         raise ConfigError("--num_workers must be 0 (one per CPU core) or positive")
+    if options.request_log_max_file_bytes <= 0:
+        raise ConfigError("--request_log_max_file_bytes must be positive")
     if options.port == 0 and not options.grpc_socket_path:
         raise ConfigError("--port=0 needs --grpc_socket_path: gRPC must listen somewhere")
     if options.ssl_config_file:
@@ -151,5 +181,5 @@ def check_options(options: ServerOptions) -> None:
             raise ConfigError(e.message) from None
 
 
-__all__ = ["ConfigError", "ModelConfig", "VersionPolicy", "ServingError",
+__all__ = ["ConfigError", "LoggingSettings", "ModelConfig", "VersionPolicy", "ServingError",
            "check_options", "models_from_options", "parse_model_server_config"]

@@ -28,6 +28,7 @@ from .core.states import VersionStatus
 from .errors import ServingError
 from .monitoring import Metrics
 from .peers import Peers
+from .request_log import RequestLogger, examples_log, multi_inference_log, predict_log
 from .responses import metadata_response
 from .runtime.servable import (DEFAULT_SIGNATURE, Servable, Signature, find_signature, validate_inputs,
                                validate_output_filter)
@@ -82,8 +83,10 @@ class DataPlane:
     def __init__(self, manager: ModelManager, executor: Executor,
                  strict_method_names: bool = False, metrics: Metrics | None = None,
                  admission: Admission | None = None, inline: InlinePolicy | None = None,
-                 peers: Peers | None = None, access_log: bool = False) -> None:
+                 peers: Peers | None = None, access_log: bool = False,
+                 request_logger: RequestLogger | None = None) -> None:
         self._manager = manager
+        self._request_log = request_logger or RequestLogger()  # a model's logging_config
         self._access_log = access_log
         self._peers = peers
         self._executor = executor
@@ -124,7 +127,7 @@ class DataPlane:
                         result = await asyncio.get_running_loop().run_in_executor(
                             self._executor, self._timed, key, work, version, servable, time.thread_time, False)
             finally:
-                self._admission.release(token)
+                self._admission.leave(token)
             self._metrics.record_answer(spec.name, version, api)
             return result
         except ServingError as e:
@@ -132,6 +135,9 @@ class DataPlane:
             raise
         except asyncio.CancelledError:
             status = "CANCELLED"
+            raise
+        except Exception:  # a bug of ours, answered INTERNAL by the protocol layer: never counted OK
+            status = "INTERNAL"
             raise
         finally:
             in_flight.dec()
@@ -167,8 +173,11 @@ class DataPlane:
             limits.check_inputs(inputs)  # before anything hands them to TensorFlow
             validate_inputs(signature, inputs)
             validate_output_filter(signature, output_filter)
-            outputs = self._run_model("predict", spec.name, servable, signature_name, inputs,
-                                      tuple(output_filter))
+            fetch = tuple(output_filter)
+            outputs = self._run_model("predict", spec.name, servable, signature_name, inputs, fetch)
+            # logging_config: sampled here, built and written in the request logger's thread.
+            self._request_log.maybe_log(spec.name, predict_log, spec, version, signature_name, inputs,
+                                        fetch, outputs)
             return encode(PredictResult(spec.name, version, signature_name, outputs))
         return await self._in_worker("predict", caller, spec, work)
 
@@ -192,7 +201,9 @@ class DataPlane:
             name = spec.signature_name or DEFAULT_SIGNATURE
             fill_model_spec(response.model_spec, spec.name, version, name)
             task = InferenceTask(name, method)
-            response.result.CopyFrom(self._run_task(api, spec.name, servable, task, examples()))
+            serialized = examples()
+            response.result.CopyFrom(self._run_task(api, spec.name, servable, task, serialized))
+            self._request_log.maybe_log(spec.name, examples_log, api, spec, serialized, response)
             return response
         return await self._in_worker(api, caller, spec, work)
 
@@ -212,6 +223,7 @@ class DataPlane:
                 target = (result.classification_result if task.method_name == inference.CLASSIFY_METHOD
                           else result.regression_result)
                 target.CopyFrom(outcome)
+            self._request_log.maybe_log(spec.name, multi_inference_log, spec, tasks, serialized, response)
             return response
         return await self._in_worker("multi_inference", caller, spec, work)
 
@@ -243,6 +255,9 @@ class DataPlane:
     def readiness(self) -> dict[str, bool]:
         """Each configured model: does it have an AVAILABLE version?"""
         return self._manager.readiness()
+
+    def version_labels(self, name: str) -> dict[str, int]:
+        return self._manager.labels(name)
 
     def resolve(self, spec: ModelSpec) -> int:
         """The version a request with this spec would be served by (ServingError if none)."""

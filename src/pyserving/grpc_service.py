@@ -42,6 +42,11 @@ def spec_from_proto(spec: model_pb2.ModelSpec) -> ModelSpec:
 _REQUEST_BYTES: contextvars.ContextVar[int] = contextvars.ContextVar("request_bytes", default=0)
 
 
+def note_request_bytes(size: int) -> None:
+    """For a transport that parsed the request itself (Ray Serve's gRPC proxy): its size."""
+    _REQUEST_BYTES.set(size)
+
+
 def _caller(request, context) -> Caller:
     return Caller("GRPC", context.time_remaining(), _REQUEST_BYTES.get() <= SMALL_REQUEST_BYTES)
 

@@ -15,6 +15,9 @@ module adds the other two:
 
 ``request_tracker`` tells a connection's ``HeaderDeadline`` when a request has begun (its headers
 are complete) and when it is done, so the header clock runs only while a request is arriving.
+
+The same wrapper asks the REST gate (rest_gate.py) about each request's first bytes, so an
+overloaded server refuses a flood's excess before aiohttp spends anything on it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from typing import Callable
 
 from aiohttp import http_exceptions, web
 
+from .admission import Token
+from .rest_gate import RestGate
 from .rest_service import body_too_large
 
 log = logging.getLogger("pyserving.rest")
@@ -44,9 +49,11 @@ def _timeout_response_bytes() -> bytes:
 class HeaderDeadline(asyncio.Protocol):
     """One connection: aiohttp's protocol inside, plus a deadline on request headers."""
 
-    def __init__(self, inner: asyncio.Protocol, seconds: float) -> None:
+    def __init__(self, inner: asyncio.Protocol, seconds: float, gate: RestGate | None = None) -> None:
         self._inner = inner
         self._seconds = seconds
+        self._gate = gate
+        self._token: Token | None = None  # the gate's count of this connection's request
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._busy = False  # a request's headers are complete and it is being handled
@@ -62,16 +69,35 @@ class HeaderDeadline(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if not self._busy and not self._closing:
+            if not self._partial and self._gate is not None:  # the first bytes of a request
+                refusal = self._gate.refuse(data)
+                if refusal is not None:
+                    self._refuse(*refusal)
+                    return
+                if self._token is None:
+                    self._token = self._gate.enter()
             self._partial = True
             if self._timer is None:  # the first bytes of the next request on this connection
                 self._arm()
         self._inner.data_received(data)
+
+    def _refuse(self, answer: bytes, keep_alive: bool) -> None:
+        """The gate refused the whole request in hand: answer it here; aiohttp never sees it."""
+        assert self._transport is not None
+        self._transport.write(answer)
+        self._disarm()
+        if keep_alive:
+            self._arm()  # aiohttp saw nothing: the next request must start in time, or we close
+        else:
+            self._closing = True
+            self._transport.close()
 
     def eof_received(self) -> bool | None:
         return self._inner.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._leave_gate()
         self._transport = None
         self._inner.connection_lost(exc)
 
@@ -90,6 +116,12 @@ class HeaderDeadline(asyncio.Protocol):
     def request_finished(self, keep_alive: bool) -> None:
         self._busy = False
         self._closing = self._closing or not keep_alive
+        self._leave_gate()
+
+    def _leave_gate(self) -> None:
+        if self._token is not None and self._gate is not None:
+            self._gate.leave(self._token)
+            self._token = None
 
     # -- the deadline -------------------------------------------------------------------
 
@@ -115,10 +147,10 @@ class HeaderDeadline(asyncio.Protocol):
         transport.close()  # aiohttp's connection_lost cleans up its side
 
 
-def connection_factory(protocol_factory: Callable[[], asyncio.Protocol],
-                       header_seconds: float) -> Callable[[], asyncio.Protocol]:
+def connection_factory(protocol_factory: Callable[[], asyncio.Protocol], header_seconds: float,
+                       gate: RestGate | None = None) -> Callable[[], asyncio.Protocol]:
     """For loop.create_server: aiohttp's protocol (``runner.server``) wrapped in a HeaderDeadline."""
-    return lambda: HeaderDeadline(protocol_factory(), header_seconds)
+    return lambda: HeaderDeadline(protocol_factory(), header_seconds, gate)
 
 
 def _connection(request: web.Request) -> HeaderDeadline | None:

@@ -93,6 +93,12 @@ class Metrics:
             ["model_name", "version", "state"], registry=r)
         self.workers = Gauge(
             SERVING_WORKERS, "Worker processes whose counts this page adds up.", registry=r)
+        self.request_log = Counter(
+            ":pyserving:request_log_count", "Sampled requests written to the request log (logged) or "
+            "dropped (queue full, write error), by model.", ["model_name", "status"], registry=r)
+        self.shed = Counter(
+            ":pyserving:rest_requests_shed", "REST requests refused at the connection by load shedding "
+            "(--queue_delay_target_in_ms), before their model was read.", registry=r)
         self._version_lister: VersionLister | None = None
         self._answered: set[tuple[str, str, str]] = set()  # version_requests label sets in use
         self._children: dict[tuple[int, tuple[str, ...]], object] = {}
@@ -138,6 +144,9 @@ class Metrics:
 
     def record_warmup(self, path: str, seconds: float, ok: bool) -> None:
         self.warmup_latency.labels(path, "OK" if ok else "ERROR").observe(seconds * 1e6)
+
+    def record_request_log(self, model: str, status: str) -> None:
+        self._child(self.request_log, model, status).inc()
 
     def record_batch(self, path: str, rows: int, padding: int, waited_seconds: float) -> None:
         self.queuing_latency.labels(path).observe(waited_seconds * 1e6)

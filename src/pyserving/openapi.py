@@ -1,7 +1,7 @@
 """The REST API as an OpenAPI 3 document, served at GET /v1/openapi.json.
 
 TF Serving's REST API (status, metadata, predict, classify, regress; by version or label) plus
-pyserving's own routes (model list, readiness, health). Schemas describe the JSON envelopes; the
+pyserving's own routes (model list, readiness, health, status page). Schemas describe the JSON envelopes; the
 tensors inside are as TF Serving's REST API documents them (rows or columns of any depth).
 """
 
@@ -74,6 +74,7 @@ def _schemas() -> dict[str, Any]:
             "models": {"type": "array", "items": {"type": "string"}},
             "model_version_status": {"type": "object",
                                      "additionalProperties": {"type": "array", "items": {"type": "object"}}}}},
+        "StatusSummary": _status_summary(),
         "PredictRequest": {"type": "object", "properties": {
             "signature_name": {"type": "string"}, "instances": tensor,
             "inputs": tensor}},
@@ -87,6 +88,35 @@ def _schemas() -> dict[str, Any]:
     }
 
 
+def _status_summary() -> dict[str, Any]:
+    def obj(required: list[str], **properties) -> dict:
+        return {"type": "object", "required": required, "properties": properties}
+    integer, number, string = {"type": "integer"}, {"type": "number"}, {"type": "string"}
+    # OpenAPI 3.0's "nullable" is no JSON Schema: a field that may be null is left untyped.
+    maybe = {"description": "A number, or null when there is none (no request in the window)"}
+    tensor = obj(["alias", "dtype", "shape"], alias=string, tensor=string, dtype=string,
+                 shape={"description": "Dimension sizes (-1: any size), or null for an unknown rank"})
+    return obj(
+        ["server", "window_seconds", "models"],
+        server=obj(["version", "uptime_seconds", "workers"], version=string, uptime_seconds=number,
+                   workers=integer),
+        window_seconds=number, refresh_ms=integer,
+        models={"type": "array", "items": obj(
+            ["name", "labels", "versions", "signatures", "requests"],
+            name=string, labels={"type": "object", "additionalProperties": integer},
+            served_version={"description": "The version requests get, or null if none is available"},
+            problem={"description": "Why no version is available, or null"},
+            versions={"type": "array", "items": obj(
+                ["version", "state", "error"], version=integer, requests=integer,
+                state={"type": "string", "enum": ["UNKNOWN", "START", "LOADING", "AVAILABLE", "UNLOADING", "END"]},
+                error={"description": "The load error (code: message), or null"})},
+            signatures={"type": "array", "items": obj(
+                ["name", "inputs", "outputs"], name=string, method=string,
+                inputs={"type": "array", "items": tensor}, outputs={"type": "array", "items": tensor})},
+            requests=obj(["total", "errors", "in_flight"], total=integer, errors=integer, in_flight=integer,
+                         per_second=maybe, latency_ms=maybe, mean_latency_ms=maybe))})
+
+
 def document() -> dict[str, Any]:
     paths = {
         "/v1/models": {"get": {"summary": "Every configured model with its versions and states",
@@ -97,6 +127,11 @@ def document() -> dict[str, Any]:
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json({"type": "object"}, "Alive")}}},
         "/v1/openapi.json": {"get": {"summary": "This document",
                                      "responses": {"200": _json({"type": "object"}, "OpenAPI 3")}}},
+        "/": {"get": {"summary": "Status page: models, versions, errors, labels, signatures, request rates",
+                      "responses": {"200": {"description": "An HTML page refreshing itself from /v1/status",
+                                            "content": {"text/html": {"schema": {"type": "string"}}}}}}},
+        "/v1/status": {"get": {"summary": "What the status page shows, as JSON", "responses": {
+            "200": _json({"$ref": "#/components/schemas/StatusSummary"}, "Every model's state and traffic")}}},
     }
     return {"openapi": "3.0.3",
             "info": {"title": "pyserving REST API (TensorFlow Serving compatible)", "version": __version__},

@@ -96,7 +96,12 @@ class ServerOptions:
         1 << 30, "pyserving: largest gRPC request message accepted (RESOURCE_EXHAUSTED above it)")
     max_pending_requests: int = _flag(
         -1, "pyserving: requests waiting or running at once; past it new ones get UNAVAILABLE / 503 "
-            "at once (-1 = 2 per request worker thread, 0 = no bound)")
+            "at once (-1 = 128 per request worker thread, 0 = no bound)")
+    queue_delay_target_in_ms: int = _flag(
+        5, "pyserving: load shedding: once requests have queued longer than this for a sustained "
+           "interval (100 ms or more), new requests that would wait longer get UNAVAILABLE / 503 "
+           "at once, until the queue drains (0 = off; off with --enable_batching, whose queue has "
+           "its own bound)")
     log_format: str = _flag("text", "pyserving: text, or json for one JSON object a line")
     access_log: bool = _flag(
         False, "pyserving: log one line per inference request (protocol, API, model, version, status, "
@@ -107,6 +112,9 @@ class ServerOptions:
     num_workers: int = _flag(
         1, "pyserving: serving processes sharing --port and --rest_api_port (SO_REUSEPORT), to use "
            "more than one core; each loads its own copy of every model (0 = one per CPU core)")
+    request_log_max_file_bytes: int = _flag(
+        64 << 20, "pyserving: request logs (a model's logging_config) start a new file before one would "
+                  "grow past this many bytes")
 
     @property
     def tags(self) -> tuple[str, ...]:

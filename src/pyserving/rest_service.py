@@ -6,11 +6,15 @@ import asyncio
 import logging
 import re
 import zlib
-from typing import Any, Awaitable, Callable
+from dataclasses import dataclass
+from functools import cached_property, partial
+from typing import Any, Awaitable, Callable, Mapping, cast
 
 from aiohttp import http_exceptions, web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
-from . import openapi
+from . import openapi, status_page
 from .codecs import json_codec
 from .codecs.examples import examples_from_json
 from .dataplane import Caller, DataPlane, ModelSpec, PredictResult
@@ -48,6 +52,10 @@ def _malformed_http_at_debug() -> None:
         server_log.addFilter(_MalformedHttpFilter())
 
 
+CORS_HEADERS = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                "Access-Control-Allow-Headers": "Content-Type, Authorization"}
+
+
 def _error(code: Code, message: str, retry_after: int | None = None) -> web.Response:
     log.debug("REST answered %s: %s", code.name, message)  # a client's mistake: DEBUG, never louder
     headers = {"Retry-After": str(retry_after)} if retry_after else None
@@ -57,8 +65,10 @@ def _error(code: Code, message: str, retry_after: int | None = None) -> web.Resp
 class RestService:
     def __init__(self, dataplane: DataPlane, timeout_ms: int = 30000, cors: bool = False,
                  max_body_bytes: int = 1 << 30,
-                 metrics_route: tuple[str, Callable[[], Awaitable[bytes]]] | None = None) -> None:
+                 metrics_route: tuple[str, Callable[[], Awaitable[bytes]]] | None = None,
+                 status: status_page.StatusPage | None = None) -> None:
         self._dataplane = dataplane
+        self._status_page = status or status_page.StatusPage(dataplane)
         self._metrics_route = metrics_route
         self._max_body_bytes = max_body_bytes
         self._timeout = timeout_ms / 1000 if timeout_ms > 0 else None
@@ -79,6 +89,8 @@ class RestService:
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/v1/models", self._list_models)
         app.router.add_get("/v1/openapi.json", self._openapi)
+        app.router.add_get("/", self._page)
+        app.router.add_get(status_page.JSON_PATH, self._status_summary)
         app.router.add_route("*", "/{tail:.*}", self.dispatch)
         return app
 
@@ -88,10 +100,31 @@ class RestService:
             response: web.StreamResponse = web.Response(status=204)
         else:
             response = await handler(request)
-        response.headers["Access-Control-Allow-Origin"] = "*"
-        response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
-        response.headers["Access-Control-Allow-Headers"] = "Content-Type, Authorization"
+        response.headers.update(CORS_HEADERS)
         return response
+
+    @cached_property
+    def _routing(self) -> web.Application:
+        return self.app()  # for respond(): its router and middlewares, never served by aiohttp
+
+    async def respond(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> RestAnswer:
+        """One request whose body has arrived whole, answered without aiohttp's server (so Ray Serve's
+        HTTP proxy hands requests over: ray_serve.py). app()'s routes, middlewares and handlers, so
+        both answer alike; the transport adds Content-Length."""
+        request = cast(web.Request, _BufferedRequest(method, path, headers, body, self._max_body_bytes))
+        app = self._routing
+        handler = (await app.router.resolve(request)).handler
+        for middleware in reversed(app.middlewares):
+            handler = partial(middleware, handler=handler)
+        try:
+            response = await handler(request)
+        except web.HTTPException as e:  # the router's own 404 / 405
+            response = e
+        payload = (response.body or b"") if isinstance(response, web.Response) else None
+        if not isinstance(payload, (bytes, bytearray)):
+            raise TypeError(f"REST handlers answer bytes, not {type(payload).__name__}")
+        answer_headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+        return RestAnswer(response.status, b"" if method == "HEAD" else bytes(payload), answer_headers)
 
     async def dispatch(self, request: web.Request) -> web.Response:
         match = _PATH.match(request.path)
@@ -166,6 +199,14 @@ class RestService:
     async def _openapi(self, _request: web.Request) -> web.Response:
         return web.json_response(openapi.document())
 
+    async def _page(self, _request: web.Request) -> web.Response:
+        """The status page (status_page.py); not a model request, so in no request metric."""
+        return web.Response(text=status_page.render(await self._status_page.summary()),
+                            content_type="text/html", headers=status_page.HEADERS)
+
+    async def _status_summary(self, _request: web.Request) -> web.Response:
+        return web.json_response(await self._status_page.summary(), headers={"Cache-Control": "no-store"})
+
     async def _healthz(self, _request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
@@ -213,6 +254,29 @@ class RestService:
 
         payload = await self._dataplane.predict(spec, decode, (), encode, caller)
         return web.Response(body=payload, content_type="application/json")
+
+
+@dataclass(frozen=True)
+class RestAnswer:
+    """RestService.respond's answer, for a transport to send."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+
+class _BufferedRequest:
+    """What the router and handlers read of an aiohttp request, for a body that arrived whole."""
+
+    def __init__(self, method: str, path: str, headers: Mapping[str, str], body: bytes, limit: int) -> None:
+        self.method, self.path, self._body, self._limit = method, path, body, limit
+        self.rel_url = URL.build(path=path)
+        self.headers = CIMultiDictProxy(CIMultiDict(headers))
+
+    async def read(self) -> bytes:
+        if len(self._body) > self._limit:  # as aiohttp's read() past client_max_size
+            raise web.HTTPRequestEntityTooLarge(max_size=self._limit, actual_size=len(self._body))
+        return self._body
 
 
 def _version(text: str | None) -> int | None:
@@ -264,4 +328,4 @@ def _decompress(raw: bytes, encoding: str, limit: int) -> bytes:
     return body
 
 
-__all__ = ["RestService"]
+__all__ = ["RestAnswer", "RestService"]

@@ -20,6 +20,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from . import __version__
 from .admission import Admission, default_limit
+from .rest_gate import RestGate
 from .batching import PER_MODEL_FILE, BatchingOptions, BatchingServable
 from .config import ConfigError, ModelConfig, models_from_proto, read_model_config_file
 from .core.manager import ModelManager, RetryPolicy
@@ -35,7 +36,9 @@ from .inline import InlinePolicy
 from .monitoring import Metrics, PrometheusSettings
 from .options import ServerOptions
 from .peers import PeerService, Peers, merge_status
+from .request_log import RequestLogger
 from .rest_service import RestService
+from .status_page import StatusPage
 from .profiler_service import ProfilerServicer
 from .runtime.loader import RuntimeSettings, ServableLoader
 from .runtime.profiler import Profiler
@@ -68,13 +71,17 @@ class Server:
         workers = options.grpc_max_threads or default_workers
         self._request_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="request")
         pending = options.max_pending_requests
-        self.admission = Admission(default_limit(workers) if pending < 0 else pending)
+        # Batches are a queue by design, bounded by the batching parameters: no standing-queue rule.
+        target = 0 if options.enable_batching else options.queue_delay_target_in_ms / 1000
+        self.admission = Admission(default_limit(workers) if pending < 0 else pending, target)
         self._batching = (BatchingOptions.from_file(options.batching_parameters_file)
                           if options.batching_parameters_file else BatchingOptions())
         self._loader = ServableLoader(runtime_settings(options))
         self._load_pool = ThreadPoolExecutor(
             max_workers=options.num_load_threads or 2, thread_name_prefix="load")
         self.metrics = Metrics()
+        self._rest_gate = (RestGate(Admission(0, target), self.metrics, cors=options.rest_api_enable_cors_support)
+                           if target else None)
         self._prometheus = (PrometheusSettings.from_file(options.monitoring_config_file)
                             if options.monitoring_config_file else None)
         self.manager = ModelManager(
@@ -86,13 +93,16 @@ class Server:
             max_concurrent_loads=options.num_load_threads or 2)
         self._cache = VersionCache(options.model_cache_dir)  # copies of object-storage versions
         self.source = FileSystemSource(self.manager, options.file_system_poll_wait_seconds, self._cache)
-        self.core = ServerCore(self.manager, self.source)
+        self.request_log = RequestLogger(options.tags, options.request_log_max_file_bytes,
+                                         on_record=self.metrics.record_request_log)
+        self.core = ServerCore(self.manager, self.source, on_models=self.request_log.configure)
         self.metrics.track_versions(
             lambda: [(v.model, v.version, v.state.name) for v in self.manager.snapshot()])
         self.dataplane = DataPlane(self.manager, self._request_pool,
                                    strict_method_names=options.enable_signature_method_name_check,
                                    metrics=self.metrics, admission=self.admission, inline=InlinePolicy(),
-                                   peers=self._peers, access_log=options.access_log)
+                                   peers=self._peers, access_log=options.access_log,
+                                   request_logger=self.request_log)
         self._grpc: grpc.aio.Server | None = None
         self._rest: web.AppRunner | None = None
         self._rest_listener: asyncio.AbstractServer | None = None
@@ -145,6 +155,12 @@ class Server:
                  path, count)
 
     async def start(self) -> None:
+        await self.start_core()
+        await self._start_listeners()
+
+    async def start_core(self) -> None:
+        """Initial versions loaded, base paths (and config file) polled; no port opened. All a Ray
+        Serve replica runs (ray_serve.py: Ray's proxies are its listeners)."""
         o = self.options
         # A worker started after a reload (a restart) serves the reloaded config, not the flags'.
         reloaded = self._peers.reloaded_config() if self._peers else None
@@ -158,6 +174,9 @@ class Server:
             self._background.append(asyncio.create_task(self.core.watch_config_file(
                 lambda: read_model_config_file(o.model_config_file),
                 o.model_config_file_poll_wait_seconds)))
+
+    async def _start_listeners(self) -> None:
+        o = self.options
         await self._start_grpc()
         if o.rest_api_port:
             await self._start_rest()
@@ -183,6 +202,13 @@ class Server:
         families, versions = await self._peers.metrics()
         merged = merge_status([self.manager.snapshot(), *versions])
         return self.metrics.exposition(families, [(v.model, v.version, v.state.name) for v in merged])
+
+    async def _metric_views(self) -> list:
+        """Each worker's metric families, this one's first (for the status page)."""
+        if self._peers is None:
+            return [self.metrics.families()]
+        others, _versions = await self._peers.metrics()
+        return [self.metrics.families(), *others]
 
     async def _start_peer_server(self) -> None:
         assert self._slot is not None and self._peers is not None
@@ -221,7 +247,8 @@ class Server:
         if self._prometheus and self._prometheus.enabled:
             metrics_route = (self._prometheus.path, self._exposition)
         service = RestService(self.dataplane, o.rest_api_timeout_in_ms, o.rest_api_enable_cors_support,
-                              o.rest_api_max_request_bytes, metrics_route)
+                              o.rest_api_max_request_bytes, metrics_route,
+                              StatusPage(self.dataplane, self._metric_views))
         app = service.app()
         # Read timeouts (http_timeouts.py): the tracker outermost, the body deadline inside CORS.
         body_ms = o.rest_api_timeout_in_ms if o.rest_api_body_timeout_in_ms < 0 else o.rest_api_body_timeout_in_ms
@@ -237,7 +264,7 @@ class Server:
         # wrapped in a header deadline; closed in stop() before the runner drains.
         assert self._rest.server is not None  # made by setup()
         self._rest_listener = await asyncio.get_running_loop().create_server(
-            http_timeouts.connection_factory(self._rest.server, header_seconds),
+            http_timeouts.connection_factory(self._rest.server, header_seconds, self._rest_gate),
             "0.0.0.0", o.rest_api_port, ssl=ssl_context, reuse_port=self._slot is not None,
             ssl_handshake_timeout=(header_seconds or None) if ssl_context else None)
         log.info("Exporting HTTP%s/REST API at:localhost:%d ...", "S" if ssl_context else "",
@@ -315,6 +342,7 @@ class Server:
         if self._rest:
             stops.append(self._rest.cleanup())
         await asyncio.gather(*stops, return_exceptions=True)
+        await asyncio.to_thread(self.request_log.close)  # what was sampled, flushed to its files
         await self.manager.stop()
         self._request_pool.shutdown(wait=False, cancel_futures=True)
         self._load_pool.shutdown(wait=False, cancel_futures=True)
@@ -345,6 +373,16 @@ def _return_big_buffers_to_os() -> None:
 
 
 _M_MMAP_THRESHOLD = -3  # malloc.h
+
+
+def _event_loop_factory():
+    """uvloop when installed (a dependency on Linux): its transports and callbacks are C, which
+    roughly halves what the event loop costs per REST request and per refused request."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def _models_of(config: bytes | model_server_config_pb2.ModelServerConfig) -> list[ModelConfig]:
@@ -384,7 +422,8 @@ def run(options: ServerOptions, models: list[ModelConfig], slot: WorkerSlot | No
         return await server.serve()
 
     try:
-        code = asyncio.run(main())
+        with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
+            code = runner.run(main())
     except ServingError as e:  # a version label that can't be set, a port in use, ...
         log.error("%s", e.message)
         code = 1

@@ -127,6 +127,11 @@ class ModelManager:
             raise ServingError.invalid_argument(
                 f"Unrecognized servable version label: {label}") from None
 
+    def labels(self, name: str) -> dict[str, int]:
+        """The model's version labels (label -> version); {} for a model not configured."""
+        model = self._models.get(name)
+        return dict(model.labels) if model is not None and model.configured else {}
+
     @contextlib.contextmanager
     def handle(self, name: str, version: int | None = None) -> Iterator[tuple[int, Any]]:
         """(version, servable) kept loaded for the duration of the ``with`` block."""

@@ -21,9 +21,11 @@ log = logging.getLogger("pyserving.server_core")
 
 
 class ServerCore:
-    def __init__(self, manager: ModelManager, source: FileSystemSource) -> None:
+    def __init__(self, manager: ModelManager, source: FileSystemSource,
+                 on_models: Callable[[list[ModelConfig]], None] | None = None) -> None:
         self._manager = manager
         self._source = source
+        self._on_models = on_models  # told every applied config (the request logger)
         self._lock = asyncio.Lock()
         self.models: list[ModelConfig] = []
 
@@ -40,6 +42,8 @@ class ServerCore:
                 except ServingError as e:
                     errors.append(e)
             self.models = list(models)
+            if self._on_models is not None:
+                self._on_models(self.models)
             if errors:
                 raise errors[0]
 

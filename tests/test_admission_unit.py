@@ -1,0 +1,133 @@
+"""Admission rules on a fake clock (admission.py), and what the REST gate takes for one whole POST
+(rest_gate.py). The server-level behaviour is in test_overload.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pyserving.admission import INTERVAL_SECONDS, TARGET_POSITIONS, Admission
+from pyserving.monitoring import Metrics
+from pyserving.rest_gate import OVERLOADED_MESSAGE, RestGate, whole_post
+
+SERVICE = 0.001  # each request costs 1 ms of the server's time, one at a time
+
+
+class Queue:
+    """A one-at-a-time server on a fake clock: requests arrive, are admitted or refused, and leave
+    in order, each after SERVICE."""
+
+    def __init__(self, admission: Admission) -> None:
+        self.admission = admission
+        self.now = 0.0
+        self.tokens: list = []
+        self.free_at = 0.0
+        self.done_at: list[float] = []
+        self.refused = 0
+
+    def arrive(self) -> bool:
+        self._finish_until(self.now)
+        if self.admission.refusal(now=self.now) is not None:
+            self.refused += 1
+            return False
+        self.tokens.append(self.admission.enter(self.now))
+        self.free_at = max(self.free_at, self.now) + SERVICE
+        self.done_at.append(self.free_at)
+        return True
+
+    def _finish_until(self, t: float) -> None:
+        while self.done_at and self.done_at[0] <= t:
+            self.admission.leave(self.tokens.pop(0), now=self.done_at.pop(0))
+
+    def run_until(self, t: float) -> None:
+        self._finish_until(t)
+        self.now = t
+
+
+def test_a_burst_that_drains_is_never_refused():
+    q = Queue(Admission(limit=0, target=0.005))
+    for second in range(3):  # 60 at once, every 100 ms: 60 ms of work each time, then idle
+        for burst in range(10):
+            q.run_until(second + burst * 0.1)
+            assert all(q.arrive() for _ in range(60))
+    assert q.refused == 0 and not q.admission.shedding
+
+
+def test_a_standing_queue_is_shed_and_accepted_requests_keep_the_target():
+    q = Queue(Admission(limit=0, target=0.005))
+    t, waits = 0.0, []
+    while t < 2.0:  # twice what the server can do: one request every 0.5 ms
+        q.run_until(t)
+        if q.arrive() and t > 0.5:
+            waits.append(q.done_at[-1] - t)
+        t += SERVICE / 2
+    assert q.admission.shedding
+    assert 0.4 < q.refused / (2.0 / (SERVICE / 2)) < 0.6  # about half refused
+    target = max(0.005, TARGET_POSITIONS * SERVICE)  # never below 8 requests' worth
+    assert max(waits) < target + 2 * SERVICE, max(waits)  # accepted ones wait about the target
+    # The flood ends: the queue drains, and after an interval the server takes everything again.
+    q.run_until(t + 1)
+    assert q.arrive()
+    q.run_until(t + 1 + INTERVAL_SECONDS * 2)
+    assert q.arrive() and not q.admission.shedding
+
+
+def test_without_a_target_only_the_bound_and_deadline_refuse():
+    q = Queue(Admission(limit=0, target=0))
+    for i in range(4000):
+        q.run_until(i * SERVICE / 2)
+        assert q.arrive()
+    bounded = Admission(limit=2, target=0)
+    bounded.enter(0.0), bounded.enter(0.0)
+    assert "--max_pending_requests=2" in bounded.refusal(now=0.0)
+
+
+def test_the_target_scales_with_a_slow_models_service_time():
+    # A 100 ms model with 8 closed-loop clients: a queue of 8 is its ordinary state, not an overload.
+    admission = Admission(limit=0, target=0.005)
+    now, tokens = 0.0, []
+    for _ in range(8):
+        tokens.append(admission.enter(now))
+    for step in range(200):
+        now += 0.1
+        admission.leave(tokens.pop(0), now=now)
+        assert admission.refusal(now=now) is None, step
+        tokens.append(admission.enter(now))
+
+
+def _post(body: bytes = b'{"instances": [1.0]}', extra: str = "", version: str = "HTTP/1.1") -> bytes:
+    return (f"POST /v1/models/m:predict {version}\r\nHost: x\r\nContent-Type: application/json\r\n{extra}"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+@pytest.mark.parametrize("data, expected", [
+    (_post(), True),
+    (_post(extra="Connection: close\r\n"), False),
+    (_post(extra="CONTENT-length: 20\r\n"), None),  # two lengths: aiohttp's 400, not ours
+    (_post()[:-1], None),  # the body is still arriving
+    (_post() + _post(), None),  # pipelined
+    (_post(extra="Transfer-Encoding: chunked\r\n"), None),
+    (_post(extra="Expect: 100-continue\r\n"), None),
+    (_post(version="HTTP/1.0"), None),
+    (b"GET /v1/models/m HTTP/1.1\r\nHost: x\r\n\r\n", None),  # health checks are never refused here
+    (b"POST / HTTP/1.1\r\nHost: x\r\n\r\n", True),
+])
+def test_whole_post(data, expected):
+    assert whole_post(data) is expected
+
+
+def test_the_gate_answers_503_with_retry_after_and_tf_servings_error_body():
+    admission = Admission(limit=0, target=0.005)
+    admission.shedding, admission._per_position = True, 0.001
+    for _ in range(50):
+        admission.enter(0.0)
+    metrics = Metrics()
+    answer, keep_alive = RestGate(admission, metrics, cors=True).refuse(_post())
+    head, body = answer.split(b"\r\n\r\n")
+    assert keep_alive and head.startswith(b"HTTP/1.1 503 ")
+    assert b"\r\nRetry-After: 1\r\n" in head and b"\r\nAccess-Control-Allow-Origin: *\r\n" in head
+    assert int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0]) == len(body)
+    assert json.loads(body) == {"error": OVERLOADED_MESSAGE}
+    assert RestGate(admission, metrics).refuse(_post()[:-1]) is None  # not whole: left to aiohttp
+    assert metrics.shed._value.get() == 1
