@@ -1,0 +1,203 @@
+"""Ray Serve (pyserving.ray_serve, N replicas behind Ray's proxies) next to the plain pyserving server.
+
+    .venv/bin/python benchmarks/ray_serve.py [--seconds 10] [--connections 8] [--replicas 2]
+        [--plain-workers 1,2] [--out results/ray_serve.json]
+
+The same model (TF Serving's half_plus_two, ../shared/tfs-testdata) and the same load on each
+target: gRPC Predict of [1.0, 2.0, 5.0] and REST :predict of {"instances": [1.0, 2.0, 5.0]},
+``--connections`` clients with one request in flight each, a short warmup then ``--seconds`` timed.
+Targets: tensorflow_model_server with each ``--plain-workers`` count, then a local Ray cluster
+(ray.init on this machine, every core) serving ``--replicas`` replicas. Load generators: h2load for
+gRPC and wrk for REST when installed, else a Python client with one thread per connection (slower
+than the server it measures: its figures say so). Prints a table; writes JSON only with --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import grpc
+import requests
+
+from _common import Load, free_port, grpc_frame, h2load, percentile, stop_group, wait_ready, wrk  # benchmarks/ on sys.path
+
+MODEL = Path(__file__).resolve().parent.parent.parent / "shared" / "tfs-testdata" / "saved_model_half_plus_two_cpu"
+BIN = Path(sys.executable).parent / "tensorflow_model_server"
+NAME = "hpt"
+BODY = b'{"instances": [1.0, 2.0, 5.0]}'
+EXPECTED = {"predictions": [2.5, 3.0, 4.5]}
+
+
+def predict_request():
+    from tensorflow_serving.apis import predict_pb2
+
+    from pyserving.codecs.tensor_proto import from_numpy
+    import numpy as np
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = NAME
+    request.inputs["x"].CopyFrom(from_numpy(np.array([1.0, 2.0, 5.0], dtype=np.float32)))
+    return request
+
+
+def grpc_call(target: str) -> Callable[[], None]:
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(target))
+    request = predict_request()
+
+    def call() -> None:
+        stub.Predict(request, timeout=30)
+    return call
+
+
+def rest_call(url: str) -> Callable[[], None]:
+    session = requests.Session()
+
+    def call() -> None:
+        response = session.post(url, data=BODY, headers={"Content-Type": "application/json"}, timeout=30)
+        if response.status_code != 200 or response.json() != EXPECTED:
+            raise RuntimeError(f"REST {response.status_code}: {response.text[:200]}")
+    return call
+
+
+def python_load(make_call: Callable[[], Callable[[], None]], connections: int, seconds: float) -> Load:
+    """One thread per connection, each calling back to back until the time is up."""
+    latencies: list[list[float]] = [[] for _ in range(connections)]
+    errors = [0] * connections
+    calls = [make_call() for _ in range(connections)]
+    start = time.perf_counter()
+    deadline = start + seconds
+
+    def run(i: int) -> None:
+        while (begin := time.perf_counter()) < deadline:
+            try:
+                calls[i]()
+            except Exception:  # noqa: BLE001 -- counted, not raised
+                errors[i] += 1
+                continue
+            latencies[i].append((time.perf_counter() - begin) * 1000)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - start
+    merged = [ms for per_thread in latencies for ms in per_thread]
+    return Load(len(merged), sum(errors), elapsed, percentile(merged, 0.5), percentile(merged, 0.99))
+
+
+def measure(grpc_port: int, http_port: int, args: argparse.Namespace, work: Path) -> dict[str, dict]:
+    """gRPC then REST on one target: a warmup, then the timed run."""
+    target, url = f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}/v1/models/{NAME}:predict"
+    request = predict_request()
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=60)
+    rest_call(url)()  # one correct answer each before any load
+    results = {}
+    if shutil.which("h2load"):
+        (work / "body").write_bytes(grpc_frame(request.SerializeToString()))
+        size = len(grpc_frame(response.SerializeToString()))
+        grpc_url = f"http://{target}/tensorflow.serving.PredictionService/Predict"
+        run = lambda s: h2load(grpc_url, work / "body", args.connections, s, work / "h2load.log", size)  # noqa: E731
+        tool = "h2load"
+    else:
+        run = lambda s: python_load(lambda: grpc_call(target), args.connections, s)  # noqa: E731
+        tool = "python threads"
+    run(args.warmup)
+    results["grpc"] = {"tool": tool, **_figures(run(args.seconds))}
+    if shutil.which("wrk"):
+        run = lambda s: wrk(url, BODY, "application/json", args.connections, s, work / "wrk.lua")  # noqa: E731
+        tool = "wrk"
+    else:
+        run = lambda s: python_load(lambda: rest_call(url), args.connections, s)  # noqa: E731
+        tool = "python threads"
+    run(args.warmup)
+    results["rest"] = {"tool": tool, **_figures(run(args.seconds))}
+    return results
+
+
+def _figures(load: Load) -> dict:
+    return {"rps": round(load.rps, 1), "ok": load.ok, "errors": load.errors,
+            "p50_ms": round(load.p50_ms, 2), "p99_ms": round(load.p99_ms, 2)}
+
+
+def plain(workers: int, args: argparse.Namespace, work: Path) -> dict[str, dict]:
+    grpc_port, http_port = free_port(), free_port()
+    with open(work / f"plain-{workers}.log", "wb") as log:
+        proc = subprocess.Popen([str(BIN), f"--port={grpc_port}", f"--rest_api_port={http_port}",
+                                 f"--model_name={NAME}", f"--model_base_path={MODEL}", f"--num_workers={workers}"],
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_ready(f"http://127.0.0.1:{http_port}/v1/models/{NAME}/ready", proc)
+        return measure(grpc_port, http_port, args, work)
+    finally:
+        stop_group(proc)
+
+
+def on_ray(args: argparse.Namespace, work: Path) -> dict[str, dict]:
+    import ray
+    from ray import serve
+
+    from pyserving import ray_serve
+
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's Unix sockets live there
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
+             _temp_dir=temp_dir, log_to_driver=False)
+    try:
+        grpc_port, http_port = free_port(), free_port()
+        ray_serve.start_proxies(grpc_port, http_port, host="127.0.0.1")
+        replicas = {"num_replicas": args.replicas,
+                    "ray_actor_options": {"num_cpus": (os.cpu_count() or 1) / args.replicas}}
+        serve.run(ray_serve.build_app({"model_name": NAME, "model_base_path": str(MODEL), **replicas}))
+        return measure(grpc_port, http_port, args, work)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--warmup", type=float, default=2)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--replicas", type=int, default=2)
+    parser.add_argument("--plain-workers", default="1,2", help="comma-separated --num_workers counts")
+    parser.add_argument("--out", type=Path, help="write the figures here as JSON")
+    args = parser.parse_args()
+    rows: dict[str, dict[str, dict]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for workers in (int(w) for w in args.plain_workers.split(",") if w):
+            rows[f"plain --num_workers={workers}"] = plain(workers, args, work)
+        rows[f"ray serve, {args.replicas} replicas"] = on_ray(args, work)
+    print(f"\nhalf_plus_two, {args.connections} connections, {args.seconds:g} s each, {os.cpu_count()} cores")
+    print(f"{'target':30} {'protocol':8} {'tool':14} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+    for target, protocols in rows.items():
+        for protocol, f in protocols.items():
+            print(f"{target:30} {protocol:8} {f['tool']:14} {f['rps']:9.1f} {f['p50_ms']:8.2f} "
+                  f"{f['p99_ms']:8.2f} {f['errors']:6d}")
+    if args.out:
+        args.out.write_text(json.dumps({"seconds": args.seconds, "connections": args.connections,
+                                        "cores": os.cpu_count(), "results": rows}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

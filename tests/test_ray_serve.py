@@ -1,0 +1,323 @@
+"""pyserving as a Ray Serve application (ray_serve.py) on a real local Ray cluster.
+
+One cluster for the module: half_plus_two (y = x/2 + 2) with 2 replicas, TF Serving's gRPC services
+through Ray's gRPC proxy (the official PredictionServiceStub, no `application` metadata) and its REST
+API through Ray's HTTP proxy. Which replica answered comes from the REST header / gRPC trailing
+metadata the replicas add (never from the body).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+import threading
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+
+import grpc
+import numpy as np
+import pytest
+import requests
+
+from aiohttp.test_utils import TestClient, TestServer
+from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2_grpc)
+
+with warnings.catch_warnings():  # Ray's own models use pydantic's deprecated Field(extra=...)
+    warnings.simplefilter("ignore", DeprecationWarning)
+    ray = pytest.importorskip("ray")
+    from ray import serve
+
+from pyserving import ray_serve  # noqa: E402
+from pyserving.codecs.tensor_proto import from_numpy, to_numpy  # noqa: E402
+from pyserving.errors import Code, ServingError  # noqa: E402
+from pyserving.rest_service import RestService  # noqa: E402
+from support.server import HALF_PLUS_TWO, free_port, wait_for  # noqa: E402
+
+MODEL = "hpt"
+REPLICAS = 2
+REPLICA_PREFIX = f"SERVE_REPLICA::default#{ray_serve.DEPLOYMENT_NAME}#"
+X = [1.0, 2.0, 5.0]
+Y = [2.5, 3.0, 4.5]
+START_TIMEOUT = 180.0
+
+
+@dataclass
+class Cluster:
+    base: Path
+    grpc_target: str
+    http_url: str
+    channel: grpc.Channel = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.channel = grpc.insecure_channel(self.grpc_target)
+        self.predict_stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self.model_stub = model_service_pb2_grpc.ModelServiceStub(self.channel)
+
+    def predict(self, version: int | None = None) -> tuple[list[float], int, str]:
+        """One gRPC Predict: (y, the version that answered, the replica that answered)."""
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = MODEL
+        if version is not None:
+            request.model_spec.version.value = version
+        request.inputs["x"].CopyFrom(from_numpy(np.array(X, dtype=np.float32)))
+        response, call = self.predict_stub.Predict.with_call(request, timeout=30)
+        return (to_numpy(response.outputs["y"]).tolist(), response.model_spec.version.value,
+                _replica(call.trailing_metadata()))
+
+    def rest_predict(self, version: int | None = None) -> requests.Response:
+        path = f"/v1/models/{MODEL}" + (f"/versions/{version}" if version is not None else "") + ":predict"
+        return requests.post(self.http_url + path, json={"instances": X}, timeout=30)
+
+    def status(self) -> tuple[dict[int, str], str]:
+        """GetModelStatus: {version: state} and the replica that answered."""
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = MODEL
+        response, call = self.model_stub.GetModelStatus.with_call(request, timeout=30)
+        states = {v.version: get_model_status_pb2.ModelVersionStatus.State.Name(v.state)
+                  for v in response.model_version_status}
+        return states, _replica(call.trailing_metadata())
+
+
+def _replica(metadata) -> str:
+    return dict(metadata or ())[ray_serve.REPLICA_METADATA]
+
+
+def replica_actors() -> set[str]:
+    """The live replica actors' names (Ray's named-actor list: no dashboard needed)."""
+    return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["namespace"] == "serve" and a["name"].startswith(REPLICA_PREFIX)}
+
+
+def replica_ids() -> set[str]:
+    return {name[len(REPLICA_PREFIX):] for name in replica_actors()}
+
+
+def add_version(base: Path, version: int) -> None:
+    """Copy half_plus_two in as ``base/<version>``, whole at once (a rename)."""
+    staging = base / f".staging-{version}"
+    shutil.copytree(HALF_PLUS_TWO / "00000123", staging)
+    for path in [staging, *staging.rglob("*")]:  # shared/ is read-only; the copy must be removable
+        path.chmod(path.stat().st_mode | 0o200)
+    staging.rename(base / str(version))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory):
+    base = tmp_path_factory.mktemp("ray_models") / MODEL
+    base.mkdir()
+    add_version(base, 1)
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's Unix sockets live there
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             _temp_dir=temp_dir, log_to_driver=False)
+    try:
+        grpc_port, http_port = free_port(), free_port()
+        ray_serve.start_proxies(grpc_port, http_port, host="127.0.0.1")
+        serve.run(ray_serve.build_app({
+            "model_name": MODEL, "model_base_path": str(base), "num_replicas": REPLICAS,
+            # A killed replica is noticed by the next health check: 1 s instead of Ray's 10 s.
+            "health_check_period_s": 1, "ray_actor_options": {"num_cpus": 0.5}}))
+        cluster = Cluster(base, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}")
+        yield cluster
+        cluster.channel.close()
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+class FakeDataPlane:
+    """Enough of a DataPlane for the REST layer's routes, answers and errors."""
+
+    def readiness(self):
+        return {MODEL: True, "loading": False}
+
+    async def status(self, spec):
+        raise ServingError(Code.NOT_FOUND, f"Could not find any versions of model {spec.name}")
+
+    def resolve(self, spec):
+        raise ServingError(Code.NOT_FOUND, f"Servable not found for request: Latest({spec.name})")
+
+    async def predict(self, spec, decode, output_filter, encode, caller):
+        raise ServingError(Code.UNAVAILABLE, "busy")
+
+
+REST_REQUESTS = [
+    ("GET", "/v1/models/m", b""), ("GET", "/v1/models/m/ready", b""), ("GET", "/readyz", b""),
+    ("GET", "/healthz", b""), ("HEAD", "/healthz", b""), ("GET", "/v1/models/m/versions/x", b""),
+    ("PUT", "/v1/models/m", b""), ("GET", "/elsewhere", b""), ("OPTIONS", "/v1/models/m:predict", b""),
+    ("POST", "/v1/models/m:predict", b'{"instances": [1.0]}'), ("POST", "/v1/models/m:predict", b"{nope"),
+    ("POST", "/v1/models/m:predict", b'{"instances": [1.0, 2.0, 3.0, 4.0]}'),  # over the 16-byte limit
+]
+
+
+@pytest.mark.parametrize("cors", [False, True])
+def test_rest_respond_answers_as_the_rest_server(cors: bool) -> None:
+    """What Ray's HTTP proxy hands to RestService.respond is answered as pyserving's aiohttp REST
+    server answers it: status, body and headers (less the ones the transport adds)."""
+    service = RestService(FakeDataPlane(), cors=cors, max_body_bytes=16)
+    headers = {"Content-Type": "application/json"}
+
+    async def compare() -> None:
+        async with TestClient(TestServer(service.app())) as client:
+            for method, path, body in REST_REQUESTS:
+                served = await client.request(method, path, data=body, headers=headers)
+                answer = await service.respond(method, path, headers, body)
+                expected = {k: v for k, v in served.headers.items()
+                            if k not in ("Date", "Server", "Content-Length")}
+                assert (answer.status, answer.body, answer.headers) == \
+                    (served.status, await served.read(), expected), (method, path, body)
+    asyncio.run(compare())
+
+
+def answers_from_every_replica(call, replicas: int = REPLICAS, timeout: float = 60) -> Counter:
+    """Call ``call() -> replica id`` until ``replicas`` distinct replicas have answered."""
+    seen: Counter = Counter()
+    wait_for(lambda: seen.update([call()]) or len(seen) >= replicas, timeout,
+             f"answers from {replicas} replicas (so far {dict(seen)})", interval=0)
+    return seen
+
+
+def test_grpc_and_rest_answers_come_from_both_replicas(cluster: Cluster) -> None:
+    assert len(replica_ids()) == REPLICAS
+
+    def grpc_call() -> str:
+        y, version, replica = cluster.predict()  # the official stub, no `application` metadata
+        assert (y, version) == (Y, 1)
+        return replica
+
+    def rest_call() -> str:
+        response = cluster.rest_predict()
+        assert response.status_code == 200, response.text
+        assert response.json() == {"predictions": Y}
+        assert response.headers["Content-Type"] == "application/json"
+        return response.headers[ray_serve.REPLICA_HEADER]
+
+    assert set(answers_from_every_replica(grpc_call)) == replica_ids()
+    assert set(answers_from_every_replica(rest_call)) == replica_ids()
+
+    # TF Serving's errors, in both protocols, as the plain server gives them.
+    missing = requests.post(cluster.http_url + "/v1/models/nope:predict", json={"instances": X}, timeout=30)
+    assert missing.status_code == 404
+    assert missing.json() == {"error": "Servable not found for request: Latest(nope)"}
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "nope"
+    with pytest.raises(grpc.RpcError) as error:
+        cluster.predict_stub.Predict(request, timeout=30)
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    assert error.value.details() == "Servable not found for request: Latest(nope)"
+    status = requests.get(f"{cluster.http_url}/v1/models/{MODEL}", timeout=30)
+    assert status.json() == {"model_version_status": [
+        {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
+
+
+class Traffic:
+    """Client threads sending Predict (gRPC and REST) until stopped; counts what failed."""
+
+    def __init__(self, cluster: Cluster, grpc_threads: int = 2, rest_threads: int = 1) -> None:
+        self._cluster = cluster
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.ok: Counter = Counter()  # replica id -> answers
+        self.failures: list[str] = []
+        self.threads = [threading.Thread(target=self._run, args=(rest,), daemon=True)
+                        for rest in [False] * grpc_threads + [True] * rest_threads]
+
+    def __enter__(self) -> "Traffic":
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for thread in self.threads:
+            thread.join(60)
+
+    def _run(self, rest: bool) -> None:
+        session = requests.Session()
+        while not self._stop.is_set():
+            try:
+                if rest:
+                    response = session.post(self._cluster.http_url + f"/v1/models/{MODEL}:predict",
+                                            json={"instances": X}, timeout=30)
+                    if response.status_code != 200 or response.json() != {"predictions": Y}:
+                        raise AssertionError(f"REST {response.status_code}: {response.text[:200]}")
+                    replica = response.headers[ray_serve.REPLICA_HEADER]
+                else:
+                    y, _, replica = self._cluster.predict()
+                    if y != Y:
+                        raise AssertionError(f"gRPC answered {y}")
+            except Exception as e:  # noqa: BLE001 -- every failure counts
+                with self._lock:
+                    self.failures.append(f"{'REST' if rest else 'gRPC'}: {type(e).__name__}: {str(e)[:300]}")
+                continue
+            with self._lock:
+                self.ok[replica] += 1
+
+    def answered(self, replica: str) -> bool:
+        with self._lock:
+            return self.ok[replica] > 0
+
+
+def test_a_killed_replica_is_replaced_while_clients_send(cluster: Cluster) -> None:
+    before = replica_actors()
+    assert len(before) == REPLICAS
+    with Traffic(cluster) as traffic:
+        wait_for(lambda: len(traffic.ok) == REPLICAS and sum(traffic.ok.values()) >= 100, 60,
+                 "traffic reaching both replicas")
+        busiest = traffic.ok.most_common(1)[0][0]  # the likeliest to have requests in flight
+        victim = REPLICA_PREFIX + busiest
+        assert victim in before
+        ray.kill(ray.get_actor(victim, namespace="serve"))
+        killed_at = time.monotonic()
+
+        def replaced() -> bool:
+            now = replica_actors()
+            new = now - before
+            return victim not in now and len(now) == REPLICAS and len(new) == 1 and \
+                traffic.answered(next(iter(new))[len(REPLICA_PREFIX):])
+        wait_for(replaced, START_TIMEOUT, "a new replica answering in place of the killed one", interval=0.2)
+        replaced_in = time.monotonic() - killed_at
+        ok_at_replacement = sum(traffic.ok.values())
+        wait_for(lambda: sum(traffic.ok.values()) >= ok_at_replacement + 20, 60, "traffic after the replacement")
+    # A client thread has one request in flight at a time: at most that many met the dying replica.
+    print(f"replica replaced in {replaced_in:.1f} s; {sum(traffic.ok.values())} answered "
+          f"{dict(traffic.ok)}; {len(traffic.failures)} failed: {traffic.failures}")
+    assert len(traffic.failures) <= len(traffic.threads), traffic.failures
+    assert traffic.ok[victim[len(REPLICA_PREFIX):]] > 0
+
+
+def test_a_new_version_reaches_every_replica(cluster: Cluster) -> None:
+    replicas = replica_ids()
+    assert len(replicas) == REPLICAS
+    add_version(cluster.base, 2)
+    on_v2: set[str] = set()
+
+    def every_replica_serves_v2() -> bool:
+        states, replica = cluster.status()
+        if states.get(2) == "AVAILABLE":
+            on_v2.add(replica)
+        return on_v2 >= replicas
+    # Each replica polls the base path every second (--file_system_poll_wait_seconds).
+    wait_for(every_replica_serves_v2, 60, f"version 2 AVAILABLE on every replica (so far {on_v2})", interval=0.05)
+
+    def grpc_call() -> str:
+        y, version, replica = cluster.predict(version=2)
+        assert (y, version) == (Y, 2)
+        return replica
+
+    def rest_call() -> str:
+        response = cluster.rest_predict(version=2)
+        assert response.status_code == 200, response.text
+        assert response.json() == {"predictions": Y}
+        return response.headers[ray_serve.REPLICA_HEADER]
+
+    assert set(answers_from_every_replica(grpc_call)) == replicas
+    assert set(answers_from_every_replica(rest_call)) == replicas
