@@ -138,7 +138,7 @@ def _supervise(options: ServerOptions, models: list[ModelConfig], count: int) ->
 
 
 def _run_server(options: ServerOptions, models: list[ModelConfig], slot: WorkerSlot | None) -> int:
-    from .server import run
+    from .process import run
 
     return run(options, models, slot)
 

@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import gc
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import NoReturn
 
 import grpc
 from aiohttp import web
 from tensorflow_serving.config import model_server_config_pb2
 
-from . import __version__
 from .admission import Admission, default_limit
-from .rest_gate import RestGate
 from .batching import PER_MODEL_FILE, BatchingOptions, BatchingServable
 from .config import ConfigError, ModelConfig, models_from_proto, read_model_config_file
 from .core.manager import ModelManager, RetryPolicy
@@ -37,6 +31,7 @@ from .monitoring import Metrics, PrometheusSettings
 from .options import ServerOptions
 from .peers import PeerService, Peers, merge_status
 from .request_log import RequestLogger
+from .rest_gate import RestGate
 from .rest_service import RestService
 from .status_page import StatusPage
 from .profiler_service import ProfilerServicer
@@ -52,8 +47,6 @@ log = logging.getLogger("pyserving.server")
 DRAIN_SECONDS = 10.0
 # A SIGTERM while starting: seconds the cancelled start-up gets to clean up before the exit.
 ABORT_SECONDS = 1.0
-# After the drain: seconds to wait for load / request threads busy inside TensorFlow.
-THREAD_EXIT_SECONDS = 0.5
 
 
 class Server:
@@ -362,29 +355,6 @@ def runtime_settings(o: ServerOptions) -> RuntimeSettings:
         tflite_interpreters_per_pool=o.num_tflite_interpreters_per_pool or o.num_tflite_interpreters)
 
 
-def _return_big_buffers_to_os() -> None:
-    """Buffers of 1 MiB and more (request bodies, tensors) are mmapped, so freeing them gives the
-    memory back: glibc's default raises this threshold after the first big free, after which a
-    rejected 16 MiB body stays in the heap. glibc only; elsewhere the allocator's default stays."""
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, 1 << 20)
-    except (OSError, AttributeError):
-        pass
-
-
-_M_MMAP_THRESHOLD = -3  # malloc.h
-
-
-def _event_loop_factory():
-    """uvloop when installed (a dependency on Linux): its transports and callbacks are C, which
-    roughly halves what the event loop costs per REST request and per refused request."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
 def _models_of(config: bytes | model_server_config_pb2.ModelServerConfig) -> list[ModelConfig]:
     if isinstance(config, bytes):
         config = model_server_config_pb2.ModelServerConfig.FromString(config)
@@ -392,50 +362,3 @@ def _models_of(config: bytes | model_server_config_pb2.ModelServerConfig) -> lis
         return models_from_proto(config)
     except ConfigError as e:
         raise ServingError.invalid_argument(str(e)) from None
-
-
-def run(options: ServerOptions, models: list[ModelConfig], slot: WorkerSlot | None = None) -> int:
-    server: Server | None = None
-    _return_big_buffers_to_os()
-
-    async def main() -> int:
-        nonlocal server
-        server = Server(options, models, slot)
-        # The hundreds of thousands of objects TensorFlow's import made live for good: out of the
-        # collector's sight, a request that builds many (a 224x224x3 JSON image: 50k lists) no
-        # longer pays ~170 ms full collections over them. Models loaded later stay collectable.
-        gc.freeze()
-        loop = asyncio.get_running_loop()
-
-        def on_signal(signum: int) -> None:
-            if server.exit_requested:
-                if signum == signal.SIGINT:  # Ctrl-C twice: don't wait for the drain
-                    log.warning("SIGINT received again: exiting now")
-                    _exit_now(128 + signum)
-                return  # a repeated SIGTERM (supervisors resend it) lets the drain finish
-            log.info("Received %s", signal.Signals(signum).name)
-            server.request_exit(signum)
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal, sig)
-        log.info("pyserving %s (TensorFlow Serving compatible) starting", __version__)
-        return await server.serve()
-
-    try:
-        with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
-            code = runner.run(main())
-    except ServingError as e:  # a version label that can't be set, a port in use, ...
-        log.error("%s", e.message)
-        code = 1
-    if server is not None and not server.threads_finished(THREAD_EXIT_SECONDS):
-        log.warning("Exiting without waiting for a model load or model call still running in TensorFlow")
-        _exit_now(code)
-    return code
-
-
-def _exit_now(code: int) -> NoReturn:
-    """Exit at once, without joining threads stuck in TensorFlow (they can't be interrupted)."""
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
