@@ -64,7 +64,7 @@ def test_a_standing_queue_is_shed_and_accepted_requests_keep_the_target():
         t += SERVICE / 2
     assert q.admission.shedding
     assert 0.4 < q.refused / (2.0 / (SERVICE / 2)) < 0.6  # about half refused
-    target = max(0.005, TARGET_POSITIONS * SERVICE)  # never below 8 requests' worth
+    target = max(0.005, TARGET_POSITIONS * SERVICE)  # never below 16 requests' worth
     assert max(waits) < target + 2 * SERVICE, max(waits)  # accepted ones wait about the target
     # The flood ends: the queue drains, and after an interval the server takes everything again.
     q.run_until(t + 1)

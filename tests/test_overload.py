@@ -138,7 +138,7 @@ def _rest_client(server: ServerProcess, until: float, micros: int) -> list[tuple
 def test_a_standing_rest_queue_is_shed_at_the_connection(tmp_path, base):
     """48 connections back to back on a slow model that runs one at a time: without shedding each
     request would wait behind the 47 others. With it, the excess is refused (at the connection,
-    mostly) and accepted requests wait about the target (8 requests' worth, for a slow model)."""
+    mostly) and accepted requests wait about the target (16 requests' worth, for a slow model)."""
     server = ServerProcess("--model_name=sleeper", f"--model_base_path={base / 'sleeper'}",
                            "--grpc_max_threads=1", "--queue_delay_target_in_ms=5",
                            log_path=tmp_path / "server.log").wait_ready()

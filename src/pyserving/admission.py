@@ -37,7 +37,7 @@ RETRY_AFTER_SECONDS = 1
 PENDING_PER_WORKER = 128
 QUEUE_DELAY_TARGET_MS = 5
 INTERVAL_SECONDS = 0.1  # CoDel's: a queue must stand this long to count as an overload
-TARGET_POSITIONS = 8
+TARGET_POSITIONS = 16  # so up to 16 requests at once per worker are never refused by the rule
 OVERLOADED_MESSAGE = ("Server is overloaded: requests have been queueing longer than "
                       "--queue_delay_target_in_ms; retry later")
 _SMOOTHING = 0.05  # weight of the newest request in the moving average
