@@ -19,9 +19,11 @@ demo: venv
 	$(VENV)/bin/pyserving mnist demo --data-dir "$(MNIST_DIR)"
 
 # System packages, installed with apt-get only when missing: the status page's test runs Chromium;
-# the benchmarks drive load with h2load (nghttp2-client) and wrk.
+# the benchmarks drive load with h2load (nghttp2-client) and wrk. The Azure tests run Azurite,
+# installed with npm into .tools/npm when missing (3.35.0: the last release that runs on Node 20).
 test-packages:
-	tools/ensure-debian-packages.sh chromium fonts-dejavu-core:-
+	tools/ensure-debian-packages.sh chromium fonts-dejavu-core:- npm
+	tools/ensure-npm-tools.sh azurite@3.35.0:azurite-blob
 
 bench-packages:
 	tools/ensure-debian-packages.sh nghttp2-client:h2load wrk

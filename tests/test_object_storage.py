@@ -1,9 +1,13 @@
 """Models and config files in object storage, served from real protocol servers on loopback:
-moto's S3 server and gcp-storage-emulator's GCS server, each in a thread of the test process."""
+moto's S3 server and gcp-storage-emulator's GCS server, each in a thread of the test process, and
+Azurite (Microsoft's Azure Storage emulator, installed by `make test` into .tools/npm) as a process."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -11,11 +15,16 @@ import pytest
 import requests
 
 from support import models
-from support.server import ServerProcess, free_port, wait_for
+from support.server import ServerProcess, free_port, port_open, wait_for
 from support.traffic import Traffic
 
 TFS = Path(__file__).resolve().parents[2] / "shared" / "tfs-testdata"
 HALF_PLUS_TWO = TFS / "saved_model_half_plus_two_cpu" / "00000123"
+# Installed by `make test-packages` (tools/ensure-npm-tools.sh), never by a test.
+AZURITE = Path(__file__).resolve().parents[1] / ".tools" / "npm" / "node_modules" / ".bin" / "azurite-blob"
+# Azurite's account and its published, well-known key (Azurite's README): no real account's.
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
 class Store:
@@ -26,19 +35,39 @@ class Store:
         # moto keeps its buckets process-wide, whichever server is asked: one bucket per store.
         self.bucket = f"models-{self.port}"
         endpoint = f"http://127.0.0.1:{self.port}"
+        self.secrets: tuple[str, ...] = ()  # what must never reach the server's log
+        self._server = self._azurite = None
         if kind == "s3":
             from moto.server import ThreadedMotoServer
             import s3fs
 
             self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
             self._server.start()
-            credentials = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+            secret = "pyserving-test-secret-access-key"
+            credentials = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": secret,
                            "AWS_DEFAULT_REGION": "us-east-1"}
+            self.secrets = (secret,)
             self.env = {**credentials, "AWS_ENDPOINT_URL": endpoint}
             # TF Serving's own variables for an S3-compatible store, as its users set them.
             self.tf_serving_env = {**credentials, "S3_ENDPOINT": f"127.0.0.1:{self.port}", "S3_USE_HTTPS": "0"}
-            self.fs = s3fs.S3FileSystem(key="test", secret="test", client_kwargs={"endpoint_url": endpoint})
+            self.fs = s3fs.S3FileSystem(key="test", secret=secret, client_kwargs={"endpoint_url": endpoint})
             self.fs.mkdir(self.bucket)
+        elif kind == "azure":
+            import adlfs
+            from azure.storage.blob import BlobServiceClient
+
+            connection = (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
+                          f"AccountKey={AZURITE_KEY};BlobEndpoint={endpoint}/{AZURITE_ACCOUNT};")
+            self.secrets = (AZURITE_KEY, connection)
+            try:
+                self._start_azurite()
+                BlobServiceClient.from_connection_string(connection).create_container(self.bucket)
+            except BaseException:
+                self.stop()
+                raise
+            # The standard variable of Azure's SDKs, which adlfs reads.
+            self.env = {"AZURE_STORAGE_CONNECTION_STRING": connection}
+            self.fs = adlfs.AzureBlobFileSystem(connection_string=connection)
         else:
             from gcp_storage_emulator.server import create_server
 
@@ -50,7 +79,32 @@ class Store:
             import gcsfs
 
             self.fs = gcsfs.GCSFileSystem(token="anon", endpoint_url=endpoint)
-        self.scheme = "s3" if kind == "s3" else "gs"
+        self.scheme = {"s3": "s3", "gcs": "gs", "azure": "az"}[kind]
+
+    def _start_azurite(self) -> None:
+        if not AZURITE.exists():
+            pytest.fail(f"Azurite is not installed at {AZURITE}: run `make test-packages` "
+                        "(tools/ensure-npm-tools.sh installs it with npm)")
+        self._location = tempfile.mkdtemp(prefix="azurite-")
+        self._azurite_log = open(os.path.join(self._location, "azurite.log"), "wb")
+        self._azurite = subprocess.Popen(
+            [str(AZURITE), "--blobHost", "127.0.0.1", "--blobPort", str(self.port), "--location",
+             self._location, "--silent", "--skipApiVersionCheck", "--loose", "--disableTelemetry"],
+            stdout=self._azurite_log, stderr=subprocess.STDOUT)
+
+        def answers() -> bool:
+            if self._azurite.poll() is not None:
+                log = Path(self._location, "azurite.log").read_text(errors="replace")
+                raise AssertionError(f"Azurite exited with {self._azurite.returncode}:\n{log}")
+            if not port_open(self.port):
+                return False
+            try:  # any HTTP answer (an unsigned request is refused) means the blob service is up
+                requests.get(f"http://127.0.0.1:{self.port}/{AZURITE_ACCOUNT}?comp=list", timeout=5)
+            except requests.RequestException:
+                return False
+            return True
+
+        wait_for(answers, 60, "Azurite to answer", interval=0.1)
 
     def url(self, key: str) -> str:
         return f"{self.scheme}://{self.bucket}/{key}"
@@ -63,10 +117,20 @@ class Store:
         self.fs.invalidate_cache()
 
     def stop(self) -> None:
-        self._server.stop()
+        if self._server is not None:
+            self._server.stop()
+        if self._azurite is not None:
+            self._azurite.terminate()
+            try:
+                self._azurite.wait(30)
+            except subprocess.TimeoutExpired:
+                self._azurite.kill()
+                self._azurite.wait()
+            self._azurite_log.close()
+            shutil.rmtree(self._location, ignore_errors=True)
 
 
-@pytest.fixture(params=["s3", "gcs"], scope="module")
+@pytest.fixture(params=["s3", "gcs", "azure"], scope="module")
 def store(request):
     store = Store(request.param)
     yield store
@@ -92,6 +156,7 @@ def test_serves_tf_serving_half_plus_two_from_the_store(store, tmp_path):
         assert "Copied " + store.url("hpt/00000123") in server.log()
     finally:
         assert server.stop() == 0
+    assert not [secret for secret in store.secrets if secret in server.log()]
 
 
 def _linear_value(server: ServerProcess, version: int | None = None) -> float:
@@ -133,6 +198,7 @@ def test_a_version_loads_only_once_uploaded_whole_with_no_failed_request(store, 
     finally:
         assert server.stop() == 0
     assert not [p for p in cache.iterdir() if p.name.startswith(".partial-")]  # no download left half-done
+    assert not [secret for secret in store.secrets if secret in server.log()]
 
 
 def test_an_outage_of_the_store_keeps_serving_and_is_logged_once(tmp_path):
@@ -173,16 +239,47 @@ def test_config_file_in_the_store_with_tf_serving_s3_variables(tmp_path):
         store.stop()
 
 
-def test_a_store_without_its_client_says_which_extra_to_install():
-    from pyserving.core.storage import StorageError, filesystem
+def test_config_file_in_azure_with_an_adls_gen2_url_of_the_account(tmp_path):
+    """The config file read from az://, the base path in ADLS Gen2's own form, which names the
+    account in the host (abfss://container@account.dfs.core.windows.net/path)."""
+    store = Store("azure")
+    try:
+        store.upload(HALF_PLUS_TWO, "models/hpt/1")
+        base_path = f"abfss://{store.bucket}@{AZURITE_ACCOUNT}.dfs.core.windows.net/models/hpt"
+        config = tmp_path / "models.config"
+        config.write_text(f'model_config_list {{ config {{ name: "hpt" base_path: "{base_path}" '
+                          'model_platform: "tensorflow" } }\n')
+        store.fs.put_file(str(config), f"{store.bucket}/config/models.config")
+        server = _serve(store, tmp_path, f"--model_config_file={store.url('config/models.config')}")
+        try:
+            assert _predict(server, "hpt", [2.0, 4.0]) == [3.0, 4.0]
+            assert f"Copied {base_path}/1" in server.log()
+        finally:
+            assert server.stop() == 0
+        assert not [secret for secret in store.secrets if secret in server.log()]
+    finally:
+        store.stop()
 
-    if _installed("adlfs"):
-        pytest.fail("adlfs is installed here: this test needs a store whose client is missing")
-    with pytest.raises(StorageError, match=r"pip install 'pyserving\[azure\]'"):
-        filesystem("az://container/models/m")
+
+def test_the_account_of_an_adls_gen2_url_is_the_one_used(monkeypatch):
+    from pyserving.core.storage import filesystem
+
+    for name in [n for n in os.environ if n.startswith("AZURE_STORAGE_")]:
+        monkeypatch.delenv(name)  # a connection string would name its own account
+    fs = filesystem("abfss://models@pyservingdocs.dfs.core.windows.net/hpt")
+    assert fs.account_name == "pyservingdocs"
+    assert fs.account_url == "https://pyservingdocs.blob.core.windows.net"
 
 
-def _installed(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
+def test_a_store_without_its_client_says_which_extra_to_install(tmp_path):
+    # The real server, with adlfs hidden by a package of that name that fails to import.
+    hidden = tmp_path / "hide" / "adlfs"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text('raise ModuleNotFoundError("No module named \'adlfs\'", name="adlfs")\n')
+    server = ServerProcess("--model_name=m", "--model_base_path=az://container/models/m",
+                           log_path=tmp_path / "server.log", env={"PYTHONPATH": str(hidden.parent)}).wait_ready()
+    try:
+        wait_for(lambda: "Cannot list base path az://container/models/m" in server.log(), 60, "the listing to fail")
+        assert "pip install 'pyserving[azure]'" in server.log()
+    finally:
+        assert server.stop() == 0

@@ -50,15 +50,21 @@ def filesystem(path: str) -> Any:
         import fsspec
 
         return fsspec.filesystem(protocol, use_listings_cache=False, skip_instance_cache=False,
-                                 **_store_options(protocol))
+                                 **_store_options(protocol, path))
     except ImportError as e:
         raise StorageError(f"Reading {scheme}:// paths needs the store's client: "
                            f"pip install 'pyserving[{extra}]' ({e})") from None
 
 
-def _store_options(protocol: str) -> dict[str, Any]:
+def _store_options(protocol: str, path: str) -> dict[str, Any]:
+    if protocol in ("az", "abfs"):
+        # adlfs reads AZURE_STORAGE_CONNECTION_STRING / _ACCOUNT_NAME / _ACCOUNT_KEY ...; the account
+        # of an ADLS Gen2 URL (abfss://container@ACCOUNT.dfs.core.windows.net/...) is the URL's.
+        from adlfs import AzureBlobFileSystem
+
+        return AzureBlobFileSystem._get_kwargs_from_urls(path)
     if protocol != "s3":
-        return {}  # gcsfs and adlfs read their standard variables (STORAGE_EMULATOR_HOST, AZURE_*)
+        return {}  # gcsfs reads its standard variables (STORAGE_EMULATOR_HOST, ...)
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if not endpoint and os.environ.get("S3_ENDPOINT"):  # TF Serving's S3 variables
         endpoint = os.environ["S3_ENDPOINT"]
@@ -73,7 +79,8 @@ def _store_options(protocol: str) -> dict[str, Any]:
 
 def read_bytes(path: str) -> bytes:
     try:
-        return filesystem(path).cat_file(_strip(path))
+        fs = filesystem(path)
+        return fs.cat_file(_strip(fs, path))
     except StorageError:
         raise
     except Exception as e:  # each store raises its own kinds
@@ -90,7 +97,7 @@ class RemoteVersions:
     def list_versions(self, base_path: str) -> dict[int, str]:
         fs = filesystem(base_path)
         try:
-            entries = fs.ls(_strip(base_path), detail=True)
+            entries = fs.ls(_strip(fs, base_path), detail=True)
             versions = {}
             for entry in entries:
                 name = posixpath.basename(entry["name"].rstrip("/"))
@@ -125,7 +132,7 @@ class RemoteVersions:
 
 
 def _fingerprint(fs: Any, path: str) -> tuple:
-    root = _strip(path).rstrip("/") + "/"
+    root = _strip(fs, path).rstrip("/") + "/"
     files = fs.find(root, detail=True)
     return tuple(sorted((name[len(root):], info.get("size"), info.get("ETag") or info.get("etag")
                          or info.get("md5Hash") or info.get("mtime"))
@@ -159,7 +166,7 @@ class VersionCache:
         try:
             start = time.perf_counter()
             fs = filesystem(remote)
-            source = _strip(remote).rstrip("/")
+            source = _strip(fs, remote).rstrip("/")
             files = fs.find(source + "/", detail=True)
             names = list(files)
             targets = [os.path.join(partial, os.path.relpath(name, source)) for name in names]
@@ -190,9 +197,10 @@ class VersionCache:
             shutil.rmtree(self._root, ignore_errors=True)
 
 
-def _strip(path: str) -> str:
-    """fsspec's path for a URL: gcsfs and s3fs take 'bucket/key' (the scheme is the filesystem's)."""
-    return path.split("://", 1)[1]
+def _strip(fs: Any, path: str) -> str:
+    """fsspec's path for a URL, 'bucket/key', as the store's own listings name it: the same form
+    for abfss://container@account.dfs.core.windows.net/key as for az://container/key."""
+    return fs._strip_protocol(path)
 
 
 def _reason(e: Exception) -> str:
