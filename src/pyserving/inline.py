@@ -10,27 +10,37 @@ In a worker thread the cost is the thread's CPU time: its wall time is mostly wa
 the GIL when the server is busy, which would keep cheap models in threads exactly when the
 hop costs most. CPU time misses work that TensorFlow does in its own threads and time spent
 sleeping, so the loop checks what it is given: an inline call that takes longer than
-``BAN_SECONDS`` of wall time sends its key to worker threads for good. A model can block the
-loop once, never again. Batching servables always use threads: their calls wait.
+``BAN_SECONDS`` of wall time sends its key to worker threads until its average is small again,
+and the ``BAN_STRIKES``-th such call (less what ordinary calls forgave) for good. A model can
+block the loop a few times, never for long. Batching servables always use threads: their calls wait.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Hashable
 
 INLINE_MAX_SECONDS = 0.0005
 BAN_SECONDS = 0.005
+# Inline calls past BAN_SECONDS before a key goes to threads for good: one could be the process
+# being descheduled (a busy node, a CPU quota) or a collection, not the model. Each ordinary
+# inline call forgives a little, so only a model that keeps blocking the loop is banned.
+BAN_STRIKES = 3
+_FORGIVE = 1 / 256
 SMALL_REQUEST_BYTES = 64 * 1024  # bigger requests are decoded and encoded in a thread
 _SMOOTHING = 0.2  # weight of the newest call in the average
 _MAX_KEYS = 4096  # versions come and go; past this the averages are learned afresh
 _BANNED = float("inf")
+
+log = logging.getLogger("pyserving.inline")
 
 
 @dataclass
 class InlinePolicy:
     max_seconds: float = INLINE_MAX_SECONDS  # 0: never inline
     _costs: dict[Hashable, float] = field(default_factory=dict)
+    _strikes: dict[Hashable, float] = field(default_factory=dict)  # inline calls past BAN_SECONDS
 
     def inline(self, key: Hashable, small: bool) -> bool:
         cost = self._costs.get(key)
@@ -42,7 +52,19 @@ class InlinePolicy:
         old = self._costs.get(key)
         if old is None and len(self._costs) >= _MAX_KEYS:
             self._costs.clear()
-        if old == _BANNED or (inline and seconds > BAN_SECONDS):
-            self._costs[key] = _BANNED
-        else:
-            self._costs[key] = seconds if old is None else old + _SMOOTHING * (seconds - old)
+            self._strikes.clear()
+        if old == _BANNED:
+            return
+        if inline:
+            strikes = self._strikes.get(key, 0.0)
+            if seconds > BAN_SECONDS:
+                strikes += 1
+                if strikes >= BAN_STRIKES:
+                    log.info("%s blocked the event loop for %.1f ms: its calls run in worker threads from now on",
+                             key, seconds * 1000)
+                    self._costs[key] = _BANNED
+                    return
+            else:
+                strikes = max(0.0, strikes - _FORGIVE)
+            self._strikes[key] = strikes
+        self._costs[key] = seconds if old is None else old + _SMOOTHING * (seconds - old)
