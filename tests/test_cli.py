@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 
 import grpc
@@ -11,6 +12,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from pyserving.cli import model_server_main
+from pyserving.options import FLAG_GROUPS, ServerOptions
 from support import models
 from support.server import BIN_DIR, ServerProcess
 
@@ -137,3 +139,28 @@ def test_help_shows_every_default():
     assert "--port PORT TCP port for the gRPC API" in text and "(default: 8500)" in text
     assert "(default: 1)" in text and "(default: false)" in text and "(default: 'serve')" not in text
     assert "(default: serve)" in text  # --saved_model_tags
+
+
+@pytest.mark.parametrize("argv", [["tensorflow_model_server"], ["pyserving", "serve"]])
+def test_help_groups_every_flag_once(argv):
+    binary, *args = argv
+    out = subprocess.run([str(BIN_DIR / binary), *args, "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    groups: dict[str, list[str]] = {}
+    for line in out.stdout.splitlines():
+        if line and not line.startswith(" ") and line.endswith(":"):
+            groups[line[:-1]] = []  # a group's title
+        elif line.startswith("  --") and groups:
+            groups[list(groups)[-1]].append(line.split()[0][2:])  # a flag's own entry
+    titles = [title for title, _ in FLAG_GROUPS]
+    assert list(groups) == ["options", *titles]
+    assert {title: flags for title, flags in groups.items() if title != "options"} == \
+        {title: list(names) for title, names in FLAG_GROUPS}
+    listed = [flag for flags in groups.values() for flag in flags]
+    every = [f.name for f in dataclasses.fields(ServerOptions)]
+    assert sorted(listed) == sorted(every)  # each flag once, none missing
+    inert = {f.name for f in dataclasses.fields(ServerOptions) if not f.metadata["supported"]}
+    assert set(groups["Accepted for compatibility, no effect yet"]) == inert
+    for title in ("Serving and ports", "Models and config", "Batching", "REST", "gRPC", "Monitoring and logging",
+                  "TLS", "Resources and performance"):
+        assert title in titles

@@ -20,6 +20,7 @@ from pyserving.mnist.client import ClientResult, format_result, run_client
 from pyserving.mnist.cli import add_mnist_commands
 from pyserving.mnist.data import MnistData, MnistFormatError, load_mnist, read_images, read_labels
 from pyserving.mnist.export import export_mnist
+from support.server import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MNIST_DIR = os.environ.get("MNIST_DIR", str(REPO_ROOT.parent / "shared" / "mnist"))
@@ -174,18 +175,23 @@ def _expected_rate(data: MnistData, num_tests: int) -> float:
 
 @pytest.fixture()
 def grpc_server():
-    """A PredictionService that answers "0" for model `mnist` and NOT_FOUND otherwise."""
+    """A PredictionService that answers "0" for model `mnist` (in float_val, as TF Serving does)
+    and `packed` (in tensor_content, as other servers may), and NOT_FOUND otherwise."""
     import grpc
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
     class Servicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         def Predict(self, request, context):  # noqa: N802 - gRPC method name
-            if request.model_spec.name != "mnist":
+            if request.model_spec.name not in ("mnist", "packed"):
                 context.abort(grpc.StatusCode.NOT_FOUND, "Servable not found")
             assert request.model_spec.signature_name == "predict_images"
             assert list(tf.make_ndarray(request.inputs["images"]).shape) == [1, 784]
             response = predict_pb2.PredictResponse()
+            if request.model_spec.name == "packed":
+                response.outputs["scores"].CopyFrom(tf.make_tensor_proto(np.float32(_always_zero())))
+                assert not response.outputs["scores"].float_val
+                return response
             # float_val, like TensorFlow Serving's own responses.
             scores = response.outputs["scores"]
             scores.dtype = tf.float32.as_datatype_enum
@@ -208,23 +214,42 @@ def test_grpc_client_counts_errors(grpc_server: str, data: MnistData) -> None:
     assert result.error_rate == pytest.approx(_expected_rate(data, 50))
 
 
+def test_grpc_client_reads_packed_scores(grpc_server: str, data: MnistData) -> None:
+    result = run_client(grpc_server, data, num_tests=20, concurrency=2, model_name="packed")
+    assert result.num_failures == 0, result.failure_messages
+    assert result.error_rate == pytest.approx(_expected_rate(data, 20))
+
+
 def test_grpc_client_counts_failures(grpc_server: str, data: MnistData) -> None:
     result = run_client(grpc_server, data, num_tests=10, concurrency=2, model_name="nope")
     assert result.num_failures == 10 and result.num_errors == 0
     assert 0 < len(result.failure_messages) <= 10
-    assert "NOT_FOUND" in result.failure_messages[0]
+    assert result.failure_messages[0] == "NOT_FOUND: Servable not found"
+    down = run_client(f"127.0.0.1:{free_port()}", data, num_tests=2, timeout=5)  # nothing listens
+    assert down.num_failures == 2 and down.failure_messages[0].startswith("UNAVAILABLE: ")
 
 
 @pytest.fixture()
 def rest_server():
+    """TF Serving's REST API for model `mnist`, answering "0": columnar predict (a lone output
+    comes without its name) and the metadata that names it."""
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 - http.server hook name
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             if self.path != "/v1/models/mnist:predict":
-                status, answer = 404, {"error": "Servable not found"}
-            else:
-                assert body["signature_name"] == "predict_images" and len(body["instances"][0]) == 784
-                status, answer = 200, {"predictions": _always_zero()}
+                self._answer(404, {"error": "Servable not found"})
+                return
+            assert body["signature_name"] == "predict_images"
+            assert np.asarray(body["inputs"]["images"]).shape == (1, 784)
+            self._answer(200, {"outputs": _always_zero()})
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server hook name
+            assert self.path == "/v1/models/mnist/metadata", self.path
+            signature = {"inputs": {"images": {"name": "x:0"}}, "outputs": {"scores": {"name": "y:0"}}}
+            self._answer(200, {"model_spec": {"name": "mnist", "version": "1"},
+                               "metadata": {"signature_def": {"signature_def": {"predict_images": signature}}}})
+
+        def _answer(self, status: int, answer: dict) -> None:
             payload = json.dumps(answer).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -248,7 +273,9 @@ def test_rest_client(rest_server: str, data: MnistData) -> None:
     assert result.num_failures == 0
     assert result.error_rate == pytest.approx(_expected_rate(data, 30))
     failed = run_client(rest_server, data, num_tests=4, rest=True, model_name="nope")
-    assert failed.num_failures == 4 and "HTTP 404: Servable not found" in failed.failure_messages[0]
+    assert failed.num_failures == 4 and failed.failure_messages[0] == "NOT_FOUND: Servable not found"
+    down = run_client(f"127.0.0.1:{free_port()}", data, num_tests=2, rest=True)  # nothing listens
+    assert down.num_failures == 2 and down.failure_messages[0].startswith("ConnectionError: ")
 
 
 def test_format_result() -> None:
@@ -303,19 +330,8 @@ def test_cli_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert args.func(args) == 2  # the version now exists
 
 
-def test_scores_read_from_packed_tensor_content() -> None:
-    import tensorflow as tf
-
-    from pyserving.mnist.client import _scores
-
-    packed = tf.make_tensor_proto(np.arange(10, dtype=np.float32).reshape(1, 10))
-    assert not packed.float_val
-    assert int(np.argmax(_scores(packed))) == 9
-
-
 def test_no_data_says_where_it_looked_and_what_to_do(tmp_path, monkeypatch) -> None:
     from pyserving.mnist import data as mnist_data
-    from support.server import free_port
 
     monkeypatch.delenv("MNIST_DIR", raising=False)
     monkeypatch.setattr(mnist_data, "DEFAULT_CACHE_DIR", tmp_path / "cache")

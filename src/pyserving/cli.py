@@ -11,7 +11,7 @@ import sys
 from typing import TYPE_CHECKING, NoReturn, Sequence
 
 from . import __version__
-from .options import ServerOptions
+from .options import FLAG_GROUPS, ServerOptions
 
 if TYPE_CHECKING:
     from .config import ModelConfig
@@ -30,17 +30,29 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+SERVER_USAGE = "%(prog)s [--flag=value ...]  (the flags below, by group)"
+
+
 def add_server_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per ServerOptions field, spelled as TF Serving spells it."""
-    for f in dataclasses.fields(ServerOptions):
-        kind = type(f.default)
-        help_text = f.metadata["help"] + ("" if f.metadata["supported"] else " [accepted; no effect yet]")
-        help_text += f" (default: {_shown(f.default)})"
-        if kind is bool:
-            parser.add_argument(f"--{f.name}", type=_parse_bool, nargs="?", const=True,
-                                default=f.default, metavar="true|false", help=help_text)
-        else:
-            parser.add_argument(f"--{f.name}", type=kind, default=f.default, help=help_text)
+    """One flag per ServerOptions field, spelled as TF Serving spells it, shown in FLAG_GROUPS."""
+    fields = {f.name: f for f in dataclasses.fields(ServerOptions)}
+    for title, names in FLAG_GROUPS:
+        group = parser.add_argument_group(title)
+        for name in names:
+            _add_flag(group, fields.pop(name))
+    for f in fields.values():  # a flag no group lists yet still parses (test_cli.py tells)
+        _add_flag(parser, f)
+
+
+def _add_flag(group: argparse._ActionsContainer, f: dataclasses.Field) -> None:
+    kind = type(f.default)
+    help_text = f.metadata["help"] + ("" if f.metadata["supported"] else " [accepted; no effect yet]")
+    help_text += f" (default: {_shown(f.default)})"
+    if kind is bool:
+        group.add_argument(f"--{f.name}", type=_parse_bool, nargs="?", const=True,
+                           default=f.default, metavar="true|false", help=help_text)
+    else:
+        group.add_argument(f"--{f.name}", type=kind, default=f.default, help=help_text)
 
 
 def _shown(default: object) -> str:
@@ -146,8 +158,9 @@ def _run_server(options: ServerOptions, models: list[ModelConfig], slot: WorkerS
 def model_server_main(argv: Sequence[str] | None = None) -> int:
     # No abbreviations: TF Serving takes whole flag names only, and a prefix must not be misread.
     parser = _Parser(
-        prog="tensorflow_model_server", allow_abbrev=False,
-        description="pyserving: a drop-in tensorflow_model_server (TF Serving's flags).")
+        prog="tensorflow_model_server", allow_abbrev=False, usage=SERVER_USAGE,
+        description="pyserving: a drop-in tensorflow_model_server (TF Serving's flags; "
+                    "help starting 'pyserving:' marks pyserving's own).")
     add_server_flags(parser)
     return serve(options_from_args(parser.parse_args(argv)))
 
@@ -161,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"pyserving {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve", help="run the model server (TF Serving's flags)",
-                                       allow_abbrev=False)
+                                       allow_abbrev=False, usage=SERVER_USAGE)
     add_server_flags(serve_parser)
     serve_parser.set_defaults(func=lambda a: serve(options_from_args(a)))
     from .mnist.cli import add_mnist_commands

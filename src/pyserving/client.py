@@ -17,7 +17,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .codecs import tensor_proto
 from .errors import Code, ServingError
 
 Tensors = Mapping[str, Any]
@@ -63,6 +62,8 @@ class Client:
             # REST prints a lone output without its name: the signature's metadata has it.
             return {self._only_output(model, version, label, signature_name, timeout): np.asarray(outputs)}
         from tensorflow_serving.apis import predict_pb2
+
+        from .codecs import tensor_proto  # TensorFlow's protos: imported by gRPC calls only
 
         request = predict_pb2.PredictRequest(output_filter=list(output_filter))
         _spec(request.model_spec, model, version, label, signature_name)

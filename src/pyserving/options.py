@@ -126,3 +126,39 @@ class ServerOptions:
             f.name for f in dataclasses.fields(self)
             if not f.metadata["supported"] and getattr(self, f.name) != f.default
         ]
+
+
+# --help shows the flags in these groups, in this order; each flag in exactly one
+# (tests/test_cli.py). Help starting "pyserving:" marks the flags TF Serving doesn't have.
+FLAG_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Serving and ports", ("port", "rest_api_port", "grpc_socket_path", "num_workers", "version")),
+    ("Models and config", (
+        "model_name", "model_base_path", "model_config_file", "model_config_file_poll_wait_seconds",
+        "file_system_poll_wait_seconds", "allow_version_labels_for_unavailable_models", "saved_model_tags",
+        "enable_signature_method_name_check", "remove_unused_fields_from_bundle_metagraph", "model_cache_dir")),
+    ("Loading and warmup", (
+        "num_load_threads", "max_num_load_retries", "load_retry_interval_micros", "enable_model_warmup",
+        "num_request_iterations_for_warmup")),
+    ("Batching", ("enable_batching", "batching_parameters_file", "enable_per_model_batching_parameters")),
+    ("REST", (
+        "rest_api_timeout_in_ms", "rest_api_enable_cors_support", "rest_api_max_request_bytes",
+        "rest_api_header_timeout_in_ms", "rest_api_body_timeout_in_ms", "rest_api_idle_timeout_in_ms")),
+    ("gRPC", (
+        "grpc_channel_arguments", "enable_grpc_healthcheck_service", "enable_serialization_as_tensor_content",
+        "grpc_max_message_bytes")),
+    ("Overload protection", ("max_pending_requests", "queue_delay_target_in_ms")),
+    ("Monitoring and logging", (
+        "monitoring_config_file", "enable_profiler", "log_format", "access_log", "request_log_max_file_bytes")),
+    ("TLS", ("ssl_config_file",)),
+    ("Resources and performance", (
+        "grpc_max_threads", "tensorflow_session_parallelism", "tensorflow_intra_op_parallelism",
+        "tensorflow_inter_op_parallelism", "tensorflow_session_config_file", "xla_cpu_compilation_enabled",
+        "mixed_precision")),
+    ("TensorFlow Lite", (
+        "prefer_tflite_model", "num_tflite_pools", "num_tflite_interpreters_per_pool", "use_tflite_model",
+        "num_tflite_interpreters")),
+    ("Accepted for compatibility, no effect yet", (
+        "rest_api_num_threads", "num_unload_threads", "flush_filesystem_caches", "use_alts_credentials",
+        "platform_config_file", "per_process_gpu_memory_fraction", "thread_pool_factory_config_file",
+        "skip_initialize_tpu")),
+)

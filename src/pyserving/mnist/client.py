@@ -1,7 +1,8 @@
 """The TF Serving tutorial's MNIST client: send test images, measure the error rate.
 
-gRPC mode mirrors the tutorial (PredictionService stubs, asynchronous futures with a
-bounded number in flight); REST mode sends the same requests as JSON to /v1/models.
+Built on pyserving.client.Client, so the same lines speak gRPC (the tutorial's Predict on
+``predict_images``) or, with ``rest=True``, the REST API; up to ``concurrency`` requests are in
+flight at once, as the tutorial's futures are.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
+from pyserving.client import Client
+from pyserving.errors import ServingError
 from pyserving.mnist.data import MnistData
 
 MAX_FAILURE_MESSAGES = 5
@@ -31,7 +33,7 @@ class ClientResult:
 
 
 class _ResultCounter:
-    """Tallies answers and caps in-flight requests; callbacks arrive on gRPC threads."""
+    """Tallies answers and caps in-flight requests; answers arrive on the pool's threads."""
 
     def __init__(self, num_tests: int, concurrency: int) -> None:
         self._num_tests = num_tests
@@ -78,123 +80,56 @@ def _test_cases(data: MnistData, num_tests: int) -> list[tuple[np.ndarray, int]]
     ]
 
 
-def _scores(tensor: Any) -> np.ndarray:
-    """Scores as the tutorial reads them (float_val), or from packed tensor_content.
+class _Clients:
+    """The client each pool thread uses: one gRPC channel for all (it is thread-safe), a REST
+    client per thread (a requests Session is not)."""
 
-    TensorFlow Serving fills float_val; other servers may send the packed form,
-    which would otherwise look like an empty answer.
-    """
-    if tensor.float_val:
-        return np.array(tensor.float_val)
-    import tensorflow as tf
+    def __init__(self, server: str, rest: bool, timeout: float) -> None:
+        self._server, self._rest, self._timeout = server, rest, timeout
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._all: list[Client] = []
+        # What a request that got no answer at all raises (gRPC's become ServingError UNAVAILABLE).
+        self.transport_errors: tuple[type[Exception], ...] = ()
+        if rest:
+            import requests
 
-    return tf.make_ndarray(tensor).reshape(-1)
+            self.transport_errors = (requests.RequestException,)
+
+    def get(self) -> Client:
+        if not self._rest:
+            with self._lock:
+                if not self._all:
+                    self._all.append(Client(self._server, timeout=self._timeout))
+                return self._all[0]
+        if not hasattr(self._local, "client"):
+            self._local.client = Client(self._server, protocol="rest", timeout=self._timeout)
+            with self._lock:
+                self._all.append(self._local.client)
+        return self._local.client
+
+    def close(self) -> None:
+        for client in self._all:
+            client.close()
 
 
-def _grpc_callback(counter: _ResultCounter, label: int) -> Any:
-    def done(result_future: Any) -> None:
-        exception = result_future.exception()
-        if exception is not None:
-            # RpcError's str() is verbose; code and details are what a user needs.
-            code = getattr(exception, "code", lambda: None)()
-            details = getattr(exception, "details", lambda: str(exception))()
-            counter.record(None, f"{code}: {details}" if code is not None else str(exception))
-            return
-        try:
-            scores = _scores(result_future.result().outputs["scores"])
-            correct = int(np.argmax(scores)) == label
-        except Exception as exc:  # noqa: BLE001 - an unrecorded answer would hang wait_all
-            counter.record(None, f"unreadable response: {exc}")
-            return
+def _ask(clients: _Clients, image: np.ndarray, label: int, model_name: str, signature_name: str,
+         counter: _ResultCounter) -> None:
+    """One test image: its answer recorded as right, wrong or failed (never left unrecorded,
+    which would hang wait_all)."""
+    try:
+        outputs = clients.get().predict(model_name, {"images": image.reshape(1, -1)},
+                                        signature_name=signature_name)
+        scores = np.asarray(outputs["scores"], dtype=np.float64).reshape(-1)
+        correct = int(np.argmax(scores)) == label
+    except ServingError as exc:
+        counter.record(None, f"{exc.code.name}: {exc.message}")
+    except clients.transport_errors as exc:
+        counter.record(None, f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - a malformed answer is a failure, not a crash
+        counter.record(None, f"unreadable response: {type(exc).__name__}: {exc}")
+    else:
         counter.record(correct)
-
-    return done
-
-
-def _run_grpc(
-    server: str, cases: list[tuple[np.ndarray, int]], counter: _ResultCounter, model_name: str,
-    signature_name: str, timeout: float,
-) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import grpc
-    import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-
-    with grpc.insecure_channel(server) as channel:
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        for image, label in cases:
-            request = predict_pb2.PredictRequest()
-            request.model_spec.name = model_name
-            request.model_spec.signature_name = signature_name
-            request.inputs["images"].CopyFrom(tf.make_tensor_proto(image, shape=[1, image.size]))
-            counter.throttle()
-            try:
-                result_future = stub.Predict.future(request, timeout)
-            except Exception as exc:  # noqa: BLE001 - the slot must be released
-                counter.record(None, f"request not sent: {exc}")
-                continue
-            result_future.add_done_callback(_grpc_callback(counter, label))
-        # Keep the channel open until every callback has fired.
-        counter.wait_all()
-
-
-def _rest_predict(
-    url: str, payload: dict[str, Any], timeout: float, local: threading.local
-) -> tuple[list[float] | None, str | None]:
-    import requests
-
-    # One Session per worker thread: Sessions reuse connections but aren't thread-safe.
-    if not hasattr(local, "session"):
-        local.session = requests.Session()
-    try:
-        response = local.session.post(url, json=payload, timeout=timeout)
-    except requests.RequestException as exc:
-        return None, f"{type(exc).__name__}: {exc}"
-    if response.status_code != 200:
-        return None, f"HTTP {response.status_code}: {_error_text(response)}"
-    try:
-        return response.json()["predictions"][0], None
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
-        return None, f"malformed response ({exc}): {response.text[:200]}"
-
-
-def _error_text(response: Any) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:200]
-    # TF Serving's REST errors are {"error": "..."}; show anything else verbatim.
-    return str(body["error"]) if isinstance(body, dict) and "error" in body else response.text[:200]
-
-
-def _run_rest(
-    server: str, cases: list[tuple[np.ndarray, int]], counter: _ResultCounter, concurrency: int,
-    model_name: str, signature_name: str, timeout: float,
-) -> None:
-    url = f"http://{server}/v1/models/{model_name}:predict"
-    local = threading.local()
-
-    def one(case: tuple[np.ndarray, int]) -> None:
-        image, label = case
-        payload = {"signature_name": signature_name, "instances": [image.tolist()]}
-        scores, failure = _rest_predict(url, payload, timeout, local)
-        if failure is not None:
-            counter.record(None, failure)
-            return
-        try:
-            correct = int(np.argmax(np.asarray(scores, dtype=np.float64))) == label
-        except (TypeError, ValueError) as exc:
-            counter.record(None, f"unreadable prediction: {exc}")
-            return
-        counter.record(correct)
-
-    # Taking a slot before submitting keeps the pool's queue short instead of
-    # materialising every request up front; the pool size is the real bound.
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        for case in cases:
-            counter.throttle()
-            pool.submit(one, case)
-    counter.wait_all()
 
 
 def run_client(
@@ -210,13 +145,22 @@ def run_client(
     """Send num_tests test images to the server and count wrong and failed answers."""
     if num_tests <= 0:
         raise ValueError(f"num_tests must be positive, got {num_tests}")
+    if not rest:  # gRPC brings TensorFlow's protos in: without its C++ start-up lines
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     cases = _test_cases(data, num_tests)
     counter = _ResultCounter(num_tests, concurrency)
+    clients = _Clients(server, rest, timeout)
     started = time.monotonic()
-    if rest:
-        _run_rest(server, cases, counter, concurrency, model_name, signature_name, timeout)
-    else:
-        _run_grpc(server, cases, counter, model_name, signature_name, timeout)
+    try:
+        # Taking a slot before submitting keeps the pool's queue short instead of
+        # materialising every request up front; the pool size is the real bound.
+        with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+            for image, label in cases:
+                counter.throttle()
+                pool.submit(_ask, clients, image, label, model_name, signature_name, counter)
+        counter.wait_all()
+    finally:
+        clients.close()
     return ClientResult(
         num_tests=num_tests,
         num_errors=counter.errors,
