@@ -91,7 +91,8 @@ class RestService:
         app.router.add_get("/v1/openapi.json", self._openapi)
         app.router.add_get("/", self._page)
         app.router.add_get(status_page.JSON_PATH, self._status_summary)
-        app.router.add_route("*", "/{tail:.*}", self.dispatch)
+        # [\s\S]: a path with a newline (%0A) still gets the API's JSON error, not aiohttp's text 404.
+        app.router.add_route("*", "/{tail:[\\s\\S]*}", self.dispatch)
         return app
 
     @web.middleware
