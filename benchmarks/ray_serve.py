@@ -110,26 +110,23 @@ def measure(grpc_port: int, http_port: int, args: argparse.Namespace, work: Path
     with grpc.insecure_channel(target) as channel:
         response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=60)
     rest_call(url)()  # one correct answer each before any load
+    (work / "body").write_bytes(grpc_frame(request.SerializeToString()))
+    size = len(grpc_frame(response.SerializeToString()))
+    grpc_url = f"http://{target}/tensorflow.serving.PredictionService/Predict"
+    loads: dict[str, tuple[str, Callable[[float], Load], Callable[[], Callable[[], None]]]] = {
+        "grpc": ("h2load", lambda s: h2load(grpc_url, work / "body", args.connections, s, work / "h2load.log", size),
+                 lambda: grpc_call(target)),
+        "rest": ("wrk", lambda s: wrk(url, BODY, "application/json", args.connections, s, work / "wrk.lua"),
+                 lambda: rest_call(url)),
+    }
     results = {}
-    if shutil.which("h2load"):
-        (work / "body").write_bytes(grpc_frame(request.SerializeToString()))
-        size = len(grpc_frame(response.SerializeToString()))
-        grpc_url = f"http://{target}/tensorflow.serving.PredictionService/Predict"
-        run = lambda s: h2load(grpc_url, work / "body", args.connections, s, work / "h2load.log", size)  # noqa: E731
-        tool = "h2load"
-    else:
-        run = lambda s: python_load(lambda: grpc_call(target), args.connections, s)  # noqa: E731
-        tool = "python threads"
-    run(args.warmup)
-    results["grpc"] = {"tool": tool, **_figures(run(args.seconds))}
-    if shutil.which("wrk"):
-        run = lambda s: wrk(url, BODY, "application/json", args.connections, s, work / "wrk.lua")  # noqa: E731
-        tool = "wrk"
-    else:
-        run = lambda s: python_load(lambda: rest_call(url), args.connections, s)  # noqa: E731
-        tool = "python threads"
-    run(args.warmup)
-    results["rest"] = {"tool": tool, **_figures(run(args.seconds))}
+    for protocol, (tool, generator, call) in loads.items():
+        if shutil.which(tool):
+            run = generator
+        else:  # the Python fallback: one thread a connection
+            tool, run = "python threads", (lambda s, call=call: python_load(call, args.connections, s))
+        run(args.warmup)
+        results[protocol] = {"tool": tool, **_figures(run(args.seconds))}
     return results
 
 
@@ -175,8 +172,8 @@ def on_ray(args: argparse.Namespace, work: Path) -> dict[str, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--warmup", type=float, default=2)
+    parser.add_argument("--seconds", type=int, default=10, help="whole seconds (h2load -D)")
+    parser.add_argument("--warmup", type=int, default=2, help="whole seconds")
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--plain-workers", default="1,2", help="comma-separated --num_workers counts")

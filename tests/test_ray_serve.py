@@ -12,12 +12,12 @@ import asyncio
 import os
 import shutil
 import tempfile
-import threading
 import time
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 
@@ -40,6 +40,7 @@ from pyserving.codecs.tensor_proto import from_numpy, to_numpy  # noqa: E402
 from pyserving.errors import Code, ServingError  # noqa: E402
 from pyserving.rest_service import RestService  # noqa: E402
 from support.server import HALF_PLUS_TWO, free_port, wait_for  # noqa: E402
+from support.traffic import Traffic  # noqa: E402
 
 MODEL = "hpt"
 REPLICAS = 2
@@ -218,61 +219,35 @@ def test_grpc_and_rest_answers_come_from_both_replicas(cluster: Cluster) -> None
         {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
 
 
-class Traffic:
-    """Client threads sending Predict (gRPC and REST) until stopped; counts what failed."""
+def _grpc_sender(cluster: Cluster) -> Callable[[], str]:
+    def send() -> str:
+        y, _, replica = cluster.predict()
+        if y != Y:
+            raise AssertionError(f"gRPC answered {y}")
+        return replica
+    return send
 
-    def __init__(self, cluster: Cluster, grpc_threads: int = 2, rest_threads: int = 1) -> None:
-        self._cluster = cluster
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self.ok: Counter = Counter()  # replica id -> answers
-        self.failures: list[str] = []
-        self.threads = [threading.Thread(target=self._run, args=(rest,), daemon=True)
-                        for rest in [False] * grpc_threads + [True] * rest_threads]
 
-    def __enter__(self) -> "Traffic":
-        for thread in self.threads:
-            thread.start()
-        return self
+def _rest_sender(cluster: Cluster) -> Callable[[], str]:
+    session = requests.Session()
 
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        for thread in self.threads:
-            thread.join(60)
-
-    def _run(self, rest: bool) -> None:
-        session = requests.Session()
-        while not self._stop.is_set():
-            try:
-                if rest:
-                    response = session.post(self._cluster.http_url + f"/v1/models/{MODEL}:predict",
-                                            json={"instances": X}, timeout=30)
-                    if response.status_code != 200 or response.json() != {"predictions": Y}:
-                        raise AssertionError(f"REST {response.status_code}: {response.text[:200]}")
-                    replica = response.headers[ray_serve.REPLICA_HEADER]
-                else:
-                    y, _, replica = self._cluster.predict()
-                    if y != Y:
-                        raise AssertionError(f"gRPC answered {y}")
-            except Exception as e:  # noqa: BLE001 -- every failure counts
-                with self._lock:
-                    self.failures.append(f"{'REST' if rest else 'gRPC'}: {type(e).__name__}: {str(e)[:300]}")
-                continue
-            with self._lock:
-                self.ok[replica] += 1
-
-    def answered(self, replica: str) -> bool:
-        with self._lock:
-            return self.ok[replica] > 0
+    def send() -> str:
+        response = session.post(cluster.http_url + f"/v1/models/{MODEL}:predict", json={"instances": X}, timeout=30)
+        if response.status_code != 200 or response.json() != {"predictions": Y}:
+            raise AssertionError(f"REST {response.status_code}: {response.text[:200]}")
+        return response.headers[ray_serve.REPLICA_HEADER]
+    return send
 
 
 def test_a_killed_replica_is_replaced_while_clients_send(cluster: Cluster) -> None:
     before = replica_actors()
     assert len(before) == REPLICAS
-    with Traffic(cluster) as traffic:
-        wait_for(lambda: len(traffic.ok) == REPLICAS and sum(traffic.ok.values()) >= 100, 60,
+    # Two gRPC client threads and one REST: each answer counted under the replica that gave it.
+    with Traffic([_grpc_sender(cluster), _grpc_sender(cluster), _rest_sender(cluster)]) as traffic:
+        answers = traffic.report.versions
+        wait_for(lambda: len(answers) == REPLICAS and sum(answers.values()) >= 100, 60,
                  "traffic reaching both replicas")
-        busiest = traffic.ok.most_common(1)[0][0]  # the likeliest to have requests in flight
+        busiest = answers.most_common(1)[0][0]  # the likeliest to have requests in flight
         victim = REPLICA_PREFIX + busiest
         assert victim in before
         ray.kill(ray.get_actor(victim, namespace="serve"))
@@ -282,16 +257,17 @@ def test_a_killed_replica_is_replaced_while_clients_send(cluster: Cluster) -> No
             now = replica_actors()
             new = now - before
             return victim not in now and len(now) == REPLICAS and len(new) == 1 and \
-                traffic.answered(next(iter(new))[len(REPLICA_PREFIX):])
+                traffic.seen(next(iter(new))[len(REPLICA_PREFIX):])
         wait_for(replaced, START_TIMEOUT, "a new replica answering in place of the killed one", interval=0.2)
         replaced_in = time.monotonic() - killed_at
-        ok_at_replacement = sum(traffic.ok.values())
-        wait_for(lambda: sum(traffic.ok.values()) >= ok_at_replacement + 20, 60, "traffic after the replacement")
+        ok_at_replacement = traffic.report.ok
+        wait_for(lambda: traffic.report.ok >= ok_at_replacement + 20, 60, "traffic after the replacement")
+    failures = traffic.report.failures
     # A client thread has one request in flight at a time: at most that many met the dying replica.
-    print(f"replica replaced in {replaced_in:.1f} s; {sum(traffic.ok.values())} answered "
-          f"{dict(traffic.ok)}; {len(traffic.failures)} failed: {traffic.failures}")
-    assert len(traffic.failures) <= len(traffic.threads), traffic.failures
-    assert traffic.ok[victim[len(REPLICA_PREFIX):]] > 0
+    print(f"replica replaced in {replaced_in:.1f} s; {traffic.report.ok} answered "
+          f"{dict(answers)}; {len(failures)} failed: {failures}")
+    assert len(failures) <= len(traffic.threads), failures
+    assert answers[victim[len(REPLICA_PREFIX):]] > 0
 
 
 def test_a_new_version_reaches_every_replica(cluster: Cluster) -> None:

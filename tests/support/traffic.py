@@ -6,7 +6,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Hashable, Sequence
 
 
 @dataclass
@@ -17,35 +17,37 @@ class TrafficReport:
 
 
 class Traffic:
-    """Calls ``send`` (returning the serving version) in a loop on a few threads.
+    """Calls ``send`` in a loop on a few threads; what it returns (the serving version, or whatever
+    tells answers apart) is counted in ``report.versions``. ``send`` may be a list: one sender a
+    thread (e.g. gRPC and REST clients side by side), and ``threads`` is then its length.
 
     Bounded: stops by itself after ``max_seconds`` or ``max_requests``.
     """
 
-    def __init__(self, send: Callable[[], int], threads: int = 2, max_seconds: float = 120,
-                 max_requests: int = 200_000) -> None:
-        self._send = send
+    def __init__(self, send: Callable[[], Hashable] | Sequence[Callable[[], Hashable]], threads: int = 2,
+                 max_seconds: float = 120, max_requests: int = 200_000) -> None:
+        senders = list(send) if isinstance(send, Sequence) else [send] * threads
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.report = TrafficReport()
         self._deadline = time.monotonic() + max_seconds
         self._max_requests = max_requests
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        self.threads = [threading.Thread(target=self._run, args=(s,), daemon=True) for s in senders]
 
     def __enter__(self) -> "Traffic":
-        for t in self._threads:
+        for t in self.threads:
             t.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        for t in self._threads:
-            t.join(30)
+        for t in self.threads:
+            t.join(60)
 
-    def _run(self) -> None:
+    def _run(self, send: Callable[[], Hashable]) -> None:
         while not self._stop.is_set() and time.monotonic() < self._deadline:
             try:
-                version = self._send()
+                version = send()
                 with self._lock:
                     self.report.ok += 1
                     self.report.versions[version] += 1
@@ -60,6 +62,6 @@ class Traffic:
         with self._lock:
             return max(self.report.versions) if self.report.versions else None
 
-    def seen(self, version: int) -> bool:
+    def seen(self, version: Hashable) -> bool:
         with self._lock:
             return self.report.versions[version] > 0
