@@ -98,10 +98,10 @@ class ServerOptions:
         -1, "pyserving: requests waiting or running at once; past it new ones get UNAVAILABLE / 503 "
             "at once (-1 = 128 per request worker thread, 0 = no bound)")
     queue_delay_target_in_ms: int = _flag(
-        5, "pyserving: load shedding: once requests have queued longer than this for a sustained "
-           "interval (100 ms or more), new requests that would wait longer get UNAVAILABLE / 503 "
-           "at once, until the queue drains (0 = off; off with --enable_batching, whose queue has "
-           "its own bound)")
+        50, "pyserving: load shedding: once requests have queued longer than this for a sustained "
+            "interval (100 ms or 4 targets), new requests that would wait longer get UNAVAILABLE / 503 "
+            "at once, until the queue drains (0 = off; off with --enable_batching, whose queue has "
+            "its own bound)")
     log_format: str = _flag("text", "pyserving: text, or json for one JSON object a line")
     access_log: bool = _flag(
         False, "pyserving: log one line per inference request (protocol, API, model, version, status, "
