@@ -131,3 +131,52 @@ def test_the_gate_answers_503_with_retry_after_and_tf_servings_error_body():
     assert json.loads(body) == {"error": OVERLOADED_MESSAGE}
     assert RestGate(admission, metrics).refuse(_post()[:-1]) is None  # not whole: left to aiohttp
     assert metrics.shed._value.get() == 1
+
+
+def test_a_long_event_loop_cycle_is_a_standing_queue_even_when_the_count_drops_each_cycle():
+    # Requests served on the loop come in batches: each cycle's first arrivals find nothing
+    # pending, however long the cycle. The REST gate's loop lag says how long they really wait.
+    lag = 0.080
+    admission = Admission(limit=0, target=0.050, lag=lambda: lag)
+    now, accepted = 0.0, []
+    for cycle in range(10):  # 300 requests a cycle, 0.27 ms each: an 80 ms cycle
+        tokens = []
+        for _ in range(300):
+            if admission.refusal(now=now) is None:
+                tokens.append(admission.enter(now))
+        accepted.append(len(tokens))
+        for token in tokens:
+            now += 0.00027
+            admission.leave(token, now=now)
+    assert admission.shedding
+    assert accepted[:2] == [300, 300]  # an interval (200 ms here) before the queue counts as standing
+    # Then about the target's worth a cycle: 50 ms / 0.27 ms = ~185, not 300.
+    assert all(170 <= n <= 200 for n in accepted[-3:]), accepted
+    lag = 0.010  # the flood is over: the loop cycles fast again
+    for _ in range(5):
+        now += 0.1
+        assert admission.refusal(now=now) is None
+    assert not admission.shedding
+
+
+def test_the_loop_lag_probe_sees_a_blocked_loop():
+    import asyncio
+    import time
+
+    from pyserving.rest_gate import LoopLag
+
+    async def run() -> tuple[float, float]:
+        lag = LoopLag()
+        lag.start()
+        await asyncio.sleep(0.12)
+        idle = lag()
+        for _ in range(4):
+            time.sleep(0.06)  # a callback that holds the loop 60 ms
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.011)
+        busy = lag()
+        lag.stop()
+        return idle, busy
+
+    idle, busy = asyncio.run(run())
+    assert idle < 0.02 and busy > 0.04, (idle, busy)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from .errors import ServingError
 
@@ -60,6 +61,10 @@ class Admission:
     pending: int = 0
     shedding: bool = False  # a standing queue was found: waits past the target are refused
     _per_position: float = 0.0  # seconds a queue position has cost lately; 0 = not measured yet
+    # What a request waits before it is even counted (the REST gate: the event loop's recent cycle,
+    # rest_gate.LoopLag). With one, the standing queue is judged on it too: requests served on the
+    # loop come in batches, so the count alone drops to zero every cycle however long the cycle.
+    lag: Callable[[], float] | None = None
     _above_since: float | None = None  # since when every look found the queue above target
     _last_above: float = float("-inf")
 
@@ -72,7 +77,8 @@ class Admission:
         if deadline is not None and expected > deadline:
             return (f"Server is busy: {self.pending} requests ahead of this one would take "
                     f"about {expected * 1000:.0f} ms, past its deadline of {deadline * 1000:.0f} ms")
-        if self.target and self._over_target(expected, time.perf_counter() if now is None else now):
+        now = time.perf_counter() if now is None else now
+        if self.target and self._over_target(self._signal(expected), now) and expected > self._target():
             return OVERLOADED_MESSAGE
         return None
 
@@ -96,7 +102,10 @@ class Admission:
         sample = (now - started) / position
         self._per_position += _SMOOTHING * (sample - self._per_position) if self._per_position else sample
         if self.target and self._above_since is not None:
-            self._over_target(self.pending * self._per_position, now)  # a drained burst resets
+            self._over_target(self._signal(self.pending * self._per_position), now)  # a drained burst resets
+
+    def _signal(self, expected: float) -> float:
+        return expected if self.lag is None else max(expected, self.lag())
 
     def _target(self) -> float:
         return max(self.target, TARGET_POSITIONS * self._per_position)

@@ -3,8 +3,10 @@
 Under a flood the refusals must cost far less than serving, or refusing can't make room: a 503
 through aiohttp's request machinery, middlewares and handler costs about 60% of serving a small
 model. So each connection (http_timeouts.HeaderDeadline) asks the gate when the first bytes of
-a request arrive: the gate counts the requests the server has taken and not yet answered, and
-when the admission rules (admission.py, the standing-queue rule in particular) refuse, and the
+a request arrive: the gate counts the requests the server has taken and not yet answered,
+judges a standing queue on the event loop's own lag (``LoopLag``: requests served on the loop
+wait in socket buffers for the loop's next cycle, which no count sees), and when the admission
+rules (admission.py, the standing-queue rule in particular) refuse, and the
 bytes are exactly one complete ``POST`` (headers and a Content-Length body, as every inference
 client sends them), the connection writes a prepared 503 and drops the bytes: a few
 microseconds, no parsing, no task. Anything else (a GET, a body still arriving, chunked
@@ -14,6 +16,7 @@ applies; health checks and metrics are never refused here.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -53,14 +56,55 @@ def whole_post(data: bytes) -> bool | None:
     return b"\r\nconnection: close" not in head
 
 
+class LoopLag:
+    """How long the event loop has lately kept a ready callback waiting: a timer every
+    ``PERIOD_SECONDS`` notes how late it ran, and ``seconds`` is the worst of the last window. When
+    requests are served on the loop, that is the cycle each of them waits through, socket buffer
+    included, which no count of requests can see."""
+
+    PERIOD_SECONDS = 0.01
+    WINDOW_SECONDS = 0.05
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._worst = 0.0
+        self._due = 0.0
+        self._window_end = 0.0
+        self._handle: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        self._schedule(time.perf_counter())
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def __call__(self) -> float:
+        return self.seconds
+
+    def _schedule(self, now: float) -> None:
+        self._due = now + self.PERIOD_SECONDS
+        self._handle = asyncio.get_running_loop().call_later(self.PERIOD_SECONDS, self._probe)
+
+    def _probe(self) -> None:
+        now = time.perf_counter()
+        self._worst = max(self._worst, now - self._due)
+        if now >= self._window_end:
+            self.seconds, self._worst, self._window_end = self._worst, 0.0, now + self.WINDOW_SECONDS
+        self._schedule(now)
+
+
 @dataclass
 class RestGate:
     admission: Admission  # its own, counting every REST request from its first byte
     metrics: Metrics
     cors: bool = False
+    lag: LoopLag = field(default_factory=LoopLag)
     _answers: dict[bool, bytes] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.admission.lag = self.lag
         extra = "".join(f"{k}: {v}\r\n" for k, v in CORS_HEADERS.items()) if self.cors else ""
         self._answers = {keep: _response(keep, extra) for keep in (True, False)}
 

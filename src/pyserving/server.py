@@ -260,6 +260,8 @@ class Server:
             http_timeouts.connection_factory(self._rest.server, header_seconds, self._rest_gate),
             "0.0.0.0", o.rest_api_port, ssl=ssl_context, reuse_port=self._slot is not None,
             ssl_handshake_timeout=(header_seconds or None) if ssl_context else None)
+        if self._rest_gate is not None:
+            self._rest_gate.lag.start()
         log.info("Exporting HTTP%s/REST API at:localhost:%d ...", "S" if ssl_context else "",
                  o.rest_api_port)
 
@@ -332,6 +334,8 @@ class Server:
                 stops.append(grpc_server.stop(grace))
         if self._rest_listener:
             self._rest_listener.close()  # stop accepting; the runner then drains
+        if self._rest_gate is not None:
+            self._rest_gate.lag.stop()
         if self._rest:
             stops.append(self._rest.cleanup())
         await asyncio.gather(*stops, return_exceptions=True)
