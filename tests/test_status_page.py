@@ -207,7 +207,7 @@ class _FakeDataPlane:
     def readiness(self):
         return {"m": True}
 
-    async def status(self, spec):
+    async def listed_status(self, name):
         return []
 
     def version_labels(self, name):

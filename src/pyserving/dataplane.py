@@ -248,6 +248,14 @@ class DataPlane:
             return self.local_status(spec.name, spec.version, spec.label)
         return await self._peers.status(spec.name, spec.version, spec.label, self.local_status)
 
+    async def listed_status(self, name: str) -> list[VersionStatus]:
+        """A configured model's versions for a listing (GET /v1/models, the status page): [] while
+        none has been found yet, where status() answers NOT_FOUND."""
+        try:
+            return await self.status(ModelSpec(name))
+        except ServingError:
+            return []
+
     def local_status(self, name: str, version: int | None = None, label: str | None = None
                      ) -> list[VersionStatus]:
         return self._manager.status(name, self._version_of(ModelSpec(name, version, label)))

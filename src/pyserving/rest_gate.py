@@ -110,7 +110,7 @@ class RestGate:
 
     def refuse(self, data: bytes) -> tuple[bytes, bool] | None:
         """The 503 to write and whether to keep the connection, when the request in ``data`` is refused."""
-        if self.admission.refusal(now=time.perf_counter()) is None:
+        if self.admission.refusal() is None:
             return None
         keep_alive = whole_post(data)
         if keep_alive is None:

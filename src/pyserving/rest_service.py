@@ -190,10 +190,7 @@ class RestService:
         names = sorted(self._dataplane.readiness())
         versions = {}
         for name in names:
-            try:
-                statuses = await self._dataplane.status(ModelSpec(name=name))
-            except ServingError:  # no version found yet
-                statuses = []
+            statuses = await self._dataplane.listed_status(name)
             versions[name] = to_json_dict(status_response(statuses)).get("model_version_status", [])
         return web.json_response({"models": names, "model_version_status": versions})
 

@@ -71,10 +71,7 @@ class StatusPage:
         return now - then, before
 
     async def _model(self, name: str, answered: Mapping[tuple[str, str], float]) -> dict[str, Any]:
-        try:
-            statuses = await self._dataplane.status(ModelSpec(name))
-        except ServingError:  # no version folder seen yet: the metadata error below says why
-            statuses = []
+        statuses = await self._dataplane.listed_status(name)  # none yet: the metadata error says why
         versions = [{"version": s.version, "state": s.state.name,
                      "error": f"{s.error.code.name}: {s.error.message}" if s.error else None,
                      "requests": int(answered.get((name, str(s.version)), 0))} for s in statuses]

@@ -49,22 +49,19 @@ def filesystem(path: str) -> Any:
     try:
         import fsspec
 
-        return fsspec.filesystem(protocol, use_listings_cache=False, skip_instance_cache=False,
-                                 **_store_options(protocol, path))
+        store = fsspec.get_filesystem_class(protocol)
+        # What the URL itself says (the account of abfss://container@ACCOUNT.dfs.core.windows.net/,
+        # an object version, ...), as fsspec.url_to_fs takes it, then our environment's settings.
+        return store(use_listings_cache=False, skip_instance_cache=False,
+                     **{**store._get_kwargs_from_urls(path), **_store_options(protocol)})
     except ImportError as e:
         raise StorageError(f"Reading {scheme}:// paths needs the store's client: "
                            f"pip install 'pyserving[{extra}]' ({e})") from None
 
 
-def _store_options(protocol: str, path: str) -> dict[str, Any]:
-    if protocol in ("az", "abfs"):
-        # adlfs reads AZURE_STORAGE_CONNECTION_STRING / _ACCOUNT_NAME / _ACCOUNT_KEY ...; the account
-        # of an ADLS Gen2 URL (abfss://container@ACCOUNT.dfs.core.windows.net/...) is the URL's.
-        from adlfs import AzureBlobFileSystem
-
-        return AzureBlobFileSystem._get_kwargs_from_urls(path)
+def _store_options(protocol: str) -> dict[str, Any]:
     if protocol != "s3":
-        return {}  # gcsfs reads its standard variables (STORAGE_EMULATOR_HOST, ...)
+        return {}  # gcsfs and adlfs read their standard variables (STORAGE_EMULATOR_HOST, AZURE_*)
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if not endpoint and os.environ.get("S3_ENDPOINT"):  # TF Serving's S3 variables
         endpoint = os.environ["S3_ENDPOINT"]
