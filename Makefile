@@ -29,8 +29,9 @@ test-packages:
 bench-packages:
 	tools/ensure-debian-packages.sh nghttp2-client:h2load wrk
 
+# Two phases (tools/run-tests.sh): the parallel one over 2 processes, then the `serial` tests alone.
 test: venv test-packages
-	$(PY) -m pytest -q tests
+	tools/run-tests.sh $(PY)
 
 bench: venv bench-packages
 	$(PY) -m pip install --quiet -e '.[bench]'

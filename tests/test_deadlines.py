@@ -11,6 +11,9 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from support import models
 from support.server import serve_models
 
+# Run alone after the parallel phase (tools/run-tests.sh): deadlines and drains measured in real time.
+pytestmark = pytest.mark.serial
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):

@@ -12,6 +12,9 @@ import pytest
 from support import models
 from support.server import serve_models
 
+# Run alone after the parallel phase (tools/run-tests.sh): connection timeouts measured to a 1 s margin.
+pytestmark = pytest.mark.serial
+
 HEADER_S, BODY_S, IDLE_S = 1.0, 1.5, 3.0  # the flags below, in seconds
 MARGIN_S = 1.0  # scheduling slack on a busy 2-core machine (under IDLE_S - HEADER_S)
 

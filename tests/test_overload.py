@@ -18,6 +18,9 @@ from pyserving.admission import OVERLOADED_MESSAGE
 from support import models
 from support.server import ServerProcess, wait_for
 
+# Run alone after the parallel phase (tools/run-tests.sh): latency bounds and refusals under load.
+pytestmark = pytest.mark.serial
+
 SLEEP_MICROS = 1_500_000
 
 

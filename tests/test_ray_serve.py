@@ -32,7 +32,7 @@ from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grp
 
 with warnings.catch_warnings():  # Ray's own models use pydantic's deprecated Field(extra=...)
     warnings.simplefilter("ignore", DeprecationWarning)
-    ray = pytest.importorskip("ray")
+    import ray  # pyserving[ray], in the test extras: a missing Ray fails here, never skips
     from ray import serve
 
 from pyserving import ray_serve  # noqa: E402
@@ -41,6 +41,9 @@ from pyserving.errors import Code, ServingError  # noqa: E402
 from pyserving.rest_service import RestService  # noqa: E402
 from support.server import HALF_PLUS_TWO, free_port, wait_for  # noqa: E402
 from support.traffic import Traffic  # noqa: E402
+
+# Run alone after the parallel phase (tools/run-tests.sh): a local Ray cluster takes both cores.
+pytestmark = pytest.mark.serial
 
 MODEL = "hpt"
 REPLICAS = 2

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pyserving.mnist.data import load_mnist
-from support.server import free_port, port_open, wait_for
+from support.server import free_port, port_open, system_tool, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -49,6 +49,7 @@ def _localised(line: str, tmp: Path, mnist_dir: str, grpc_port: int, rest_port: 
 def test_the_quickstart_runs_as_written(tmp_path, mnist_dir):
     lines, python = _quickstart_blocks()
     assert lines[0].startswith("python3.11 -m venv .venv")  # the install: make test's own step
+    system_tool("curl")
     data = load_mnist(mnist_dir)
     image = json.dumps(data.test_images[0].reshape(-1).tolist())
     grpc_port, rest_port = free_port(), free_port()

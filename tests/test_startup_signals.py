@@ -14,6 +14,9 @@ from tensorflow_serving.apis import prediction_log_pb2
 from support import models
 from support.server import ServerProcess, model_config, port_open, wait_for
 
+# Run alone after the parallel phase (tools/run-tests.sh): exits are timed to a 2 s bound.
+pytestmark = pytest.mark.serial
+
 EXIT_SECONDS = 2.0  # what a SIGTERM during start-up may take, as a Kubernetes pod's shutdown would want
 LOG_TIMEOUT = 120.0  # the server's own start (TensorFlow's import) on a busy 2-core machine
 

@@ -16,7 +16,7 @@ import pytest
 
 from pyserving import status_page
 from pyserving.errors import ServingError
-from support.server import HALF_PLUS_TWO, ServerProcess, model_config, wait_for
+from support.server import HALF_PLUS_TWO, ServerProcess, model_config, system_tool, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOT = ROOT / "test-artifacts" / "status-page.png"  # git-ignored
@@ -59,7 +59,7 @@ def _chromium(tmp_path: Path, url: str, *flags: str) -> subprocess.CompletedProc
     # --virtual-time-budget: the page's timers run (its refreshes from /v1/status) and Chromium
     # waits for their fetches before it dumps or shoots; the budget is virtual ms, not a sleep.
     result = subprocess.run(
-        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+        [system_tool("chromium"), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
          f"--user-data-dir={tmp_path / 'chromium-profile'}", "--virtual-time-budget=5000", *flags, url],
         capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]

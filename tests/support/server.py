@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,10 +19,43 @@ BIN_DIR = Path(sys.executable).parent
 START_TIMEOUT = 120.0
 
 
+# Ports come from a block of their own per pytest-xdist worker, below Linux's ephemeral range
+# (32768+, where the kernel picks clients' ports) and above Ray's worker ports (10002-19999), so
+# parallel workers, outgoing connections and a Ray cluster never race for one.
+PORT_BLOCK = 2000
+FIRST_PORT = 20000
+
+
+def _port_numbers():
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    start = FIRST_PORT + (index % 6) * PORT_BLOCK
+    while True:
+        yield from range(start, start + PORT_BLOCK)
+
+
+_ports = _port_numbers()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nothing listens on, from this test process's own block."""
+    for _ in range(PORT_BLOCK):
+        port = next(_ports)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no free port in this worker's block of {PORT_BLOCK}")
+
+
+def system_tool(name: str) -> str:
+    """A program from the system's packages that a test runs: `make test` installs each one
+    (tools/ensure-debian-packages.sh); run alone, a test says what is missing instead of erroring."""
+    path = shutil.which(name)
+    assert path, f"{name} is not installed: `make test` installs it (tools/ensure-debian-packages.sh)"
+    return path
 
 
 def port_open(port: int) -> bool:

@@ -8,6 +8,7 @@ fallback), so the request logger's thread and the warmup-from-log command need n
 
 from __future__ import annotations
 
+import os
 import struct
 from typing import BinaryIO, Iterator
 
@@ -39,9 +40,13 @@ def framed_size(data_bytes: int) -> int:
     return HEADER_BYTES + data_bytes + FOOTER_BYTES
 
 
-def read_records(stream: BinaryIO, name: str = "TFRecord") -> Iterator[bytes]:
-    """Every record's data, checksums checked; TFRecordError names the first bad record."""
+def read_records(stream: BinaryIO, name: str = "TFRecord", size: int | None = None) -> Iterator[bytes]:
+    """Every record's data, checksums checked; TFRecordError names the first bad record.
+
+    ``size``, the bytes the stream holds: a record declaring more than remain is refused before
+    anything is allocated for it (a hostile header can declare 2^64 - 1 bytes)."""
     index = 0
+    remaining = size
     while True:
         header = stream.read(HEADER_BYTES)
         if not header:
@@ -52,6 +57,12 @@ def read_records(stream: BinaryIO, name: str = "TFRecord") -> Iterator[bytes]:
         if masked_crc32c(length_bytes) != length_crc:
             raise TFRecordError(f"{name}: record {index} has a corrupt length (checksum mismatch)")
         (length,) = _LENGTH.unpack(length_bytes)
+        if remaining is not None:
+            remaining -= HEADER_BYTES
+            if length + FOOTER_BYTES > remaining:
+                raise TFRecordError(f"{name}: record {index} declares {length} bytes, "
+                                    f"more than the {max(remaining - FOOTER_BYTES, 0)} left in the file")
+            remaining -= length + FOOTER_BYTES
         data = stream.read(length)
         footer = stream.read(FOOTER_BYTES)
         if len(data) < length or len(footer) < FOOTER_BYTES:
@@ -62,6 +73,6 @@ def read_records(stream: BinaryIO, name: str = "TFRecord") -> Iterator[bytes]:
         index += 1
 
 
-def read_file(path: str) -> Iterator[bytes]:
+def read_file(path: str, name: str = "") -> Iterator[bytes]:
     with open(path, "rb") as f:
-        yield from read_records(f, path)
+        yield from read_records(f, name or path, os.fstat(f.fileno()).st_size)

@@ -8,12 +8,15 @@ first, then the parallelism flags over it, then XLA and mixed precision.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ServingError
 from .servable import Servable
+
+log = logging.getLogger("pyserving.runtime")
 
 TFLITE_FILE = "model.tflite"
 MIXED_PRECISION_MODES = ("", "bfloat16")
@@ -73,6 +76,41 @@ def session_config(settings: RuntimeSettings) -> Any:
     return config
 
 
+def bfloat16_rewrite_runs() -> bool:
+    """Whether oneDNN's bfloat16 rewrite acts on this CPU, asked of TensorFlow itself.
+
+    TensorFlow applies it only where oneDNN supports bfloat16 (AVX-512F or AVX-NE-CONVERT on x86);
+    elsewhere the graph keeps float32 and the flag silently does nothing."""
+    from tensorflow.python.framework import dtypes
+    from tensorflow.python.util import _pywrap_utils
+
+    try:
+        return bool(_pywrap_utils.IsDataTypeSupportedByOneDNNOnThisCPU(dtypes.bfloat16))
+    except (AttributeError, TypeError):  # a TensorFlow without the check: its older rule
+        return "avx512f" in _cpu_flags()
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _warn_if_bfloat16_inert(config: Any) -> None:
+    from tensorflow.core.protobuf import rewriter_config_pb2
+
+    wanted = (config.graph_options.rewrite_options.auto_mixed_precision_onednn_bfloat16
+              == rewriter_config_pb2.RewriterConfig.ON)
+    if wanted and not bfloat16_rewrite_runs():
+        log.warning("bfloat16 mixed precision has no effect on this CPU: TensorFlow's oneDNN rewrite "
+                    "needs AVX-512F or AVX-NE-CONVERT, so models run in float32")
+
+
 def has_tflite_model(path: str) -> bool:
     return os.path.isfile(os.path.join(path, TFLITE_FILE))
 
@@ -83,6 +121,7 @@ class ServableLoader:
     def __init__(self, settings: RuntimeSettings) -> None:
         self.settings = settings
         self._session_config = session_config(settings)
+        _warn_if_bfloat16_inert(self._session_config)
         if settings.xla_cpu_compilation:
             from tensorflow.python import pywrap_tfe
 

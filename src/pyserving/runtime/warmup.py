@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from ..codecs import tensor_proto
+from ..codecs import tensor_proto, tfrecord
 from ..codecs.examples import serialize_input
 from ..errors import Code, ServingError
 from .servable import DEFAULT_SIGNATURE, Servable, find_signature, validate_inputs, validate_output_filter
@@ -27,19 +27,23 @@ def warmup_path(version_path: str) -> str | None:
 
 
 def read_warmup_records(path: str) -> list:
-    import tensorflow as tf
+    """The file's PredictionLogs. Read with our own framing, each record's length checked against
+    the file's size first: TensorFlow's reader allocates what a header declares (a 112-byte file
+    declaring 2^40 bytes ended the process)."""
     from tensorflow_serving.apis import prediction_log_pb2
 
     records: list = []
     try:
-        for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():
+        for raw in tfrecord.read_file(path, f"warmup file {path}"):
             if len(records) == MAX_RECORDS:
                 raise ServingError.invalid_argument(
                     f"Number of warmup records exceeds the maximum ({MAX_RECORDS}) in {path}")
             records.append(prediction_log_pb2.PredictionLog.FromString(raw))
     except ServingError:
         raise
-    except Exception as e:  # corrupt TFRecord or proto
+    except tfrecord.TFRecordError as e:  # names the file and the record
+        raise ServingError(Code.DATA_LOSS, f"Cannot read {e}") from None
+    except Exception as e:  # corrupt proto, unreadable file
         raise ServingError(Code.DATA_LOSS, f"Cannot read warmup file {path}: {e}") from e
     return records
 
