@@ -18,10 +18,15 @@ HALF_PLUS_TWO = Path(__file__).resolve().parent.parent.parent / "shared" / "tfs-
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def traces(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("traces")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, traces):
     root = tmp_path_factory.mktemp("profiler")
     server = ServerProcess("--model_name=half_plus_two", f"--model_base_path={HALF_PLUS_TWO}",
-                           log_path=root / "server.log").wait_ready()
+                           f"--profiler_log_dir={traces}", log_path=root / "server.log").wait_ready()
     yield server
     assert server.stop() == 0
 
@@ -32,8 +37,10 @@ def _rpc(channel: grpc.Channel, method: str, response_type):
                                response_deserializer=response_type.FromString)
 
 
-def test_tensorflows_profiler_client_captures_a_trace(server, tmp_path):
-    """What tf.profiler's client and TensorBoard's "capture profile" do against TF Serving."""
+def test_tensorflows_profiler_client_captures_a_trace(server, traces):
+    """What tf.profiler's client and TensorBoard's "capture profile" do against TF Serving, with
+    their log folder inside the server's --profiler_log_dir."""
+    logdir = traces / "tensorboard"
     stop = threading.Event()
     answered = []
 
@@ -48,14 +55,15 @@ def test_tensorflows_profiler_client_captures_a_trace(server, tmp_path):
     thread.start()
     try:
         wait_for(lambda: len(answered) > 5, 30, "traffic to flow")
-        tf.profiler.experimental.client.trace(f"grpc://{server.grpc_target}", str(tmp_path), 1000)
+        tf.profiler.experimental.client.trace(f"grpc://{server.grpc_target}", str(logdir), 1000)
     finally:
         stop.set()
         thread.join()
     assert answered and all(answered)
-    traces = list((tmp_path / "plugins" / "profile").glob("*/*.xplane.pb"))
-    assert len(traces) == 1, traces
-    space = xplane_pb2.XSpace.FromString(traces[0].read_bytes())
+    found = list((logdir / "plugins" / "profile").glob("*/*.xplane.pb"))
+    assert len(found) == 1, found
+    assert found[0].stat().st_mode & 0o777 == 0o640  # not for every user of the machine
+    space = xplane_pb2.XSpace.FromString(found[0].read_bytes())
     events = {m.name for plane in space.planes for m in plane.event_metadata.values()}
     # The model's own op and the Session run that served the requests were recorded.
     assert "SessionRun" in events and "Mul:Mul" in events, sorted(events)[:40]
@@ -70,8 +78,8 @@ def test_xspace_returned_in_the_response_when_asked(server):
     assert xplane_pb2.XSpace.FromString(response.xspace).planes
 
 
-def test_terminate_ends_a_capture_early(server, tmp_path):
-    request = ProfileRequest(session_id="long", repository_root=str(tmp_path), host_name="h")
+def test_terminate_ends_a_capture_early(server, traces):
+    request = ProfileRequest(session_id="long", repository_root="relative", host_name="h")
     request.opts.duration_ms = 600_000
     with server.channel() as channel:
         future = _rpc(channel, "Profile", ProfileResponse).future(request, timeout=120)
@@ -80,13 +88,17 @@ def test_terminate_ends_a_capture_early(server, tmp_path):
             TerminateRequest(session_id="long"), timeout=10) is not None and future.done(), 60,
             "the capture to end on Terminate", interval=0.2)
         future.result()
-    assert (tmp_path / "long" / "h.xplane.pb").exists()
+    assert (traces / "relative" / "long" / "h.xplane.pb").exists()  # a relative root: from the flag's folder
 
 
 @pytest.mark.parametrize("fields,needle", [
-    ({"session_id": "../../etc", "repository_root": "/tmp"}, "not a valid file name"),
-    ({"session_id": "s", "host_name": "a/b", "repository_root": "/tmp"}, "not a valid file name"),
+    ({"session_id": "../../etc", "repository_root": "r"}, "not a valid file name"),
+    ({"session_id": "..", "repository_root": "r"}, "not a valid file name"),
+    ({"session_id": "s", "host_name": "a/b", "repository_root": "r"}, "not a valid file name"),
+    ({"session_id": "s", "host_name": "..", "repository_root": "r"}, "not a valid file name"),
     ({"session_id": "s"}, "repository_root is required"),
+    ({"session_id": "s", "repository_root": "/etc/cron.d"}, "is outside --profiler_log_dir"),
+    ({"session_id": "s", "repository_root": "../../../../tmp"}, "is outside --profiler_log_dir"),
 ])
 def test_hostile_profile_requests_are_invalid_argument(server, fields, needle):
     with server.channel() as channel:
@@ -96,8 +108,44 @@ def test_hostile_profile_requests_are_invalid_argument(server, fields, needle):
     assert needle in info.value.details()
 
 
+def test_a_symlink_in_the_folder_is_never_followed(server, traces, tmp_path):
+    """A planted link where the trace file or its folder would go: refused, its target untouched."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (traces / "planted" / "s").mkdir(parents=True)
+    (traces / "planted" / "s" / "h.xplane.pb").symlink_to(victim)
+    (traces / "escape").symlink_to(tmp_path, target_is_directory=True)
+    with server.channel() as channel:
+        for root, code in (("planted", grpc.StatusCode.ALREADY_EXISTS), ("escape", grpc.StatusCode.INVALID_ARGUMENT)):
+            request = ProfileRequest(session_id="s", repository_root=root, host_name="h")
+            request.opts.duration_ms = 100
+            with pytest.raises(grpc.RpcError) as info:
+                _rpc(channel, "Profile", ProfileResponse)(request, timeout=30)
+            assert info.value.code() == code, info.value.details()
+    assert victim.read_text() == "precious"
+    assert not (tmp_path / "s").exists()
+
+
+def test_without_a_trace_folder_only_emit_xspace_captures(tmp_path):
+    server = ServerProcess("--model_name=half_plus_two", f"--model_base_path={HALF_PLUS_TWO}",
+                           log_path=tmp_path / "server.log", rest=False).wait_ready()
+    try:
+        with server.channel() as channel:
+            with pytest.raises(grpc.RpcError) as info:
+                _rpc(channel, "Profile", ProfileResponse)(
+                    ProfileRequest(session_id="s", repository_root=str(tmp_path)), timeout=10)
+            assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "--profiler_log_dir" in info.value.details()
+            request = ProfileRequest(session_id="s", emit_xspace=True)
+            request.opts.duration_ms = 100
+            assert xplane_pb2.XSpace.FromString(_rpc(channel, "Profile", ProfileResponse)(request, timeout=30).xspace).planes
+        assert not (tmp_path / "s").exists()
+    finally:
+        assert server.stop() == 0
+
+
 def test_overlong_capture_and_garbage_are_refused(server):
-    request = ProfileRequest(session_id="s", repository_root="/tmp")
+    request = ProfileRequest(session_id="s", repository_root="r")
     request.opts.duration_ms = 10**12
     with server.channel() as channel:
         with pytest.raises(grpc.RpcError) as info:

@@ -308,6 +308,7 @@ def served(tmp_path_factory):
                                    {"hpt": logging_config(logs / "hpt", 1.0),
                                     "quiet": logging_config(logs / "quiet", 0.0)}))
     server = ServerProcess(f"--model_config_file={config}", "--request_log_max_file_bytes=1024",
+                           f"--request_log_dir={logs}",
                            f"--monitoring_config_file={root / 'monitoring.config'}",
                            log_path=root / "server.log").wait_ready()
     try:
@@ -415,6 +416,15 @@ def test_a_reload_changes_what_is_logged_where(served):
     with pytest.raises(grpc.RpcError) as refused:  # a bad logging_config is refused, the running one stays
         reload(server, model_config({"hpt": str(root / "hpt")}, {"hpt": logging_config(logs / "x", 2.0)}))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # Files only inside --request_log_dir: a reload can't make the server write anywhere else.
+    for prefix in (root / "elsewhere" / "job", logs / ".." / "job", Path("../job")):
+        with pytest.raises(grpc.RpcError) as refused:
+            reload(server, model_config({"hpt": str(root / "hpt")}, {"hpt": logging_config(prefix, 1.0)}))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "is outside --request_log_dir=" in refused.value.details()
+    assert server.post("/v1/models/hpt:predict", json={"instances": [[1.0]]}).status_code == 200
+    assert not (root / "elsewhere").exists() and not list(root.glob("job*"))
+    assert {f.stat().st_mode & 0o777 for f in logs.glob("*.tfrecord")} == {0o640}
 
 
 def test_stopping_the_server_flushes_what_was_sampled(served):

@@ -6,7 +6,9 @@ below this module sees a config proto.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import ipaddress
+import os
+from dataclasses import dataclass, field, replace
 
 from google.protobuf import text_format
 
@@ -115,16 +117,50 @@ def _logging(c) -> LoggingSettings | None:
     return LoggingSettings(rate, prefix)
 
 
-def read_model_config_file(path: str) -> list[ModelConfig]:
+def read_model_config_file(path: str, request_log_dir: str = "") -> list[ModelConfig]:
     from tensorflow_serving.config import model_server_config_pb2
 
-    return models_from_proto(read_text_proto(path, model_server_config_pb2.ModelServerConfig))
+    models = models_from_proto(read_text_proto(path, model_server_config_pb2.ModelServerConfig))
+    return confine_request_logs(models, request_log_dir)
 
 
 def models_from_options(options: ServerOptions) -> list[ModelConfig]:
     if options.model_config_file:
-        return read_model_config_file(options.model_config_file)
+        return read_model_config_file(options.model_config_file, options.request_log_dir)
     return [ModelConfig(name=options.model_name, base_path=options.model_base_path)]
+
+
+def confine_request_logs(models: list[ModelConfig], log_dir: str) -> list[ModelConfig]:
+    """Each logging_config's filename_prefix as an absolute path inside ``log_dir`` (--request_log_dir).
+
+    A config file, and a reload from any client, chooses the prefix: without the operator's folder a
+    logging_config is refused, and a prefix that would leave it (``..``, an absolute path elsewhere,
+    a symlink out) is refused, so a config can never make the server write files elsewhere."""
+    confined = []
+    for m in models:
+        if m.logging is None or not m.logging.filename_prefix:
+            confined.append(m)
+            continue
+        if not log_dir:
+            raise ConfigError(f"model {m.name}: logging_config writes request logs, which this server "
+                              "writes only inside the folder named by --request_log_dir (not set)")
+        confined.append(replace(m, logging=replace(m.logging, filename_prefix=_inside(
+            log_dir, m.logging.filename_prefix, m.name))))
+    return confined
+
+
+def _inside(log_dir: str, prefix: str, model: str) -> str:
+    if any(ord(c) < 32 or c == "\x7f" for c in prefix):
+        raise ConfigError(f"model {model}: log_collector_config filename_prefix holds control characters")
+    root = os.path.realpath(log_dir)
+    path = os.path.normpath(os.path.join(root, prefix))
+    name = os.path.basename(path)
+    # The folder as it resolves now (symlinks followed); files are opened without following one.
+    folder = os.path.realpath(os.path.dirname(path))
+    if name in ("", ".", "..") or os.path.commonpath([root, folder]) != root or path == root:
+        raise ConfigError(f"model {model}: log_collector_config filename_prefix {prefix!r} is outside "
+                          f"--request_log_dir={log_dir}")
+    return os.path.join(folder, name)
 
 
 def check_options(options: ServerOptions) -> None:
@@ -155,6 +191,20 @@ def check_options(options: ServerOptions) -> None:
         raise ConfigError("--num_workers must be 0 (one per CPU core) or positive")
     if options.request_log_max_file_bytes <= 0:
         raise ConfigError("--request_log_max_file_bytes must be positive")
+    if options.request_log_max_total_bytes <= 0:
+        raise ConfigError("--request_log_max_total_bytes must be positive")
+    if options.request_log_dir and os.path.exists(options.request_log_dir) and \
+            not os.path.isdir(options.request_log_dir):
+        raise ConfigError(f"--request_log_dir={options.request_log_dir} is not a folder")
+    for flag in ("grpc_bind_address", "rest_api_bind_address"):
+        _check_address(flag, getattr(options, flag))
+    if options.admin_token_file:
+        from .control_plane import TokenFileError, read_token
+
+        try:
+            read_token(options.admin_token_file)
+        except TokenFileError as e:
+            raise ConfigError(str(e)) from None
     if options.port == 0 and not options.grpc_socket_path:
         raise ConfigError("--port=0 needs --grpc_socket_path: gRPC must listen somewhere")
     if options.ssl_config_file:
@@ -179,6 +229,15 @@ def check_options(options: ServerOptions) -> None:
             session_config(RuntimeSettings(session_config_file=options.tensorflow_session_config_file))
         except ServingError as e:
             raise ConfigError(e.message) from None
+
+
+def _check_address(flag: str, address: str) -> None:
+    if address == "localhost":
+        return
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise ConfigError(f"--{flag}={address!r} is not an IP address (e.g. 0.0.0.0, 127.0.0.1, ::)") from None
 
 
 __all__ = ["ConfigError", "LoggingSettings", "ModelConfig", "VersionPolicy", "ServingError",

@@ -15,6 +15,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
 from tensorflow_serving.config import model_server_config_pb2
 
 from . import profiler_service
+from .control_plane import ControlPlane
 from .codecs import tensor_proto
 from .codecs.examples import serialize_input
 from .dataplane import Caller, DataPlane, InferenceTask, ModelSpec, PredictResult, fill_model_spec
@@ -100,14 +101,17 @@ ReloadConfig = Callable[[model_server_config_pb2.ModelServerConfig], Awaitable[N
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, dataplane: DataPlane, reload_config: ReloadConfig | None = None) -> None:
+    def __init__(self, dataplane: DataPlane, reload_config: ReloadConfig | None = None,
+                 control: ControlPlane | None = None) -> None:
         self._dataplane = dataplane
         self._reload_config = reload_config
+        self._control = control or ControlPlane()
 
     async def HandleReloadConfigRequest(self, request: model_management_pb2.ReloadConfigRequest,
                                         context) -> model_management_pb2.ReloadConfigResponse:
         if self._reload_config is None:
             raise ServingError(Code.UNIMPLEMENTED, "This server does not take config reloads")
+        self._control.check_reload(context.invocation_metadata())
         await self._reload_config(request.config)
         response = model_management_pb2.ReloadConfigResponse()
         response.status.error_code = 0
@@ -186,11 +190,26 @@ def _guarded(method):
     return call
 
 
-def _service_handler(service: str, servicer, methods: dict) -> grpc.GenericRpcHandler:
-    """Like the generated add_*_to_server, but a malformed proto is a client error."""
+def _locked(method, control: ControlPlane, what: str):
+    """A control-plane method: the caller's token is checked before the method runs."""
+    async def call(request, context):
+        control.authorize_grpc(context.invocation_metadata(), what)
+        return await method(request, context)
+    call.__name__ = method.__name__
+    return call
+
+
+def _service_handler(service: str, servicer, methods: dict,
+                     control: ControlPlane | None = None) -> grpc.GenericRpcHandler:
+    """Like the generated add_*_to_server, but a malformed proto is a client error; with
+    ``control``, every method is a control-plane call."""
+    def method(name: str):
+        found = getattr(servicer, name)
+        return _locked(found, control, f"{service}/{name}") if control is not None else found
+
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
-            _guarded(getattr(servicer, name)),
+            _guarded(method(name)),
             request_deserializer=_safe_parser(request_type),
             response_serializer=response_type.SerializeToString)
         for name, (request_type, response_type) in methods.items()
@@ -209,14 +228,16 @@ def _methods(service_descriptor) -> dict:
 def create_server(dataplane: DataPlane, channel_arguments: str = "", max_message_bytes: int = -1,
                   tensor_content: bool = False, reuse_port: bool = False,
                   reload_config: ReloadConfig | None = None,
-                  profiler: ProfilerServicer | None = None) -> grpc.aio.Server:
+                  profiler: ProfilerServicer | None = None,
+                  control: ControlPlane | None = None) -> grpc.aio.Server:
     options: dict[str, int | str] = dict(BASE_OPTIONS)
     options["grpc.max_receive_message_length"] = max_message_bytes
     options["grpc.so_reuseport"] = int(reuse_port)  # --num_workers: sibling processes share ports
     options.update(parse_channel_arguments(channel_arguments))
     server = grpc.aio.server(options=list(options.items()))
     prediction = PredictionServicer(dataplane, tensor_content)
-    models = ModelServicer(dataplane, reload_config)
+    control = control or ControlPlane()
+    models = ModelServicer(dataplane, reload_config, control)
     server.add_generic_rpc_handlers((
         _service_handler("tensorflow.serving.PredictionService", prediction,
                          _methods(prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"])),
@@ -225,5 +246,5 @@ def create_server(dataplane: DataPlane, channel_arguments: str = "", max_message
     ))
     if profiler is not None:
         server.add_generic_rpc_handlers((_service_handler(profiler_service.SERVICE, profiler,
-                                                          profiler_service.METHODS),))
+                                                          profiler_service.METHODS, control),))
     return server

@@ -115,6 +115,26 @@ class ServerOptions:
     request_log_max_file_bytes: int = _flag(
         64 << 20, "pyserving: request logs (a model's logging_config) start a new file before one would "
                   "grow past this many bytes")
+    request_log_dir: str = _flag(
+        "", "pyserving: the folder request logs are written in; a model's logging_config "
+            "filename_prefix must lie inside it (a relative prefix is taken from it). Without it, "
+            "a logging_config is refused")
+    request_log_max_total_bytes: int = _flag(
+        1 << 30, "pyserving: request logs stop (sampled requests are dropped and counted) once this "
+                 "process has written this many bytes of them")
+    profiler_log_dir: str = _flag(
+        "", "pyserving: the folder the profiler service may write traces to (a client's "
+            "repository_root must lie inside it); without it, traces come back in the response only "
+            "(emit_xspace)")
+    admin_token_file: str = _flag(
+        "", "pyserving: a file holding a token; every control-plane call (config reloads, the "
+            "profiler) then needs 'authorization: Bearer <token>' (docs/security.md)")
+    enable_config_reload_rpc: bool = _flag(
+        True, "pyserving: take HandleReloadConfigRequest (false: it answers UNIMPLEMENTED)")
+    grpc_bind_address: str = _flag(
+        "0.0.0.0", "pyserving: address the gRPC port listens on (127.0.0.1: this machine only; :: for IPv6)")
+    rest_api_bind_address: str = _flag(
+        "0.0.0.0", "pyserving: address the REST port listens on")
 
     @property
     def tags(self) -> tuple[str, ...]:
@@ -131,7 +151,9 @@ class ServerOptions:
 # --help shows the flags in these groups, in this order; each flag in exactly one
 # (tests/test_cli.py). Help starting "pyserving:" marks the flags TF Serving doesn't have.
 FLAG_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Serving and ports", ("port", "rest_api_port", "grpc_socket_path", "num_workers", "version")),
+    ("Serving and ports", ("port", "rest_api_port", "grpc_socket_path", "grpc_bind_address",
+                           "rest_api_bind_address", "num_workers", "version")),
+    ("Control plane", ("admin_token_file", "enable_config_reload_rpc")),
     ("Models and config", (
         "model_name", "model_base_path", "model_config_file", "model_config_file_poll_wait_seconds",
         "file_system_poll_wait_seconds", "allow_version_labels_for_unavailable_models", "saved_model_tags",
@@ -148,7 +170,8 @@ FLAG_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "grpc_max_message_bytes")),
     ("Overload protection", ("max_pending_requests", "queue_delay_target_in_ms")),
     ("Monitoring and logging", (
-        "monitoring_config_file", "enable_profiler", "log_format", "access_log", "request_log_max_file_bytes")),
+        "monitoring_config_file", "enable_profiler", "profiler_log_dir", "log_format", "access_log", "request_log_dir",
+        "request_log_max_file_bytes", "request_log_max_total_bytes")),
     ("TLS", ("ssl_config_file",)),
     ("Resources and performance", (
         "grpc_max_threads", "tensorflow_session_parallelism", "tensorflow_intra_op_parallelism",

@@ -5,6 +5,12 @@ TensorBoard's "capture profile" call ``Profile``; like TensorFlow's own
 service, the server records for the requested time and writes
 ``<repository_root>/<session_id>/<host_name>.xplane.pb``, or returns the XSpace
 in the response when the client asks for it (``emit_xspace``).
+
+Unlike TensorFlow's service, which writes wherever the client says, traces are written only inside
+the operator's ``--profiler_log_dir`` (repository_root must lie in it; a relative one is taken from
+it), under validated names, into files created here (never an existing file, never through a
+symlink). Without the flag, captures still work with ``emit_xspace``. The service is a control-plane
+call (control_plane.py).
 """
 
 from __future__ import annotations
@@ -15,13 +21,14 @@ import re
 import socket
 
 
-from .errors import ServingError
+from .errors import Code, ServingError
 from .proto_builder import F, build_messages
 from .runtime.profiler import XPLANE_SUFFIX, Profiler
 
 SERVICE = "tensorflow.ProfilerService"
 MAX_DURATION_MS = 3_600_000  # a capture holds the process's only profiler session
-_SAFE_NAME = re.compile(r"^[\w.\-:]+$")
+_SAFE_NAME = re.compile(r"^[\w.\-:]{1,200}$")
+FILE_MODE = 0o640
 
 # Field numbers as in tsl/profiler/protobuf/profiler_service.proto and profiler_options.proto;
 # fields not declared here pass through as unknown fields.
@@ -42,8 +49,9 @@ TerminateRequest, TerminateResponse = _M["TerminateRequest"], _M["TerminateRespo
 class ProfilerServicer:
     """Profile and Terminate; a capture ends early on Terminate or when the client goes away."""
 
-    def __init__(self, profiler: Profiler) -> None:
+    def __init__(self, profiler: Profiler, log_dir: str = "") -> None:
         self._profiler = profiler
+        self._log_dir = log_dir  # --profiler_log_dir: the only folder traces are written to
         self._stops: dict[str, asyncio.Event] = {}
 
     async def Profile(self, request, context):
@@ -52,12 +60,7 @@ class ProfilerServicer:
             raise ServingError.invalid_argument(
                 f"duration_ms={duration_ms} is over the limit of {MAX_DURATION_MS} ms")
         host = request.host_name or socket.gethostname()
-        if not request.emit_xspace:
-            for what, value in (("session_id", request.session_id), ("host_name", host)):
-                if not _SAFE_NAME.match(value):  # they become a folder and a file name
-                    raise ServingError.invalid_argument(f"{what} {value!r} is not a valid file name")
-            if not request.repository_root:
-                raise ServingError.invalid_argument("repository_root is required to save the trace")
+        folder = "" if request.emit_xspace else self._trace_folder(request.repository_root, request.session_id, host)
         loop = asyncio.get_running_loop()
         opts = request.opts
         await loop.run_in_executor(None, lambda: self._profiler.start(
@@ -74,8 +77,28 @@ class ProfilerServicer:
         if request.emit_xspace:
             response.xspace = xspace
         elif xspace:
-            await loop.run_in_executor(None, _save, request.repository_root, request.session_id, host, xspace)
+            await loop.run_in_executor(None, _save, self._log_dir, folder, host, xspace)
         return response
+
+    def _trace_folder(self, repository_root: str, session_id: str, host: str) -> str:
+        """Where the trace goes, checked before the capture starts: inside --profiler_log_dir."""
+        for what, value in (("session_id", session_id), ("host_name", host)):
+            # They become a folder and a file name: no separators, and never '.' or '..'.
+            if not _SAFE_NAME.match(value) or value.strip(".") == "":
+                raise ServingError.invalid_argument(f"{what} {value[:200]!r} is not a valid file name")
+        if not repository_root:
+            raise ServingError.invalid_argument("repository_root is required to save the trace")
+        if not self._log_dir:
+            raise ServingError.failed_precondition(
+                "This server writes profiler traces only inside --profiler_log_dir (not set): start it "
+                "with that flag and a repository_root inside it, or ask for the trace in the response "
+                "(emit_xspace)")
+        root = os.path.realpath(self._log_dir)
+        folder = os.path.normpath(os.path.join(root, repository_root, session_id))
+        if os.path.commonpath([root, os.path.realpath(folder)]) != root or "\0" in folder:
+            raise ServingError.invalid_argument(
+                f"repository_root {repository_root[:200]!r} is outside --profiler_log_dir={self._log_dir}")
+        return folder
 
     async def Terminate(self, request, context):
         stop = self._stops.get(request.session_id)
@@ -84,14 +107,22 @@ class ProfilerServicer:
         return TerminateResponse()
 
 
-def _save(repository_root: str, session_id: str, host: str, xspace: bytes) -> None:
-    folder = os.path.join(repository_root, session_id)
+def _save(root: str, folder: str, host: str, xspace: bytes) -> None:
     try:
-        os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, host + XPLANE_SUFFIX), "wb") as f:
+        os.makedirs(folder, mode=0o750, exist_ok=True)
+        # Checked again now it exists: a symlink planted since the request was checked is refused.
+        real_root = os.path.realpath(root)
+        if os.path.commonpath([real_root, os.path.realpath(folder)]) != real_root:
+            raise ServingError.invalid_argument(f"{folder} now resolves outside --profiler_log_dir")
+        fd = os.open(os.path.join(folder, host + XPLANE_SUFFIX),
+                     os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+        with os.fdopen(fd, "wb") as f:
             f.write(xspace)
+    except FileExistsError:
+        raise ServingError(Code.ALREADY_EXISTS, f"A trace of this session and host is in {folder} already: "
+                                                "use a new session_id") from None
     except OSError as e:
-        raise ServingError.failed_precondition(f"Cannot write the trace to {folder}: {e.strerror}") from None
+        raise ServingError.failed_precondition(f"Cannot write the trace to {folder}: {e.strerror or e}") from None
 
 
 METHODS = {"Profile": (ProfileRequest, ProfileResponse), "Terminate": (TerminateRequest, TerminateResponse)}

@@ -45,6 +45,9 @@ log = logging.getLogger("pyserving.request_log")
 QUEUE_RECORDS = 1024  # sampled requests waiting for the writer; more are dropped
 QUEUE_BYTES = 64 << 20  # and their tensors' bytes (one record bigger than this may still wait alone)
 DEFAULT_MAX_FILE_BYTES = 64 << 20
+DEFAULT_MAX_TOTAL_BYTES = 1 << 30
+FILE_MODE = 0o640  # request bytes are the clients' data: not for every user of the machine
+FOLDER_MODE = 0o750
 IDLE_SECONDS = 1.0  # how often an idle writer closes the files a reload stopped using
 _BATCH = 256  # records written between flushes at most
 _STOP = object()
@@ -83,9 +86,11 @@ class RequestLogger:
 
     def __init__(self, tags: Sequence[str] = ("serve",), max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
                  queue_size: int = QUEUE_RECORDS, on_record: RecordHook | None = None,
-                 queue_bytes: int = QUEUE_BYTES) -> None:
+                 queue_bytes: int = QUEUE_BYTES, max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES) -> None:
         self._tags = tuple(tags)
         self._max_file_bytes = max_file_bytes
+        self._max_total_bytes = max_total_bytes
+        self._total_bytes = 0  # written by this process, every prefix together (the writer thread's)
         self._queue: queue.Queue = queue.Queue(queue_size)
         self._max_queued_bytes = queue_bytes
         self._queued_bytes = 0
@@ -228,8 +233,13 @@ class RequestLogger:
                 log.exception("Request log: cannot build the record of a %s request (logged once)", item.model)
             self._drop(item.model, f"{type(e).__name__}: {e}")
             return
+        framed = tfrecord.frame(data)
+        if self._total_bytes + len(framed) > self._max_total_bytes:
+            self._drop(item.model, f"--request_log_max_total_bytes={self._max_total_bytes} is reached")
+            return
         try:
-            files[prefix].write(tfrecord.frame(data))
+            files[prefix].write(framed)
+            self._total_bytes += len(framed)
         except OSError as e:
             self._write_failed(prefix, e)
             files.pop(prefix).discard()
@@ -267,17 +277,23 @@ class _RotatingFile:
         self._size += len(framed)
 
     def _open(self) -> None:
+        # The prefix was resolved inside --request_log_dir (config.confine_request_logs); a
+        # symlink put in its way since is refused, and the file itself is never a symlink.
         directory = os.path.dirname(self._prefix)
-        if directory:
-            os.makedirs(directory, exist_ok=True)
+        os.makedirs(directory, mode=FOLDER_MODE, exist_ok=True)
+        if os.path.realpath(directory) != directory:
+            raise OSError(f"{directory} now resolves elsewhere (a symlink): not written")
         while True:
             stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
             self.path = f"{self._prefix}.{stamp}.{os.getpid()}.{next(self._numbers):05d}.tfrecord"
             try:
-                self._file = open(self.path, "xb")  # never another process's or run's file
+                # Created here or not at all: never another process's or run's file, nor a link.
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             FILE_MODE)
                 break
             except FileExistsError:
                 continue
+        self._file = os.fdopen(fd, "wb")
         self._size = 0
 
     def flush(self) -> None:

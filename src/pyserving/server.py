@@ -16,7 +16,8 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from .admission import Admission, default_limit
 from .batching import PER_MODEL_FILE, BatchingOptions, BatchingServable
-from .config import ConfigError, ModelConfig, models_from_proto, read_model_config_file
+from .config import ConfigError, ModelConfig, confine_request_logs, models_from_proto, read_model_config_file
+from .control_plane import ControlPlane, token_file_permissions_warning
 from .core.manager import ModelManager, RetryPolicy
 from .core.server_core import ServerCore
 from .core.source import FileSystemSource
@@ -87,7 +88,9 @@ class Server:
         self._cache = VersionCache(options.model_cache_dir)  # copies of object-storage versions
         self.source = FileSystemSource(self.manager, options.file_system_poll_wait_seconds, self._cache)
         self.request_log = RequestLogger(options.tags, options.request_log_max_file_bytes,
-                                         on_record=self.metrics.record_request_log)
+                                         on_record=self.metrics.record_request_log,
+                                         max_total_bytes=options.request_log_max_total_bytes)
+        self.control = ControlPlane.from_options(options.admin_token_file, options.enable_config_reload_rpc)
         self.core = ServerCore(self.manager, self.source, on_models=self.request_log.configure)
         self.metrics.track_versions(
             lambda: [(v.model, v.version, v.state.name) for v in self.manager.snapshot()])
@@ -158,14 +161,14 @@ class Server:
         # A worker started after a reload (a restart) serves the reloaded config, not the flags'.
         reloaded = self._peers.reloaded_config() if self._peers else None
         # Like TF Serving, open the ports once the initial versions have loaded (or failed).
-        await self.core.apply(_models_of(reloaded) if reloaded else self._models)
+        await self.core.apply(self._models_of(reloaded) if reloaded else self._models)
         if self._peers:
             await self._start_peer_server()
             await self._peers.catch_up(reloaded, self._apply_serialized)
         self._background.append(asyncio.create_task(self.source.run()))
         if o.model_config_file and o.model_config_file_poll_wait_seconds > 0:
             self._background.append(asyncio.create_task(self.core.watch_config_file(
-                lambda: read_model_config_file(o.model_config_file),
+                lambda: read_model_config_file(o.model_config_file, o.request_log_dir),
                 o.model_config_file_poll_wait_seconds)))
 
     async def _start_listeners(self) -> None:
@@ -182,12 +185,21 @@ class Server:
     async def reload(self, config: model_server_config_pb2.ModelServerConfig) -> None:
         """HandleReloadConfigRequest: with --num_workers, applied by every worker before it answers."""
         if self._peers is None:
-            await self.core.apply(_models_of(config))
+            await self.core.apply(self._models_of(config))
         else:
             await self._peers.reload(config.SerializeToString(), self._apply_serialized)
 
     async def _apply_serialized(self, config: bytes) -> None:
-        await self.core.apply(_models_of(config))
+        await self.core.apply(self._models_of(config))
+
+    def _models_of(self, config: bytes | model_server_config_pb2.ModelServerConfig) -> list[ModelConfig]:
+        """A reload's models, checked as a config file's are (request logs confined)."""
+        if isinstance(config, bytes):
+            config = model_server_config_pb2.ModelServerConfig.FromString(config)
+        try:
+            return confine_request_logs(models_from_proto(config), self.options.request_log_dir)
+        except ConfigError as e:
+            raise ServingError.invalid_argument(str(e)) from None
 
     async def _exposition(self) -> bytes:
         if self._peers is None:
@@ -217,22 +229,28 @@ class Server:
         self._grpc = create_server(self.dataplane, o.grpc_channel_arguments, o.grpc_max_message_bytes,
                                    o.enable_serialization_as_tensor_content,
                                    reuse_port=self._slot is not None, reload_config=self.reload,
-                                   profiler=ProfilerServicer(Profiler()) if o.enable_profiler else None)
+                                   profiler=ProfilerServicer(Profiler(), o.profiler_log_dir) if o.enable_profiler else None,
+                                   control=self.control)
         if self._health:
             self._health.register(self._grpc)
+        address = _host_port(o.grpc_bind_address, o.port)
         if o.port and self._tls:
-            self._grpc.add_secure_port(f"0.0.0.0:{o.port}", self._tls.grpc_credentials())
-            log.info("Running gRPC ModelServer at 0.0.0.0:%d (TLS%s) ...", o.port,
+            self._grpc.add_secure_port(address, self._tls.grpc_credentials())
+            log.info("Running gRPC ModelServer at %s (TLS%s) ...", address,
                      ", client certificates required" if self._tls.client_verify else "")
         elif o.port:
-            self._grpc.add_insecure_port(f"0.0.0.0:{o.port}")
-            log.info("Running gRPC ModelServer at 0.0.0.0:%d ...", o.port)
+            self._grpc.add_insecure_port(address)
+            log.info("Running gRPC ModelServer at %s ...", address)
         if o.grpc_socket_path and (self._slot is None or self._slot.index == 0):
             # A UNIX socket can't be shared: with --num_workers, the first worker serves it.
             # Local only: stays plaintext with or without --ssl_config_file, as in TF Serving.
             self._grpc.add_insecure_port(f"unix:{o.grpc_socket_path}")
             log.info("Running gRPC ModelServer at UNIX socket %s ...", o.grpc_socket_path)
         await self._grpc.start()
+        log.info("%s", self.control.describe(o.grpc_bind_address if o.port else "127.0.0.1"))
+        warning = token_file_permissions_warning(o.admin_token_file) if o.admin_token_file else None
+        if warning:
+            log.warning("%s", warning)
 
     async def _start_rest(self) -> None:
         o = self.options
@@ -258,12 +276,14 @@ class Server:
         assert self._rest.server is not None  # made by setup()
         self._rest_listener = await asyncio.get_running_loop().create_server(
             http_timeouts.connection_factory(self._rest.server, header_seconds, self._rest_gate),
-            "0.0.0.0", o.rest_api_port, ssl=ssl_context, reuse_port=self._slot is not None,
+            o.rest_api_bind_address, o.rest_api_port, ssl=ssl_context, reuse_port=self._slot is not None,
             ssl_handshake_timeout=(header_seconds or None) if ssl_context else None)
         if self._rest_gate is not None:
             self._rest_gate.lag.start()
-        log.info("Exporting HTTP%s/REST API at:localhost:%d ...", "S" if ssl_context else "",
-                 o.rest_api_port)
+        # TF Serving's own line on its default address (scripts wait for it).
+        shown = "localhost" if o.rest_api_bind_address == "0.0.0.0" else o.rest_api_bind_address
+        log.info("Exporting HTTP%s/REST API at:%s ...", "S" if ssl_context else "",
+                 _host_port(shown, o.rest_api_port))
 
     def request_exit(self, signum: int = signal.SIGTERM) -> None:
         if self.exit_signal is None:
@@ -359,10 +379,5 @@ def runtime_settings(o: ServerOptions) -> RuntimeSettings:
         tflite_interpreters_per_pool=o.num_tflite_interpreters_per_pool or o.num_tflite_interpreters)
 
 
-def _models_of(config: bytes | model_server_config_pb2.ModelServerConfig) -> list[ModelConfig]:
-    if isinstance(config, bytes):
-        config = model_server_config_pb2.ModelServerConfig.FromString(config)
-    try:
-        return models_from_proto(config)
-    except ConfigError as e:
-        raise ServingError.invalid_argument(str(e)) from None
+def _host_port(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
