@@ -194,7 +194,10 @@ def test_a_version_loads_only_once_uploaded_whole_with_no_failed_request(store, 
         assert traffic.report.versions[1] > 0 and traffic.report.versions[2] > 0
         assert _linear_value(server) == 8.0
         # The cache keeps only what the policy wants: version 2.
-        wait_for(lambda: [p.name.rsplit("-", 1)[1] for p in cache.iterdir()] == ["2"], 30, "1's copy removed")
+        def copies() -> list[str]:  # the versions copied (the cache's own lock files are hidden)
+            return [p.name.rsplit("-", 1)[1] for p in cache.iterdir() if not p.name.startswith(".")]
+
+        wait_for(lambda: copies() == ["2"], 30, "1's copy removed")
     finally:
         assert server.stop() == 0
     assert not [p for p in cache.iterdir() if p.name.startswith(".partial-")]  # no download left half-done
@@ -283,3 +286,55 @@ def test_a_store_without_its_client_says_which_extra_to_install(tmp_path):
         assert "pip install 'pyserving[azure]'" in server.log()
     finally:
         assert server.stop() == 0
+
+
+def test_a_bucket_key_that_would_leave_the_cache_is_refused(tmp_path):
+    """An object named hpt/2/../../(...)/x: the version is not loaded and nothing is written outside
+    the cache; the cache folder's foreign files stay (it deletes only the copies it made)."""
+    store = Store("s3")
+    target = tmp_path / "outside" / "x.txt"
+    target.parent.mkdir()
+    target.write_text("precious")
+    cache = tmp_path / "cache"
+    (cache / "user_data").mkdir(parents=True)  # --model_cache_dir may hold the operator's own files
+    (cache / "user_data" / "keep.txt").write_text("mine")
+    try:
+        store.upload(HALF_PLUS_TWO, "hpt/1")
+        store.upload(HALF_PLUS_TWO, "hpt/2")
+        escape = "../" * (len(cache.parts) + 4) + str(target).lstrip("/")
+        store.fs.pipe(f"{store.bucket}/hpt/2/{escape}", b"overwritten by a bucket key")
+        store.fs.invalidate_cache()
+        server = _serve(store, tmp_path, "--model_name=hpt", f"--model_base_path={store.url('hpt')}",
+                        f"--model_cache_dir={cache}", "--max_num_load_retries=0")
+        try:  # the start polled the store once, and cleaned the cache after it
+            status = server.get("/v1/models/hpt").json()["model_version_status"]
+            assert status[0]["version"] == "2" and status[0]["state"] == "END", status
+            assert "would leave the version's folder" in status[0]["status"]["error_message"]
+            assert target.read_text() == "precious"
+            assert not [p for p in cache.iterdir() if p.name.startswith(".partial-")]
+            assert (cache / "user_data" / "keep.txt").read_text() == "mine"
+            assert "Traceback" not in server.log()
+        finally:
+            assert server.stop() == 0
+    finally:
+        store.stop()
+
+
+def test_workers_sharing_a_cache_each_load_the_version(tmp_path):
+    """--num_workers=2 on one --model_cache_dir: both copy or reuse the version, neither fails
+    (they raced to rename their copies in: 'Directory not empty', and one served nothing)."""
+    store = Store("s3")
+    try:
+        store.upload(HALF_PLUS_TWO, "hpt/00000123")
+        server = _serve(store, tmp_path, "--model_name=hpt", f"--model_base_path={store.url('hpt')}",
+                        f"--model_cache_dir={tmp_path / 'cache'}", "--num_workers=2")
+        try:
+            loaded = f"Loaded {store.url('hpt/00000123')} with the"
+            wait_for(lambda: server.log().count(loaded) == 2, 120, "both workers to load the version")
+            for _ in range(20):  # connections spread over both workers
+                assert _predict(server, "hpt", [1.0]) == [2.5]
+            assert "Directory not empty" not in server.log() and "failed (attempt" not in server.log()
+        finally:
+            assert server.stop() == 0
+    finally:
+        store.stop()

@@ -108,10 +108,18 @@ class Server:
         self._health = HealthReporter(self.manager) if options.enable_grpc_healthcheck_service else None
 
     def _load(self, path: str):
-        """The manager's loader (runs in a load thread): load, warm up, and time both."""
+        """The manager's loader (runs in a load thread): a remote version from its local copy,
+        which no worker deletes until the load, its warmup and its batching file are done."""
+        if is_remote(path):
+            with self._cache.using(path) as local:
+                return self._load_folder(path, local)
+        return self._load_folder(path, path)
+
+    def _load_folder(self, path: str, folder: str):
+        """Load, warm up, and time both; ``path`` names the version, ``folder`` holds its files."""
         start = time.perf_counter()
         try:
-            servable = self._loader.load(self._cache.fetch(path) if is_remote(path) else path)
+            servable = self._loader.load(folder)
         except Exception:
             self.metrics.record_load(path, time.perf_counter() - start, ok=False)
             raise
@@ -119,16 +127,16 @@ class Server:
         self.metrics.record_load(path, seconds, ok=True)
         log.info("Loaded %s with the %s runtime in %.2f s; signatures: %s", path, servable.runtime, seconds,
                  ", ".join(sorted(servable.signature_defs)) or "none")
-        warmup_file = warmup_path(path) if self.options.enable_model_warmup else None
+        warmup_file = warmup_path(folder) if self.options.enable_model_warmup else None
         if warmup_file:
             self._warm_up(servable, path, warmup_file)
         if self.options.enable_batching:
-            return self._batched(servable, path)
+            return self._batched(servable, path, folder)
         return servable
 
-    def _batched(self, servable, path: str) -> BatchingServable:
+    def _batched(self, servable, path: str, folder: str) -> BatchingServable:
         options = self._batching
-        per_model = os.path.join(path, PER_MODEL_FILE)
+        per_model = os.path.join(folder, PER_MODEL_FILE)
         if self.options.enable_per_model_batching_parameters and os.path.isfile(per_model):
             try:
                 options = BatchingOptions.from_file(per_model)

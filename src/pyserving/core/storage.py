@@ -11,14 +11,17 @@ are optional extras (pyserving[s3], [gcs], [azure]), imported on first use.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
 import os
 import posixpath
+import re
 import shutil
 import tempfile
 import time
-from typing import Any
+from typing import Any, Iterator
 
 log = logging.getLogger("pyserving.storage")
 
@@ -136,8 +139,32 @@ def _fingerprint(fs: Any, path: str) -> tuple:
                         for name, info in files.items()))
 
 
+# What the cache names its own entries: a copy, or a copy being made. Nothing else in the folder
+# is ever deleted (--model_cache_dir may be a folder that holds other things).
+_ENTRY = re.compile(r"^[0-9a-f]{16}-\d+$")
+_LOCKS = ".locks"
+
+
+def safe_relative_key(key: str, source: str) -> str:
+    """A listed object's path below its version folder, refused (StorageError) if it would name
+    anything outside it once joined to a local folder: '..', '.', empty parts, backslashes, NULs.
+    Object stores allow every one of those in a key; a local file system gives them meaning."""
+    prefix = source.rstrip("/") + "/"
+    if not key.startswith(prefix):
+        raise StorageError(f"the store listed {key!r}, which is not below {source}")
+    relative = key[len(prefix):]
+    parts = relative.split("/")
+    if not relative or any(p in ("", ".", "..") or "\\" in p or "\0" in p for p in parts):
+        raise StorageError(f"object key {key!r} would leave the version's folder: the version is not loaded")
+    return relative
+
+
 class VersionCache:
-    """Local copies of remote versions, for TensorFlow to load; only the wanted ones are kept."""
+    """Local copies of remote versions, for TensorFlow to load; only the wanted ones are kept.
+
+    Workers of one server (--num_workers) share the folder: a copy is made once whole and renamed in
+    (a worker that loses the race uses the winner's copy), deletions take an entry's lock, and a
+    copy being loaded holds it shared, so no worker deletes what another is reading."""
 
     def __init__(self, root: str = "") -> None:
         self._given = root
@@ -154,23 +181,34 @@ class VersionCache:
         digest = hashlib.sha256(remote.encode()).hexdigest()[:16]
         return os.path.join(self.root, f"{digest}-{posixpath.basename(remote.rstrip('/'))}")
 
+    @contextlib.contextmanager
+    def using(self, remote: str) -> Iterator[str]:
+        """The version's local copy, kept from deletion (by any worker) while the block runs."""
+        name = os.path.basename(self.local_path(remote))
+        with self._entry_lock(name, fcntl.LOCK_SH):
+            yield self.fetch(remote)
+
     def fetch(self, remote: str) -> str:
         """The version's local copy, downloaded whole before it appears (runs in a load thread)."""
         local = self.local_path(remote)
         if os.path.isdir(local):
             return local
-        partial = tempfile.mkdtemp(prefix=".partial-", dir=self.root)
+        name = os.path.basename(local)
+        partial = tempfile.mkdtemp(prefix=f".partial-{name}-", dir=self.root)
         try:
             start = time.perf_counter()
             fs = filesystem(remote)
             source = _strip(fs, remote).rstrip("/")
             files = fs.find(source + "/", detail=True)
             names = list(files)
-            targets = [os.path.join(partial, os.path.relpath(name, source)) for name in names]
+            targets = [os.path.join(partial, *safe_relative_key(key, source).split("/")) for key in names]
             for target in targets:
                 os.makedirs(os.path.dirname(target), exist_ok=True)
             fs.get(names, targets)  # lists: the async stores fetch the files concurrently
-            os.rename(partial, local)
+            self._move_in(partial, local)
+        except StorageError as e:  # the load fails with it, and the manager logs it
+            shutil.rmtree(partial, ignore_errors=True)
+            raise StorageError(f"Cannot copy {remote}: {e}") from None
         except Exception as e:
             shutil.rmtree(partial, ignore_errors=True)
             raise StorageError(f"Cannot copy {remote}: {_reason(e)}") from None
@@ -179,6 +217,14 @@ class VersionCache:
         log.info("Copied %s (%.1f MiB) in %.2f s", remote, size / 2**20, seconds)
         return local
 
+    def _move_in(self, partial: str, local: str) -> None:
+        try:
+            os.rename(partial, local)
+        except OSError:
+            if not os.path.isdir(local):
+                raise
+            shutil.rmtree(partial, ignore_errors=True)  # another worker's copy came first: the same files
+
     def keep_only(self, remotes: set[str]) -> None:
         """Delete the local copies of versions no longer wanted (a loaded model keeps its memory;
         TensorFlow reads a version's files only while loading it)."""
@@ -186,8 +232,24 @@ class VersionCache:
             return
         wanted = {os.path.basename(self.local_path(r)) for r in remotes}
         for name in os.listdir(self.root):
-            if name not in wanted and not name.startswith(".partial-"):
-                shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
+            if name in wanted or not _ENTRY.match(name):
+                continue  # wanted, or not ours (a copy being made is named .partial-...)
+            try:
+                with self._entry_lock(name, fcntl.LOCK_EX | fcntl.LOCK_NB):
+                    shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
+            except BlockingIOError:
+                pass  # a worker is loading it: deleted at a later poll
+
+    @contextlib.contextmanager
+    def _entry_lock(self, name: str, mode: int) -> Iterator[None]:
+        folder = os.path.join(self.root, _LOCKS)
+        os.makedirs(folder, exist_ok=True)
+        fd = os.open(os.path.join(folder, name), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, mode)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
 
     def close(self) -> None:
         if self._root and not self._given:
