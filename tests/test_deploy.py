@@ -21,11 +21,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import jsonschema
 import kubernetes_validate
 import pytest
 import requests
 import yaml
+
+from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 
 from pyserving.cli import add_server_flags, options_from_args
 from pyserving.config import check_options, parse_model_server_config
@@ -245,6 +248,35 @@ def test_num_workers_match_the_cpu_limit():
     assert int(flag(runtime["args"], "num_workers")) == cpu_cores(runtime["resources"]["limits"]["cpu"])
 
 
+def test_the_control_plane_is_locked_and_bind_addresses_explicit():
+    spec, container = pod_spec(), server_container()
+    token = Path(flag(container["args"], "admin_token_file"))
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert Path(mounts["admin-token"]["mountPath"]) == token.parent and mounts["admin-token"]["readOnly"]
+    secret = {v["name"]: v for v in spec["volumes"]}["admin-token"]["secret"]
+    assert secret["secretName"] and secret["defaultMode"] == 0o400
+    for name in ("grpc_bind_address", "rest_api_bind_address"):
+        assert flag(container["args"], name) == "0.0.0.0"
+        assert flag(runtime_container()["args"], name) == "0.0.0.0"
+    assert flag(runtime_container()["args"], "enable_config_reload_rpc") == "false"
+
+
+def test_the_served_deployment_takes_reloads_only_with_its_token(served):
+    request = model_management_pb2.ReloadConfigRequest()
+    request.config.model_config_list.config.add(name="other", base_path="/nowhere", model_platform="tensorflow")
+    with grpc.insecure_channel(f"127.0.0.1:{served.grpc_port}") as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.HandleReloadConfigRequest(request, 30)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as info:
+            stub.HandleReloadConfigRequest(request, 30, metadata=(("authorization", "Bearer wrong"),))
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "Control plane (config reloads (HandleReloadConfigRequest) and the profiler): the admin token is required" \
+        in served.log.read_text()
+    assert served.token not in served.log.read_text()
+
+
 def test_probes_and_shutdown_timing():
     spec, container = pod_spec(), server_container()
     models = [m.name for m in parse_model_server_config(k8s("ConfigMap")["data"]["models.config"])]
@@ -283,6 +315,8 @@ class Served:
     url: str
     rest_port: int
     log: Path
+    grpc_port: int = 0
+    token: str = ""
 
 
 @pytest.fixture(scope="module")
@@ -302,7 +336,14 @@ def served(tmp_path_factory):
     (root / "config").mkdir()
     for key, text in data.items():
         (root / "config" / key).write_text(text.replace(f'"{mounts["models"]}/', f'"{root / "models"}/'))
-    args = [a.replace(mounts["config"], str(root / "config")) for a in container["args"]]
+    # The admin token as the Secret's volume gives it: one file, readable by the server only.
+    secret = root / "secret"
+    secret.mkdir()
+    token_file = secret / Path(flag(container["args"], "admin_token_file")).name
+    token_file.write_text("deploy-test-token\n")
+    token_file.chmod(0o400)
+    args = [a.replace(mounts["config"], str(root / "config")).replace(mounts["admin-token"], str(secret))
+            for a in container["args"]]
     grpc_port, rest_port = free_port(), free_port()
     env = {**os.environ, "PATH": f"{BIN_DIR}{os.pathsep}{os.environ['PATH']}",
            "MODEL_NAME": "model", "MODEL_BASE_PATH": str(root / "unused")}
@@ -311,7 +352,7 @@ def served(tmp_path_factory):
         proc = subprocess.Popen(["bash", str(ENTRYPOINT), *args, f"--port={grpc_port}",
                                  f"--rest_api_port={rest_port}"],
                                 stdout=out, stderr=subprocess.STDOUT, env=env)
-    served = Served(proc, f"http://127.0.0.1:{rest_port}", rest_port, log)
+    served = Served(proc, f"http://127.0.0.1:{rest_port}", rest_port, log, grpc_port, "deploy-test-token")
 
     def up() -> bool:
         assert proc.poll() is None, f"server exited with {proc.returncode}:\n{log.read_text()}"

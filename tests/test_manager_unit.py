@@ -6,6 +6,7 @@ import asyncio
 import os
 import shutil
 import threading
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -545,9 +546,15 @@ def test_wait_until_settled_waits_for_loading_versions():
 
 # ---- the file-system source -----------------------------------------------------
 
+def version_folder(path: Path) -> None:
+    """A numbered folder that is a version: it holds a model file (FakeLoader never reads it)."""
+    path.mkdir(parents=True)
+    (path / "saved_model.pb").write_bytes(b"")
+
+
 def test_list_versions(tmp_path):
     for name in ["1", "2", "00000123", "abc", "1a", "-3", ".5"]:
-        (tmp_path / name).mkdir()
+        version_folder(tmp_path / name)
     (tmp_path / "7").write_text("a file, not a version")
     assert list_versions(str(tmp_path)) == {
         1: str(tmp_path / "1"), 2: str(tmp_path / "2"), 123: str(tmp_path / "00000123")}
@@ -557,8 +564,25 @@ def test_list_versions_ignores_non_ascii_digit_folders(tmp_path):
     # str.isdigit() accepts these, but they are not version numbers (TF Serving
     # parses names with strtoll); they must not crash the poll either.
     for name in ["4", "²", "١٢"]:
-        (tmp_path / name).mkdir()
+        version_folder(tmp_path / name)
     assert list_versions(str(tmp_path)) == {4: str(tmp_path / "4")}
+
+
+def test_list_versions_leaves_out_what_is_not_a_version_and_says_why(tmp_path):
+    version_folder(tmp_path / "5")
+    version_folder(tmp_path / "9223372036854775807")  # int64's largest: a version
+    version_folder(tmp_path / "9223372036854775808")
+    version_folder(tmp_path / "99999999999999999999999")
+    version_folder(tmp_path / "0005")
+    (tmp_path / "6").mkdir()  # no model file: still a version, as in TF Serving (its load fails)
+    version_folder(tmp_path / ("7" * 250))  # hundreds of digits: refused before int() parses them
+    ignored: dict[str, str] = {}
+    assert list_versions(str(tmp_path), ignored) == {5: str(tmp_path / "0005"), 6: str(tmp_path / "6"),
+                                                     2**63 - 1: str(tmp_path / "9223372036854775807")}
+    assert ignored == {"9223372036854775808": "its number is larger than a version can be (int64)",
+                       "99999999999999999999999": "its number is larger than a version can be (int64)",
+                       "5": "version 5 is folder 0005 already",
+                       "7" * 250: "its number is larger than a version can be (int64)"}
 
 
 def test_list_versions_missing_base_path(tmp_path):
@@ -568,7 +592,7 @@ def test_list_versions_missing_base_path(tmp_path):
 
 def test_poll_once_loads_selected_versions(tmp_path):
     for name in ["1", "2", "00000123", "notaversion"]:
-        (tmp_path / name).mkdir()
+        version_folder(tmp_path / name)
     (tmp_path / "9").write_text("file")
     loader = FakeLoader()
 
@@ -591,7 +615,7 @@ def test_poll_once_loads_selected_versions(tmp_path):
 
 def test_poll_once_missing_base_path_keeps_serving(tmp_path):
     base = tmp_path / "model"
-    (base / "1").mkdir(parents=True)
+    version_folder(base / "1")
     loader = FakeLoader()
 
     async def body(m: ModelManager):
@@ -607,7 +631,7 @@ def test_poll_once_missing_base_path_keeps_serving(tmp_path):
         assert _serving(m)[0] == 1
         assert not loader.servables[str(base / "1")].closed.is_set()
         # The folder comes back with a newer version: normal service resumes.
-        (base / "2").mkdir(parents=True)
+        version_folder(base / "2")
         await source.poll_once()
         await until(lambda: states(m, "m") == {2: VersionState.AVAILABLE, 1: VersionState.END},
                     "v2 to replace v1")
@@ -616,7 +640,7 @@ def test_poll_once_missing_base_path_keeps_serving(tmp_path):
 
 
 def test_poll_once_new_version_replaces_old_and_removed_model_unloads(tmp_path):
-    (tmp_path / "1").mkdir()
+    version_folder(tmp_path / "1")
     loader = FakeLoader()
 
     async def body(m: ModelManager):
@@ -624,7 +648,7 @@ def test_poll_once_new_version_replaces_old_and_removed_model_unloads(tmp_path):
         source.set_models([ModelConfig("m", str(tmp_path))])
         await source.poll_once()
         await m.wait_until_settled(["m"], timeout=DEADLINE)
-        (tmp_path / "3").mkdir()
+        version_folder(tmp_path / "3")
         await source.poll_once()
         await until(lambda: states(m, "m") == {3: VersionState.AVAILABLE, 1: VersionState.END},
                     "v3 to replace v1")

@@ -5,14 +5,21 @@ from __future__ import annotations
 
 import glob
 import ipaddress
+import socket
 import struct
 import subprocess
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
+import tensorflow as tf
 from google.protobuf import text_format
-from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
+from tensorflow_serving.apis import (model_management_pb2, model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2_grpc)
 
 from pyserving.codecs import tfrecord
 from support import models
@@ -159,3 +166,141 @@ def test_a_logging_config_without_a_request_log_dir_is_refused_at_start(tmp_path
     assert "writes request logs, which this server writes only inside the folder named by --request_log_dir" \
         in result.stderr, result.stderr
     assert not glob.glob("/etc/cron.d/job*")
+
+
+# ---- what a base path can do to the server's status ------------------------------------------
+
+def test_version_folders_past_int64_and_a_base_path_of_proc_break_nothing(tmp_path):
+    """Folders named past int64 are skipped as TF Serving skips them, with one line naming them;
+    /proc's process folders fail to load as versions (as in TF Serving); every status URL answers."""
+    base = tmp_path / "m"
+    base.mkdir()
+    for name in ("1", "9223372036854775808", "99999999999999999999999"):
+        (base / name).symlink_to(HALF_PLUS_TWO / "00000123", target_is_directory=True)
+    config = tmp_path / "models.config"
+    forged = "2026-01-01 00:00:00,000 E pyserving.server] forged"
+    config.write_text(model_config({"m": str(base), "proc": "/proc", "hp2": str(HALF_PLUS_TWO),
+                                    "evil\\n" + forged: str(tmp_path / "missing")}))
+    server = ServerProcess(f"--model_config_file={config}", "--max_num_load_retries=0",
+                           log_path=tmp_path / "server.log").wait_ready()
+    try:
+        status = server.get("/v1/models/m").json()["model_version_status"]
+        assert [(s["version"], s["state"]) for s in status] == [("1", "AVAILABLE")]
+        for path in ("/", "/v1/status", "/v1/models", "/v1/models/hp2", "/v1/models/proc"):
+            assert server.get(path).status_code == 200, path
+        (proc,) = server.get("/v1/models/proc").json()["model_version_status"]
+        assert proc["state"] == "END" and proc["status"]["error_code"] != "OK"
+        assert server.post("/v1/models/hp2:predict", json={"instances": [1.0]}).json() == {"predictions": [2.5]}
+        log = server.log()
+        assert ("Model m: ignoring 2 numbered folders under " in log
+                and "9223372036854775808: its number is larger than a version can be (int64)" in log)
+        assert "Traceback" not in log
+        # A name from a config (or a reload) can't forge a log line: controls are escaped.
+        assert "of model evil\\n" + forged in log
+        assert not [line for line in log.splitlines() if line.startswith(forged)]
+    finally:
+        assert server.stop() == 0
+
+
+# ---- bounded work per request ------------------------------------------------------------------
+
+MIB = 1 << 20
+
+
+def _gzip_bomb(inflated: int) -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    chunk = bytes(MIB)
+    return b"".join([packer.compress(chunk) for _ in range(inflated // MIB)] + [packer.flush()])
+
+
+@pytest.mark.serial  # measures the event loop's latency while bombs inflate
+def test_gzip_bombs_stop_at_100_mb_off_the_event_loop(tmp_path):
+    bomb = _gzip_bomb(1024 * MIB)  # ~1 MB on the wire, 1 GiB inflated
+    server = ServerProcess("--model_name=hp2", f"--model_base_path={HALF_PLUS_TWO}",
+                           log_path=tmp_path / "server.log").wait_ready()
+    try:
+        health_latencies: list[float] = []
+        with ThreadPoolExecutor(3) as pool:
+            bombs = [pool.submit(server.post, "/v1/models/hp2:predict", data=bomb,
+                                 headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
+                     for _ in range(3)]
+            while not all(b.done() for b in bombs):
+                sent = time.monotonic()
+                assert server.get("/healthz").status_code == 200
+                health_latencies.append(time.monotonic() - sent)
+            answers = [b.result() for b in bombs]
+        for r in answers:
+            assert r.status_code == 413, r.text
+            assert r.json()["error"] == ("Request body inflates to more than the limit of 104857600 bytes "
+                                         "(--rest_api_max_decompressed_bytes)")
+        # Inflating ran in threads: the loop kept answering (it stalled 8.6 s inflating on the loop).
+        assert max(health_latencies) < 1.0, max(health_latencies)
+        assert server.post("/v1/models/hp2:predict", json={"instances": [1.0]}).json() == {"predictions": [2.5]}
+    finally:
+        assert server.stop() == 0
+
+
+def test_expect_100_continue_over_the_limit_is_413_before_the_body(tmp_path):
+    server = ServerProcess("--model_name=hp2", f"--model_base_path={HALF_PLUS_TWO}",
+                           "--rest_api_max_request_bytes=1048576", log_path=tmp_path / "server.log").wait_ready()
+    try:
+        for length, first_line in ((99999999999, b"HTTP/1.1 413"), (100, b"HTTP/1.1 100 Continue")):
+            with socket.create_connection(("127.0.0.1", server.rest_port), timeout=10) as conn:
+                conn.sendall(b"POST /v1/models/hp2:predict HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                             b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % length)
+                assert conn.recv(4096).startswith(first_line)
+        assert server.post("/v1/models/hp2:predict", json={"instances": [1.0]}).json() == {"predictions": [2.5]}
+    finally:
+        assert server.stop() == 0
+
+
+# ---- TensorFlow's answers, whatever the input ------------------------------------------------
+
+def _export_scalar_string(path: str) -> str:
+    """y = x * 2, plus a scalar string output (a model's name or version tag, say)."""
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
+        x = tf.compat.v1.placeholder(tf.float32, shape=[None], name="x")
+        tag = tf.identity(tf.constant("v1-\u00e9"), name="tag")
+        info = tf.compat.v1.saved_model.utils.build_tensor_info
+        builder = tf.compat.v1.saved_model.Builder(path)
+        builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map={
+            "serving_default": tf.compat.v1.saved_model.signature_def_utils.build_signature_def(
+                {"x": info(x)}, {"y": info(tf.identity(x * 2, name="y")), "tag": info(tag)},
+                "tensorflow/serving/predict")})
+        builder.save()
+    return path
+
+
+def test_invalid_utf8_into_parse_example_and_scalar_string_outputs(tmp_path):
+    """Bytes that are not UTF-8 in TensorFlow's error message: INVALID_ARGUMENT, not an INTERNAL
+    traceback; a scalar string output answers over REST as over gRPC."""
+    _export_scalar_string(str(tmp_path / "tag" / "1"))
+    config = tmp_path / "models.config"
+    config.write_text(model_config({"hp2": str(HALF_PLUS_TWO), "tag": str(tmp_path / "tag")}))
+    server = ServerProcess(f"--model_config_file={config}", log_path=tmp_path / "server.log").wait_ready()
+    try:
+        with server.channel() as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            for signature in ("classify_x_to_y", "regress_x_to_y"):
+                request = predict_pb2.PredictRequest()
+                request.model_spec.name, request.model_spec.signature_name = "hp2", signature
+                request.inputs["inputs"].CopyFrom(tf.make_tensor_proto(np.array([b"\xff\xfe\x80"], dtype=object)))
+                with pytest.raises(grpc.RpcError) as info:
+                    stub.Predict(request, 10)
+                assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "\\xff\\xfe\\x80" in info.value.details()
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = "tag"
+            request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.float32([1.0, 2.0])))
+            assert stub.Predict(request, 10).outputs["tag"].string_val == ["v1-é".encode()]
+        bad = server.post("/v1/models/hp2:predict",
+                          json={"signature_name": "classify_x_to_y", "instances": [{"b64": "//6A"}]})
+        assert bad.status_code == 400 and "\\xff\\xfe\\x80" in bad.json()["error"]
+        rows = server.post("/v1/models/tag:predict", json={"instances": [1.0, 2.0]})  # a scalar has no rows
+        assert rows.status_code == 400 and "use the columnar 'inputs' format" in rows.json()["error"]
+        columns = server.post("/v1/models/tag:predict", json={"inputs": {"x": [1.0, 2.0]}})
+        assert columns.json() == {"outputs": {"y": [2.0, 4.0], "tag": "v1-é"}}
+        assert "Traceback" not in server.log()
+    finally:
+        assert server.stop() == 0

@@ -191,6 +191,8 @@ def check_options(options: ServerOptions) -> None:
         raise ConfigError("--num_workers must be 0 (one per CPU core) or positive")
     if options.request_log_max_file_bytes <= 0:
         raise ConfigError("--request_log_max_file_bytes must be positive")
+    if options.rest_api_max_decompressed_bytes <= 0:
+        raise ConfigError("--rest_api_max_decompressed_bytes must be positive")
     if options.request_log_max_total_bytes <= 0:
         raise ConfigError("--request_log_max_total_bytes must be positive")
     if options.request_log_dir and os.path.exists(options.request_log_dir) and \

@@ -5,11 +5,33 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 
 TEXT_FORMAT = "%(asctime)s %(levelname).1s {worker}%(name)s] %(message)s"
 # Fields a record may carry through ``extra=`` (the access log's), copied into JSON lines as they are.
 ACCESS_FIELDS = ("protocol", "api", "model", "version", "status", "latency_ms")
+
+
+# C0 and C1 controls and DEL: a model name or a config value holding "\n2026-... I pyserving]"
+# would otherwise forge a whole log line. JSON lines escape them already (json.dumps).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape_controls(text: str) -> str:
+    return _CONTROL.sub(lambda m: _NAMED.get(m.group(), f"\\x{ord(m.group()):02x}"), text)
+
+
+class TextFormatter(logging.Formatter):
+    """pyserving's text lines: one line per message, whatever its arguments hold (a traceback, the
+    formatter's own addition, still spans lines)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
 
 
 class JsonFormatter(logging.Formatter):
@@ -48,6 +70,6 @@ def _set_formatter(log_format: str, worker: int | None) -> None:
     if log_format == "json":
         formatter: logging.Formatter = JsonFormatter(worker)
     else:
-        formatter = logging.Formatter(TEXT_FORMAT.format(worker="" if worker is None else f"w{worker} "))
+        formatter = TextFormatter(TEXT_FORMAT.format(worker="" if worker is None else f"w{worker} "))
     for handler in logging.getLogger().handlers:
         handler.setFormatter(formatter)

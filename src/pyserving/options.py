@@ -83,6 +83,9 @@ class ServerOptions:
     # pyserving's own flags (not in TF Serving):
     rest_api_max_request_bytes: int = _flag(
         1 << 30, "pyserving: largest REST request body accepted, after decompression (413 above it)")
+    rest_api_max_decompressed_bytes: int = _flag(
+        100 << 20, "pyserving: largest a gzip or deflate REST body may inflate to (413 above it; "
+                   "TF Serving's 100 MB), inflated off the event loop")
     rest_api_header_timeout_in_ms: int = _flag(
         10000, "pyserving: a REST request's line and headers must arrive within this, from the "
                "connection's opening or the request's first byte, else the connection closes "
@@ -164,6 +167,7 @@ FLAG_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Batching", ("enable_batching", "batching_parameters_file", "enable_per_model_batching_parameters")),
     ("REST", (
         "rest_api_timeout_in_ms", "rest_api_enable_cors_support", "rest_api_max_request_bytes",
+        "rest_api_max_decompressed_bytes",
         "rest_api_header_timeout_in_ms", "rest_api_body_timeout_in_ms", "rest_api_idle_timeout_in_ms")),
     ("gRPC", (
         "grpc_channel_arguments", "enable_grpc_healthcheck_service", "enable_serialization_as_tensor_content",

@@ -97,7 +97,8 @@ class ModelServer:
         await self._server.start_core()
         dataplane = self._server.dataplane
         self._rest = RestService(dataplane, options.rest_api_timeout_in_ms, options.rest_api_enable_cors_support,
-                                 options.rest_api_max_request_bytes)
+                                 options.rest_api_max_request_bytes,
+                                 max_decompressed_bytes=options.rest_api_max_decompressed_bytes)
         self._body_limit = options.rest_api_max_request_bytes
         self._prediction = PredictionServicer(dataplane, options.enable_serialization_as_tensor_content)
         self._models = ModelServicer(dataplane)  # reloads: see HandleReloadConfigRequest

@@ -11,6 +11,7 @@ from functools import cached_property, partial
 from typing import Any, Awaitable, Callable, Mapping, cast
 
 from aiohttp import http_exceptions, web
+from aiohttp.web_urldispatcher import _default_expect_handler
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -62,15 +63,33 @@ def _error(code: Code, message: str, retry_after: int | None = None) -> web.Resp
     return web.json_response({"error": message}, status=http_status(code), headers=headers)
 
 
+# TF Serving's cap on an inflated request body (net_http); pyserving's --rest_api_max_decompressed_bytes.
+DEFAULT_MAX_DECOMPRESSED_BYTES = 100 << 20
+# A compressed body up to this size is inflated on the event loop (at most a few MB, < 1 ms of
+# work); a larger one in a thread, as its inflation can take seconds.
+INLINE_INFLATE_BYTES = 8 * 1024
+
+
+class BodyTooLarge(Exception):
+    """A request body over one of the limits (413), with the flag that sets it."""
+
+    def __init__(self, limit: int, flag: str, what: str = "Request body is larger than") -> None:
+        super().__init__(f"{what} the limit of {limit} bytes (--{flag})")
+        self.message = str(self)
+
+
 class RestService:
     def __init__(self, dataplane: DataPlane, timeout_ms: int = 30000, cors: bool = False,
                  max_body_bytes: int = 1 << 30,
                  metrics_route: tuple[str, Callable[[], Awaitable[bytes]]] | None = None,
-                 status: status_page.StatusPage | None = None) -> None:
+                 status: status_page.StatusPage | None = None,
+                 max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES) -> None:
         self._dataplane = dataplane
         self._status_page = status or status_page.StatusPage(dataplane)
         self._metrics_route = metrics_route
         self._max_body_bytes = max_body_bytes
+        self._inflated_limit = (min(max_body_bytes, max_decompressed_bytes), "rest_api_max_decompressed_bytes"
+                                if max_decompressed_bytes <= max_body_bytes else "rest_api_max_request_bytes")
         self._timeout = timeout_ms / 1000 if timeout_ms > 0 else None
         self._cors = cors
 
@@ -92,8 +111,15 @@ class RestService:
         app.router.add_get("/", self._page)
         app.router.add_get(status_page.JSON_PATH, self._status_summary)
         # [\s\S]: a path with a newline (%0A) still gets the API's JSON error, not aiohttp's text 404.
-        app.router.add_route("*", "/{tail:[\\s\\S]*}", self.dispatch)
+        app.router.add_route("*", "/{tail:[\\s\\S]*}", self.dispatch, expect_handler=self._expect)
         return app
+
+    async def _expect(self, request: web.Request) -> web.StreamResponse | None:
+        """``Expect: 100-continue``: a declared length over the limit is refused (413) before the
+        client sends the body; aiohttp's own handler answers 100 Continue to any length."""
+        if request.content_length is not None and request.content_length > self._max_body_bytes:
+            return body_too_large(self._max_body_bytes)
+        return await _default_expect_handler(request)
 
     @web.middleware
     async def _cors_middleware(self, request: web.Request, handler) -> web.StreamResponse:
@@ -152,6 +178,8 @@ class RestService:
             return _error(Code.DEADLINE_EXCEEDED, "Request timed out (--rest_api_timeout_in_ms)")
         except web.HTTPRequestEntityTooLarge:
             return body_too_large(self._max_body_bytes)
+        except BodyTooLarge as e:
+            return web.json_response({"error": e.message}, status=413)
         except ConnectionError:
             # The client went away mid-body: nothing of ours failed, and no one reads an answer.
             log.debug("%s %s: the client closed the connection before its body arrived", method, request.path)
@@ -217,8 +245,13 @@ class RestService:
 
     async def _body(self, request: web.Request) -> tuple[Any, Caller]:
         """The parsed JSON body, and the caller as the data plane sees it."""
-        raw = _decompress(await request.read(), request.headers.get("Content-Encoding", ""),
-                          self._max_body_bytes)
+        raw = await request.read()
+        encoding = request.headers.get("Content-Encoding", "").strip().lower()
+        if encoding not in ("", "identity"):
+            if len(raw) > INLINE_INFLATE_BYTES:  # never seconds of inflating on the event loop
+                raw = await asyncio.to_thread(_decompress, raw, encoding, *self._inflated_limit)
+            else:
+                raw = _decompress(raw, encoding, *self._inflated_limit)
         small = len(raw) <= SMALL_REQUEST_BYTES
         caller = Caller("REST", self._timeout, small)
         # Parse big bodies off the event loop; small ones are cheaper inline.
@@ -304,7 +337,7 @@ def _results_json(result, verb: str) -> list:
     return [r.value for r in result.regressions]
 
 
-def _decompress(raw: bytes, encoding: str, limit: int) -> bytes:
+def _decompress(raw: bytes, encoding: str, limit: int, flag: str = "rest_api_max_decompressed_bytes") -> bytes:
     """The body inflated, never past ``limit`` bytes: a small bomb is refused (413) once it has
     produced the limit, not after it has filled memory."""
     encoding = encoding.strip().lower()
@@ -318,9 +351,8 @@ def _decompress(raw: bytes, encoding: str, limit: int) -> bytes:
     except zlib.error as e:
         raise ServingError.invalid_argument(f"Request body is not valid {encoding}: {e}") from None
     if len(body) > limit:
-        size = len(body)
         del body  # a traceback must not keep the inflated bytes alive until the next GC
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
+        raise BodyTooLarge(limit, flag, "Request body inflates to more than")
     if not inflater.eof:
         raise ServingError.invalid_argument(f"Request body is not valid {encoding}: it ends early")
     return body

@@ -267,7 +267,8 @@ class Server:
             metrics_route = (self._prometheus.path, self._exposition)
         service = RestService(self.dataplane, o.rest_api_timeout_in_ms, o.rest_api_enable_cors_support,
                               o.rest_api_max_request_bytes, metrics_route,
-                              StatusPage(self.dataplane, self._metric_views))
+                              StatusPage(self.dataplane, self._metric_views),
+                              max_decompressed_bytes=o.rest_api_max_decompressed_bytes)
         app = service.app()
         # Read timeouts (http_timeouts.py): the tracker outermost, the body deadline inside CORS.
         body_ms = o.rest_api_timeout_in_ms if o.rest_api_body_timeout_in_ms < 0 else o.rest_api_body_timeout_in_ms

@@ -22,6 +22,7 @@ class FileSystemSource:
         self._poll_seconds = poll_seconds
         self._models: dict[str, ModelConfig] = {}
         self._warned: set[str] = set()
+        self._ignored: dict[str, dict[str, str]] = {}  # model -> numbered folders left out, logged once
         self._remote = RemoteVersions()
         self._cache = cache  # local copies of remote versions: the aspired ones are kept
         self._aspired_remote: dict[str, set[str]] = {}
@@ -37,14 +38,18 @@ class FileSystemSource:
     async def poll_once(self) -> None:
         for model in list(self._models.values()):
             remote = is_remote(model.base_path)
+            ignored: dict[str, str] = {}
             try:
-                lister = self._remote.list_versions if remote else list_versions
-                on_disk = await asyncio.to_thread(lister, model.base_path)
+                if remote:
+                    on_disk = await asyncio.to_thread(self._remote.list_versions, model.base_path)
+                else:
+                    on_disk = await asyncio.to_thread(list_versions, model.base_path, ignored)
             except OSError as e:
                 # Keep what is loaded: a missing or unreadable base path (an outage) may be transient.
                 self._warn_once(model.name, f"Cannot list base path {model.base_path} "
                                             f"of model {model.name}: {e.strerror or e}")
                 continue
+            self._log_ignored(model, ignored)
             if not on_disk:
                 hint = "" if remote else base_path_hint(model.base_path)
                 self._warn_once(model.name, f"No versions of servable {model.name} found "
@@ -61,6 +66,17 @@ class FileSystemSource:
             self._cache.keep_only({p for name, paths in self._aspired_remote.items() if name in live
                                    for p in paths})
 
+    def _log_ignored(self, model: ModelConfig, ignored: dict[str, str]) -> None:
+        """The numbered folders left out, in one line when they change (a few named, with why)."""
+        before = self._ignored.get(model.name, {})
+        new = {folder: reason for folder, reason in sorted(ignored.items()) if before.get(folder) != reason}
+        self._ignored[model.name] = ignored
+        if new:
+            shown = "; ".join(f"{_printable(folder)}: {reason}" for folder, reason in list(new.items())[:3])
+            more = f" (and {len(new) - 3} more)" if len(new) > 3 else ""
+            log.warning("Model %s: ignoring %d numbered folder%s under %s: %s%s", model.name, len(new),
+                        "" if len(new) == 1 else "s", model.base_path, shown, more)
+
     def _warn_once(self, name: str, message: str) -> None:
         if name not in self._warned:
             self._warned.add(name)
@@ -73,3 +89,7 @@ class FileSystemSource:
         while True:
             await asyncio.sleep(self._poll_seconds)
             await self.poll_once()
+
+
+def _printable(name: str) -> str:
+    return name if len(name) <= 40 else name[:37] + "..."

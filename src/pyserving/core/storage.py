@@ -23,12 +23,13 @@ import tempfile
 import time
 from typing import Any, Iterator
 
+from .layout import MODEL_FILES, version_number
+
 log = logging.getLogger("pyserving.storage")
 
 # scheme -> (fsspec protocol, the pyserving extra that installs its client)
 SCHEMES = {"s3": ("s3", "s3"), "s3a": ("s3", "s3"), "gs": ("gcs", "gcs"), "gcs": ("gcs", "gcs"),
            "az": ("az", "azure"), "abfs": ("abfs", "azure"), "abfss": ("abfs", "azure")}
-MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt", "model.tflite")
 # A version seen for the first time is looked at again after this, and offered only if unchanged.
 STABLE_SECONDS = 1.0
 
@@ -101,10 +102,11 @@ class RemoteVersions:
             versions = {}
             for entry in entries:
                 name = posixpath.basename(entry["name"].rstrip("/"))
-                if entry.get("type") == "directory" and name.isascii() and name.isdigit():
+                number = version_number(name)
+                if entry.get("type") == "directory" and number is not None and number not in versions:
                     path = f"{base_path.rstrip('/')}/{name}"
                     if self._ready(fs, path):
-                        versions[int(name)] = path
+                        versions[number] = path
             return versions
         except FileNotFoundError as e:
             raise StorageError(f"{base_path} does not exist ({_reason(e)})") from None

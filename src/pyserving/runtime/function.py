@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..errors import Code, ServingError
-from .servable import first_line, op_error_message, runnable_signatures
+from .servable import first_line, run_error, runnable_signatures
 
 
 class FunctionServable:
@@ -40,8 +40,8 @@ class FunctionServable:
         try:
             # Explicit conversion is cheaper than the signature's own argument conversion.
             result = function(**{k: tf.constant(v) for k, v in inputs.items()})
-        except tf.errors.OpError as e:
-            raise ServingError(Code(e.error_code), op_error_message(e.message) or type(e).__name__) from None
+        except (tf.errors.OpError, UnicodeDecodeError) as e:
+            raise run_error(e) from None
         except (TypeError, ValueError) as e:
             raise ServingError.invalid_argument(str(e)) from None
         names = output_filter or list(result)

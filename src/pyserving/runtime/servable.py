@@ -15,7 +15,7 @@ from typing import Any, Mapping, Protocol, Sequence
 import numpy as np
 
 from ..codecs.dtypes import dtype_name, from_numpy_dtype
-from ..errors import ServingError
+from ..errors import Code, ServingError
 
 INIT_OP_SIGNATURE = "__saved_model_init_op"
 DEFAULT_SIGNATURE = "serving_default"  # what an empty signature_name means
@@ -149,6 +149,17 @@ def op_error_message(message: str) -> str:
         if lines and not lines[0].startswith(_NOISE):
             return " ".join(line.strip() for line in lines)[:2000]
     return text[:2000]
+
+
+def run_error(e: Exception) -> ServingError:
+    """A model call's failure as the client sees it: a TensorFlow OpError with its code and its
+    message's first line. A message pybind could not decode arrives as UnicodeDecodeError and
+    loses its code: TensorFlow echoed a client's bytes that are not UTF-8 (ParseExample of a
+    garbage string), so it is the request's fault, and the bytes are shown escaped."""
+    if isinstance(e, UnicodeDecodeError):
+        text = bytes(e.object).decode("utf-8", "backslashreplace")
+        return ServingError.invalid_argument(op_error_message(text) or "The model refused the input")
+    return ServingError(Code(e.error_code), op_error_message(e.message) or type(e).__name__)
 
 
 def first_line(e: BaseException) -> str:

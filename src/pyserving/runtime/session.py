@@ -20,7 +20,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
 
 from ..errors import Code, ServingError
-from .servable import first_line, op_error_message, runnable_signatures
+from .servable import first_line, op_error_message, run_error, runnable_signatures
 
 log = logging.getLogger("pyserving.runtime")
 MAX_CALLABLES = 64  # per version; the oldest is released first
@@ -55,9 +55,10 @@ class SessionServable:
         run = self._callables.get(key) or self._make_callable(key)
         try:
             values = run(*(inputs[alias] for alias in feeds))
-        except tf.errors.OpError as e:
-            raise ServingError(Code(e.error_code), op_error_message(e.message) or type(e).__name__) from None
-        return dict(zip(fetches, values))
+        except (tf.errors.OpError, UnicodeDecodeError) as e:
+            raise run_error(e) from None
+        # A Session answers a scalar string tensor as bare bytes: every servable answers arrays.
+        return {alias: np.array(v, dtype=object) if isinstance(v, bytes) else v for alias, v in zip(fetches, values)}
 
     def _make_callable(self, key: _Key) -> Callable[..., list]:
         signature_key, feeds, fetches = key

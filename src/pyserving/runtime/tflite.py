@@ -32,7 +32,7 @@ from tensorflow.lite.python import schema_py_generated as schema
 from tensorflow.lite.tools import flatbuffer_utils
 
 from ..errors import Code, ServingError
-from .servable import DEFAULT_SIGNATURE, first_line, op_error_message, runnable_signatures
+from .servable import DEFAULT_SIGNATURE, first_line, run_error, runnable_signatures
 
 # tf.lite.Interpreter warns on every construction that it will move to LiteRT; it still
 # works, and LiteRT lacks nothing it has here (see the module docstring), so only this goes.
@@ -162,8 +162,8 @@ class _ParseExample:
     def __call__(self, serialized: np.ndarray) -> dict[int, np.ndarray]:
         try:
             values = tf.raw_ops.ParseExampleV2(serialized=serialized, **self.args)
-        except tf.errors.OpError as e:
-            raise ServingError(Code(e.error_code), op_error_message(e.message)) from None
+        except (tf.errors.OpError, UnicodeDecodeError) as e:
+            raise run_error(e) from None
         flat = [t for group in values for t in (group if isinstance(group, list) else [group])]
         return {i: t.numpy() for i, t in zip(self.outputs, flat)}
 
