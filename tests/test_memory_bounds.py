@@ -113,3 +113,25 @@ def test_grpc_message_over_the_limit_is_refused(server):
         request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.ones(LIMIT // 8, np.float32)))
         response = stub.Predict(request, 30)
         assert response.outputs["y"].float_val[0] == 2.5
+
+
+def test_a_compressed_grpc_message_stops_inflating_at_the_limit(server):
+    """512 MB of zeros, gzip-compressed to ~0.5 MB on the wire: gRPC's core stops inflating at
+    --grpc_max_message_bytes, so the refusal costs the limit's worth, not the message's."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "half_plus_two"
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.zeros(128 * MIB, np.float32)))
+    data = request.SerializeToString()
+    del request
+    before = _rss(server)
+    with grpc.insecure_channel(server.grpc_target, compression=grpc.Compression.Gzip,
+                               options=[("grpc.max_send_message_length", -1)]) as channel:
+        predict = channel.unary_unary("/tensorflow.serving.PredictionService/Predict")
+        for _ in range(3):
+            with pytest.raises(grpc.RpcError) as info:
+                predict(data, timeout=60)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "Decompressed message larger than max" in info.value.details()
+    grown = _rss(server) - before
+    assert grown < 4 * LIMIT, f"RSS grew {grown / MIB:.0f} MiB"
+    assert _good(server)

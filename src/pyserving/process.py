@@ -8,7 +8,6 @@ without waiting for threads stuck inside TensorFlow, which can't be interrupted.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import gc
 import logging
 import os
@@ -19,6 +18,7 @@ from typing import NoReturn
 from . import __version__
 from .config import ModelConfig
 from .errors import ServingError
+from .heap import HeapTrimmer, return_big_buffers_to_os
 from .options import ServerOptions
 from .server import Server
 from .supervisor import WorkerSlot
@@ -27,19 +27,6 @@ log = logging.getLogger("pyserving.server")
 
 # After the drain: seconds to wait for load / request threads busy inside TensorFlow.
 THREAD_EXIT_SECONDS = 0.5
-
-
-def _return_big_buffers_to_os() -> None:
-    """Buffers of 1 MiB and more (request bodies, tensors) are mmapped, so freeing them gives the
-    memory back: glibc's default raises this threshold after the first big free, after which a
-    rejected 16 MiB body stays in the heap. glibc only; elsewhere the allocator's default stays."""
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, 1 << 20)
-    except (OSError, AttributeError):
-        pass
-
-
-_M_MMAP_THRESHOLD = -3  # malloc.h
 
 
 def _event_loop_factory():
@@ -54,7 +41,9 @@ def _event_loop_factory():
 
 def run(options: ServerOptions, models: list[ModelConfig], slot: WorkerSlot | None = None) -> int:
     server: Server | None = None
-    _return_big_buffers_to_os()
+    return_big_buffers_to_os()
+    trimmer = HeapTrimmer()  # memory big requests leave in the heap, handed back (heap.py)
+    trimmer.start()
 
     async def main() -> int:
         nonlocal server

@@ -1,0 +1,38 @@
+"""heap.HeapTrimmer: memory freed in glibc's heap goes back to the system once the work is done.
+Each arm runs in a fresh interpreter, so its heap holds only what the test put there."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = """
+import sys, time
+from pyserving.heap import HeapTrimmer, resident_bytes, return_big_buffers_to_os
+return_big_buffers_to_os()
+trimmer = HeapTrimmer(check_seconds=0.05)
+if sys.argv[1] == "on":
+    trimmer.start()
+blocks = [bytes(600) + bytes([i % 256]) for i in range(400_000)]  # ~250 MB of small mallocs
+keep = blocks[::1000]  # a few stay, scattered: the heap's top can't simply shrink
+peak = resident_bytes()
+del blocks
+deadline = time.monotonic() + (10 if sys.argv[1] == "on" else 0.5)  # off: a look, no wait
+while time.monotonic() < deadline and resident_bytes() > peak // 2:
+    time.sleep(0.05)
+print(peak, resident_bytes(), trimmer.trims)
+"""
+
+
+@pytest.mark.parametrize("trimmer", ["on", "off"])
+def test_freed_heap_memory_goes_back_only_with_the_trimmer(trimmer):
+    out = subprocess.run([sys.executable, "-c", SCRIPT, trimmer], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    peak, after, trims = map(int, out.stdout.split())
+    assert peak > 200 << 20
+    if trimmer == "on":
+        assert after < peak // 2 and trims >= 1
+    else:  # glibc alone keeps the freed pages: what the trimmer is for
+        assert after > peak * 0.9 and trims == 0
