@@ -9,6 +9,8 @@ name (``:tensorflow:serving:request_count``), where prometheus_client would add
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
@@ -23,6 +25,10 @@ LATENCY_BUCKETS_US = tuple(10 * 1.8 ** i for i in range(33))
 EXAMPLE_BUCKETS = tuple(2 ** i for i in range(16))
 RUNTIME = "TF2"
 # Gauges of the whole server, not summed over worker processes.
+# Series labelled by a version's path (TF Serving's load and batching metrics): the most recently
+# recorded paths keep theirs. A base path whose folders change all the time (a hostile one, or
+# /proc) can't grow the page without bound.
+MAX_PATH_SERIES = 256
 VERSION_STATE = ":pyserving:model_version_available"
 SERVING_WORKERS = ":pyserving:serving_workers"
 
@@ -102,6 +108,8 @@ class Metrics:
         self._version_lister: VersionLister | None = None
         self._answered: set[tuple[str, str, str]] = set()  # version_requests label sets in use
         self._children: dict[tuple[int, tuple[str, ...]], object] = {}
+        self._paths: OrderedDict[str, None] = OrderedDict()  # model_path label values, oldest first
+        self._paths_lock = threading.Lock()  # load, warmup and batch threads record them
 
     def track_versions(self, lister: VersionLister) -> None:
         self._version_lister = lister
@@ -137,18 +145,37 @@ class Metrics:
     def requests_in_flight(self, model: str):
         return self._child(self.in_flight, model)
 
+    def _path(self, path: str) -> str:
+        """A model_path label value, kept among the MAX_PATH_SERIES most recent ones."""
+        with self._paths_lock:
+            self._paths[path] = None
+            self._paths.move_to_end(path)
+            evicted = [self._paths.popitem(last=False)[0] for _ in range(len(self._paths) - MAX_PATH_SERIES)]
+        for old in evicted:
+            for metric, extra in ((self.load_attempts, ("success", "fail")), (self.load_latency, ()),
+                                  (self.warmup_latency, ("OK", "ERROR")), (self.queuing_latency, ()),
+                                  (self.processed_batch_size, ()), (self.padding_size, ())):
+                for labels in [(old, e) for e in extra] or [(old,)]:
+                    try:
+                        metric.remove(*labels)
+                    except KeyError:
+                        pass
+        return path
+
     def record_load(self, path: str, seconds: float, ok: bool) -> None:
+        path = self._path(path)
         self.load_attempts.labels(path, "success" if ok else "fail").inc()
         if ok:
             self.load_latency.labels(path).inc(seconds * 1e6)
 
     def record_warmup(self, path: str, seconds: float, ok: bool) -> None:
-        self.warmup_latency.labels(path, "OK" if ok else "ERROR").observe(seconds * 1e6)
+        self.warmup_latency.labels(self._path(path), "OK" if ok else "ERROR").observe(seconds * 1e6)
 
     def record_request_log(self, model: str, status: str) -> None:
         self._child(self.request_log, model, status).inc()
 
     def record_batch(self, path: str, rows: int, padding: int, waited_seconds: float) -> None:
+        path = self._path(path)
         self.queuing_latency.labels(path).observe(waited_seconds * 1e6)
         self.processed_batch_size.labels(path).observe(rows + padding)
         self.padding_size.labels(path).observe(padding)
