@@ -111,6 +111,7 @@ def test_port_in_use_exits_with_a_clear_error(tmp_path, which):
                              capture_output=True, text=True, timeout=120)
     assert out.returncode == 1
     assert "Could not start serving" in out.stderr and str(port) in out.stderr
+    assert "Loaded " not in out.stderr  # found before the first load, not after every model loaded
 
 
 def test_flag_prefixes_are_not_guessed():

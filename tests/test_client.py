@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tensorflow.core.example import example_pb2
 
 from pyserving.client import Client
 from pyserving.errors import Code, ServingError
@@ -52,3 +53,15 @@ def test_errors_carry_the_same_code_on_both_protocols(client):
     with pytest.raises(ServingError) as bad:
         client.predict("hpt", {"no_such_input": np.array([[1.0]], np.float32)})
     assert bad.value.code == Code.INVALID_ARGUMENT
+
+
+def test_one_behaviour_on_both_protocols(client):
+    """A bare array goes to the signature's only input, and outputs come back in the model's
+    dtypes (REST's JSON numbers are float32 again), over gRPC as over REST."""
+    outputs = client.predict("hpt", np.array([[1.0], [3.0]], np.float32))
+    assert outputs["y"].dtype == np.float32
+    np.testing.assert_array_equal(outputs["y"], [[2.5], [3.5]])
+    example = example_pb2.Example()
+    example.features.feature["x"].float_list.value.append(3.0)
+    scores = client.predict("hpt", np.array([example.SerializeToString()], object), signature_name="classify_x_to_y")
+    assert scores["scores"].dtype == np.float32 and scores["scores"].tolist() == [[3.5]]

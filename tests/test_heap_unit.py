@@ -9,16 +9,22 @@ import sys
 import pytest
 
 SCRIPT = """
-import sys, time
+import ctypes, sys, time
 from pyserving.heap import HeapTrimmer, resident_bytes, return_big_buffers_to_os
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
 return_big_buffers_to_os()
 trimmer = HeapTrimmer(check_seconds=0.05)
 if sys.argv[1] == "on":
     trimmer.start()
-blocks = [bytes(600) + bytes([i % 256]) for i in range(400_000)]  # ~250 MB of small mallocs
-keep = blocks[::1000]  # a few stay, scattered: the heap's top can't simply shrink
+chunks = [libc.malloc(1000) for _ in range(250_000)]  # ~250 MB of small mallocs, touched below
+for chunk in chunks:
+    ctypes.memset(chunk, 1, 1000)
 peak = resident_bytes()
-del blocks
+for i, chunk in enumerate(chunks):
+    if i % 1000 and i != len(chunks) - 1:  # a few stay, the last one too: the heap's top can't shrink
+        libc.free(chunk)
 deadline = time.monotonic() + (10 if sys.argv[1] == "on" else 0.5)  # off: a look, no wait
 while time.monotonic() < deadline and resident_bytes() > peak // 2:
     time.sleep(0.05)

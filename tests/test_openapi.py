@@ -37,7 +37,7 @@ CALLS = [  # method, concrete path, templated path, body, expected status
     ("get", "/v1/models/nope", "/v1/models/{model_name}", None, 404),
     ("get", "/v1/models/hpt/metadata", "/v1/models/{model_name}/metadata", None, 200),
     ("get", "/v1/models/hpt/ready", "/v1/models/{model_name}/ready", None, 200),
-    ("get", "/v1/models/nope/ready", "/v1/models/{model_name}/ready", None, 503),
+    ("get", "/v1/models/nope/ready", "/v1/models/{model_name}/ready", None, 404),
     ("post", "/v1/models/hpt:predict", "/v1/models/{model_name}:predict", {"instances": [1.0]}, 200),
     ("post", "/v1/models/hpt/versions/123:predict", "/v1/models/{model_name}/versions/{version}:predict",
      {"inputs": {"x": [[1.0]]}}, 200),

@@ -20,6 +20,9 @@ class BrokenDataPlane:
     def resolve(self, spec):
         raise ServingError(Code.NOT_FOUND, "Servable not found for request: Latest(x)")
 
+    def readiness(self):
+        return {"x": False}  # configured, nothing loaded
+
 
 def test_rest_turns_an_unexpected_exception_into_json_500():
     async def body():

@@ -26,6 +26,17 @@ from support import models
 from support.server import BIN_DIR, HALF_PLUS_TWO, ServerProcess, model_config
 
 
+
+def _hp2(tmp_path: Path, *flags: str) -> ServerProcess:
+    """TF Serving's half_plus_two, in place, as model "hp2"."""
+    return ServerProcess("--model_name=hp2", f"--model_base_path={HALF_PLUS_TWO}", *flags,
+                         log_path=tmp_path / "server.log").wait_ready()
+
+
+def _serves(server: ServerProcess, model: str = "hp2") -> bool:
+    return server.post(f"/v1/models/{model}:predict", json={"instances": [1.0]}).json() == {"predictions": [2.5]}
+
+
 def _hostile_warmup(version_dir) -> None:
     """A 112-byte TFRecord whose first header declares a 2^40-byte record, with a valid CRC."""
     target = version_dir / "assets.extra"
@@ -94,9 +105,8 @@ def test_an_admin_token_locks_reloads_and_the_profiler_but_not_inference(tmp_pat
     token_file = tmp_path / "admin.token"
     token_file.write_text(TOKEN + "\n")
     token_file.chmod(0o600)
-    server = ServerProcess("--model_name=hp2", f"--model_base_path={HALF_PLUS_TWO}",
-                           f"--admin_token_file={token_file}", "--grpc_bind_address=127.0.0.1",
-                           "--rest_api_bind_address=127.0.0.1", log_path=tmp_path / "server.log").wait_ready()
+    server = _hp2(tmp_path, f"--admin_token_file={token_file}", "--grpc_bind_address=127.0.0.1",
+                  "--rest_api_bind_address=127.0.0.1")
     try:
         with server.channel() as channel:
             models = model_service_pb2_grpc.ModelServiceStub(channel)
@@ -107,7 +117,7 @@ def test_an_admin_token_locks_reloads_and_the_profiler_but_not_inference(tmp_pat
             profile = channel.unary_unary("/tensorflow.ProfilerService/Profile")
             assert _status_code(lambda: profile(b"", timeout=10)) == grpc.StatusCode.UNAUTHENTICATED
             # Refused calls changed nothing; the data plane needs no token.
-            assert server.post("/v1/models/hp2:predict", json={"instances": [1.0]}).json() == {"predictions": [2.5]}
+            assert _serves(server)
             assert server.get("/v1/models/renamed").status_code == 404
             answer = models.HandleReloadConfigRequest(reload, 60, metadata=(("authorization", f"Bearer {TOKEN}"),))
             assert answer.status.error_code == 0
@@ -123,8 +133,7 @@ def test_an_admin_token_locks_reloads_and_the_profiler_but_not_inference(tmp_pat
 
 
 def test_config_reloads_over_rpc_can_be_turned_off(tmp_path):
-    server = ServerProcess("--model_name=hp2", f"--model_base_path={HALF_PLUS_TWO}",
-                           "--enable_config_reload_rpc=false", log_path=tmp_path / "server.log").wait_ready()
+    server = _hp2(tmp_path, "--enable_config_reload_rpc=false")
     try:
         with server.channel() as channel:
             with pytest.raises(grpc.RpcError) as info:
@@ -132,7 +141,7 @@ def test_config_reloads_over_rpc_can_be_turned_off(tmp_path):
                     _reload_request(HALF_PLUS_TWO, "renamed"), 30)
         assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
         assert "--enable_config_reload_rpc=false" in info.value.details()
-        assert server.post("/v1/models/hp2:predict", json={"instances": [1.0]}).json() == {"predictions": [2.5]}
+        assert _serves(server)
         log = server.log()
         assert "Control plane (the profiler (config reloads over RPC are off)): open to every client" in log
         assert _listening_address(server.grpc_port) in ("0.0.0.0", "::")  # TF Serving's default stays
@@ -190,7 +199,7 @@ def test_version_folders_past_int64_and_a_base_path_of_proc_break_nothing(tmp_pa
             assert server.get(path).status_code == 200, path
         (proc,) = server.get("/v1/models/proc").json()["model_version_status"]
         assert proc["state"] == "END" and proc["status"]["error_code"] != "OK"
-        assert server.post("/v1/models/hp2:predict", json={"instances": [1.0]}).json() == {"predictions": [2.5]}
+        assert _serves(server)
         log = server.log()
         assert ("Model m: ignoring 2 numbered folders under " in log
                 and "9223372036854775808: its number is larger than a version can be (int64)" in log)
@@ -216,8 +225,7 @@ def _gzip_bomb(inflated: int) -> bytes:
 @pytest.mark.serial  # measures the event loop's latency while bombs inflate
 def test_gzip_bombs_stop_at_100_mb_off_the_event_loop(tmp_path):
     bomb = _gzip_bomb(1024 * MIB)  # ~1 MB on the wire, 1 GiB inflated
-    server = ServerProcess("--model_name=hp2", f"--model_base_path={HALF_PLUS_TWO}",
-                           log_path=tmp_path / "server.log").wait_ready()
+    server = _hp2(tmp_path)
     try:
         health_latencies: list[float] = []
         with ThreadPoolExecutor(3) as pool:
@@ -235,21 +243,20 @@ def test_gzip_bombs_stop_at_100_mb_off_the_event_loop(tmp_path):
                                          "(--rest_api_max_decompressed_bytes)")
         # Inflating ran in threads: the loop kept answering (it stalled 8.6 s inflating on the loop).
         assert max(health_latencies) < 1.0, max(health_latencies)
-        assert server.post("/v1/models/hp2:predict", json={"instances": [1.0]}).json() == {"predictions": [2.5]}
+        assert _serves(server)
     finally:
         assert server.stop() == 0
 
 
 def test_expect_100_continue_over_the_limit_is_413_before_the_body(tmp_path):
-    server = ServerProcess("--model_name=hp2", f"--model_base_path={HALF_PLUS_TWO}",
-                           "--rest_api_max_request_bytes=1048576", log_path=tmp_path / "server.log").wait_ready()
+    server = _hp2(tmp_path, "--rest_api_max_request_bytes=1048576")
     try:
         for length, first_line in ((99999999999, b"HTTP/1.1 413"), (100, b"HTTP/1.1 100 Continue")):
             with socket.create_connection(("127.0.0.1", server.rest_port), timeout=10) as conn:
                 conn.sendall(b"POST /v1/models/hp2:predict HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
                              b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % length)
                 assert conn.recv(4096).startswith(first_line)
-        assert server.post("/v1/models/hp2:predict", json={"instances": [1.0]}).json() == {"predictions": [2.5]}
+        assert _serves(server)
     finally:
         assert server.stop() == 0
 

@@ -141,6 +141,9 @@ def test_readyz_is_503_until_a_version_serves(tmp_path):
         assert r.json() == {"ready": False, "models": {"broken": False, "good": True}}
         assert server.get("/v1/models/good/ready").status_code == 200
         assert server.get("/v1/models/broken/ready").status_code == 503
+        # A model the server doesn't serve at all: 404, as the status API says for it.
+        assert server.get("/v1/models/nope/ready").status_code == 404
+        assert server.get("/v1/models/nope").status_code == 404
         # TF Serving's status URL answers 200 with the states, as before.
         assert server.get("/v1/models/broken").status_code == 200
     finally:

@@ -28,6 +28,7 @@ class Client:
         if protocol not in ("grpc", "rest"):
             raise ValueError(f"protocol must be grpc or rest, not {protocol!r}")
         self.protocol, self.timeout = protocol, timeout
+        self._signatures: dict[tuple, dict[str, Any]] = {}
         if protocol == "grpc":
             import grpc
             from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
@@ -43,32 +44,36 @@ class Client:
             self._url = target if "://" in target else f"http://{target}"
             self._http = requests.Session()
             self._http.verify = verify
-            self._output_names: dict[tuple, str] = {}
 
     # ---- the API ------------------------------------------------------------------
 
     def predict(self, model: str, inputs: Tensors | np.ndarray, signature_name: str = "",
                 version: int | None = None, label: str | None = None,
                 output_filter: Sequence[str] = (), timeout: float | None = None) -> dict[str, np.ndarray]:
-        """Named input arrays (or one array for a single-input signature) -> named output arrays."""
+        """Named input arrays (or one array for a single-input signature) -> named output arrays,
+        in the signature's dtypes (strings as bytes), the same over gRPC and REST."""
+        if not isinstance(inputs, Mapping):  # one array: the signature's only input, by its name
+            signature = self._signature(model, version, label, signature_name, timeout)
+            names = list(signature.get("inputs", {}))
+            if len(names) != 1:
+                raise ValueError(f"Signature {signature_name or 'serving_default'!r} takes {len(names)} inputs "
+                                 f"({', '.join(names)}): pass them by name, {{'input_name': array}}")
+            inputs = {names[0]: inputs}
         if self.protocol == "rest":
-            named = inputs if isinstance(inputs, Mapping) else None
-            body = {"signature_name": signature_name,
-                    "inputs": {k: np.asarray(v).tolist() for k, v in named.items()} if named is not None
-                    else np.asarray(inputs).tolist()}
+            body = {"signature_name": signature_name, "inputs": {k: _json_tensor(v) for k, v in inputs.items()}}
+            if output_filter:
+                body["output_filter"] = list(output_filter)
             outputs = self._post(model, version, label, "predict", body, timeout)["outputs"]
-            if isinstance(outputs, dict):
-                return {k: np.asarray(v) for k, v in outputs.items()}
-            # REST prints a lone output without its name: the signature's metadata has it.
-            return {self._only_output(model, version, label, signature_name, timeout): np.asarray(outputs)}
+            signature = self._signature(model, version, label, signature_name, timeout)
+            if not isinstance(outputs, dict):  # REST prints a lone output without its name
+                outputs = {(list(output_filter) or list(signature["outputs"]))[0]: outputs}
+            return {k: _rest_array(v, signature["outputs"].get(k, {}).get("dtype", "")) for k, v in outputs.items()}
         from tensorflow_serving.apis import predict_pb2
 
         from .codecs import tensor_proto  # TensorFlow's protos: imported by gRPC calls only
 
         request = predict_pb2.PredictRequest(output_filter=list(output_filter))
         _spec(request.model_spec, model, version, label, signature_name)
-        if not isinstance(inputs, Mapping):
-            raise ValueError("gRPC Predict needs inputs by name: {'input_name': array}")
         for name, value in inputs.items():
             request.inputs[name].CopyFrom(tensor_proto.from_numpy(np.asarray(value), tensor_content=True))
         response = self._grpc(self._predictions.Predict, request, timeout)
@@ -133,14 +138,18 @@ class Client:
         response.metadata["signature_def"].Unpack(signatures)
         return json_format.MessageToDict(signatures, preserving_proto_field_name=True)
 
-    def _only_output(self, model: str, version: int | None, label: str | None, signature_name: str,
-                     timeout: float | None) -> str:
+    def _signature(self, model: str, version: int | None, label: str | None, signature_name: str,
+                   timeout: float | None) -> dict[str, Any]:
+        """The signature's metadata (inputs and outputs with dtypes), asked once per client."""
         key = (model, version, label, signature_name)
-        if key not in self._output_names:
-            signature = self.metadata(model, version, label, timeout)["signature_def"][
-                signature_name or "serving_default"]
-            self._output_names[key] = next(iter(signature["outputs"]))
-        return self._output_names[key]
+        if key not in self._signatures:
+            signatures = self.metadata(model, version, label, timeout)["signature_def"]
+            name = signature_name or "serving_default"
+            if name not in signatures:
+                raise ServingError(Code.INVALID_ARGUMENT, f"Serving signature name: \"{name}\" not found "
+                                                          "in signature def")
+            self._signatures[key] = signatures[name]
+        return self._signatures[key]
 
     def close(self) -> None:
         (self._channel if self.protocol == "grpc" else self._http).close()
@@ -200,6 +209,45 @@ def _spec(spec, model: str, version: int | None, label: str | None, signature_na
         spec.version_label = label
 
 
+# TF Serving's REST API answers JSON numbers; the signature says which dtype they were.
+_REST_DTYPES = {"DT_FLOAT": np.float32, "DT_DOUBLE": np.float64, "DT_HALF": np.float16, "DT_INT8": np.int8,
+                "DT_INT16": np.int16, "DT_INT32": np.int32, "DT_INT64": np.int64, "DT_UINT8": np.uint8,
+                "DT_UINT16": np.uint16, "DT_UINT32": np.uint32, "DT_UINT64": np.uint64, "DT_BOOL": np.bool_,
+                "DT_COMPLEX64": np.complex64, "DT_COMPLEX128": np.complex128}
+
+
+def _nested(fn: Any, value: Any) -> Any:
+    """``fn`` applied to every leaf of nested lists."""
+    return [_nested(fn, v) for v in value] if isinstance(value, list) else fn(value)
+
+
+def _from_json_string(item: Any) -> Any:
+    if isinstance(item, dict) and "b64" in item:
+        return base64.b64decode(item["b64"])
+    return item.encode("utf-8") if isinstance(item, str) else item
+
+
+def _to_json_string(item: Any) -> Any:
+    return {"b64": base64.b64encode(item).decode("ascii")} if isinstance(item, bytes) else item
+
+
+def _rest_array(value: Any, dtype: str) -> np.ndarray:
+    """A REST output as gRPC's client gets it: the model's dtype, strings as bytes."""
+    if dtype == "DT_STRING":
+        strings = _nested(_from_json_string, value)
+        array = np.empty(np.shape(strings), dtype=object)
+        array[...] = strings
+        return array
+    numpy = _REST_DTYPES.get(dtype)
+    return np.asarray(value, dtype=numpy) if numpy is not None else np.asarray(value)
+
+
+def _json_tensor(value: Any) -> Any:
+    """An input array as REST's JSON takes it: bytes as {"b64": ...}."""
+    array = np.asarray(value)
+    return _nested(_to_json_string, array.tolist()) if array.dtype.kind in ("S", "O") else array.tolist()
+
+
 def _values(value: Any) -> list:
     return list(np.asarray(value).reshape(-1).tolist())
 
@@ -223,7 +271,5 @@ def _example(features: Mapping[str, Any]):
 
 def _jsonable(features: Mapping[str, Any]) -> dict:
     """Example features for REST's JSON: bytes as {"b64": ...}, as TF Serving's REST API takes them."""
-    def one(v: Any) -> Any:
-        return {"b64": base64.b64encode(v).decode("ascii")} if isinstance(v, bytes) else v
-    return {k: one(v) if isinstance(v, (str, bytes, int, float)) else [one(x) for x in _values(v)]
-            for k, v in features.items()}
+    return {k: _to_json_string(v) if isinstance(v, (str, bytes, int, float)) else
+            [_to_json_string(x) for x in _values(v)] for k, v in features.items()}

@@ -202,6 +202,8 @@ class RestService:
         try:
             version = self._dataplane.resolve(spec)
         except ServingError as e:
+            if spec.name not in self._dataplane.readiness():  # not configured: as the status API says
+                return _error(Code.NOT_FOUND, e.message)
             return web.json_response({"ready": False, "error": e.message}, status=503)
         return web.json_response({"ready": True, "model_spec": {"name": spec.name, "version": str(version)}})
 

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -159,8 +160,28 @@ class Server:
                  path, count)
 
     async def start(self) -> None:
+        self._check_ports()  # a port in use fails now, not after minutes of loading models
         await self.start_core()
         await self._start_listeners()
+
+    def _check_ports(self) -> None:
+        """Bind each port once and let go: TF Serving opens its ports only after the initial loads
+        (so do we), but a port someone else holds must not cost the wait for them first."""
+        o = self.options
+        for what, address, port in (("gRPC", o.grpc_bind_address, o.port),
+                                    ("REST", o.rest_api_bind_address, o.rest_api_port)):
+            if not port:
+                continue
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if self._slot is not None:  # sibling workers share the ports (SO_REUSEPORT)
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                try:
+                    probe.bind((address, port))
+                except OSError as e:
+                    raise OSError(e.errno, f"the {what} port {_host_port(address, port)} can't be "
+                                           f"bound: {e.strerror}") from None
 
     async def start_core(self) -> None:
         """Initial versions loaded, base paths (and config file) polled; no port opened. All a Ray
