@@ -165,3 +165,19 @@ def test_help_groups_every_flag_once(argv):
     for title in ("Serving and ports", "Models and config", "Batching", "REST", "gRPC", "Monitoring and logging",
                   "TLS", "Resources and performance"):
         assert title in titles
+
+
+@pytest.mark.parametrize("command", ["export", "client", "demo"])
+def test_mnist_commands_show_every_default(command, capsys):
+    from pyserving.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["mnist", command, "--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for flag, shown in {"export": [("--training_iteration", "(default: 1000)"), ("--model_version", "(default: 1)")],
+                        "client": [("--server", "(default: localhost:8500)"), ("--model_name", "(default: mnist)"),
+                                   ("--num_tests", "(default: 100)")],
+                        "demo": [("--num_tests", "(default: 1000)"), ("--concurrency", "(default: 4)")]}[command]:
+        assert flag in text and shown in text, (flag, shown)
+    assert "--data-dir" in text and "$MNIST_DIR" in text  # a default of None is described in words

@@ -23,6 +23,7 @@ def bases(tmp_path_factory):
     models.export_tf2_linear(str(root / "a" / "1"), scale=1.0)
     models.export_tf2_linear(str(root / "a" / "2"), scale=10.0)
     models.export_tf1_half_plus_two(str(root / "b" / "1"))
+    models.write_corrupt_version(str(root / "broken" / "1"))
     return root
 
 
@@ -78,7 +79,9 @@ def status_states(model_service, name: str) -> dict[int, int]:
 def server(bases, tmp_path):
     config = tmp_path / "models.config"
     write_config(config, model_config({"a": str(bases / "a")}))
-    server = ServerProcess(f"--model_config_file={config}", log_path=tmp_path / "server.log").wait_ready()
+    # Load retries 0.1 s apart: a reload whose model can't load answers within a second.
+    server = ServerProcess(f"--model_config_file={config}", "--load_retry_interval_micros=100000",
+                           log_path=tmp_path / "server.log").wait_ready()
     channel = server.channel()
     yield server, config, prediction_service_pb2_grpc.PredictionServiceStub(channel), \
         model_service_pb2_grpc.ModelServiceStub(channel)
@@ -128,10 +131,14 @@ def test_bad_reload_is_rejected_and_running_config_stays(server, text, needle):
 
 
 def test_labels_at_reload(server, bases):
+    """TF Serving's two steps: load the versions, then label them (a label must name a version
+    that is AVAILABLE); a refused label changes nothing."""
     _, _, predict, model_service = server
-    labelled = model_config({"a": str(bases / "a")}, extra={"a": (
-        'model_version_policy { all {} } version_labels { key: "stable" value: 1 } '
-        'version_labels { key: "canary" value: 2 }')})
+    everything = 'model_version_policy { all {} } '
+    model_service.HandleReloadConfigRequest(reload_request(model_config({"a": str(bases / "a")}, {"a": everything})), 60)
+    assert status_states(model_service, "a") == {1: 30, 2: 30}  # answered once both are AVAILABLE
+    labelled = model_config({"a": str(bases / "a")}, extra={"a": everything + (
+        'version_labels { key: "stable" value: 1 } version_labels { key: "canary" value: 2 }')})
     model_service.HandleReloadConfigRequest(reload_request(labelled), 60)
     request = a_request()
     request.model_spec.version_label = "stable"
@@ -142,6 +149,41 @@ def test_labels_at_reload(server, bases):
         model_service.HandleReloadConfigRequest(reload_request(bad), 60)
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "version 7 of model a" in info.value.details()
+    assert predict.Predict(request, 10).model_spec.version.value == 1  # the policy and labels stayed
+    assert status_states(model_service, "a") == {1: 30, 2: 30}
+
+
+def test_a_refused_reload_changes_nothing(server, bases):
+    """Reload A adds x3; reload B drops x3 and labels a version that isn't there: refused, and x3
+    still serves (it was unloaded before the label failed)."""
+    _, _, predict, model_service = server
+    both = {"a": str(bases / "a"), "x3": str(bases / "b")}
+    model_service.HandleReloadConfigRequest(reload_request(model_config(both)), 60)
+    refused = model_config({"a": str(bases / "a")}, {"a": 'version_labels { key: "stable" value: 999 }'})
+    with pytest.raises(grpc.RpcError) as info:
+        model_service.HandleReloadConfigRequest(reload_request(refused), 60)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "Request to assign label stable to version 999 of model a" in info.value.details()
+    x3 = b_request()
+    x3.model_spec.name = "x3"
+    assert predict.Predict(x3, 10).outputs["y"].float_val[0] == 3.0
+    assert status_states(model_service, "x3") == {1: 30}
+
+
+def test_a_reload_answers_once_new_models_are_available_or_names_those_that_are_not(server, bases):
+    _, _, predict, model_service = server
+    model_service.HandleReloadConfigRequest(reload_request(model_config({"a": str(bases / "a"),
+                                                                         "b": str(bases / "b")})), 60)
+    assert predict.Predict(b_request(), 10).outputs["y"].float_val[0] == 3.0  # AVAILABLE when answered
+    with pytest.raises(grpc.RpcError) as info:
+        model_service.HandleReloadConfigRequest(reload_request(model_config(
+            {"a": str(bases / "a"), "b": str(bases / "b"), "broken": str(bases / "broken")})), 60)
+    assert info.value.code() == grpc.StatusCode.UNKNOWN
+    assert info.value.details().startswith("1 model(s) did not become available: {{name: broken version: 1}: ")
+    assert "Cannot parse the SavedModel" in info.value.details()
+    # The models the config kept serve on.
+    assert predict.Predict(a_request(), 10).outputs["y"].float_val[0] == 40.0
+    assert predict.Predict(b_request(), 10).outputs["y"].float_val[0] == 3.0
 
 
 def test_labels_for_unavailable_versions_when_allowed(bases, tmp_path):
@@ -171,12 +213,16 @@ def test_config_file_poll(bases, tmp_path):
     config = tmp_path / "models.config"
     write_config(config, model_config({"a": str(bases / "a")}))
     server = ServerProcess(f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=1",
-                           log_path=tmp_path / "server.log").wait_ready()
+                           log_path=tmp_path / "server.log", env={"PYSERVING_LOG_LEVEL": "DEBUG"}).wait_ready()
+    polls = "Reading the model config file again"
     try:
         write_config(config, model_config({"a": str(bases / "a"), "b": str(bases / "b")}))
         wait_for(lambda: server.get("/v1/models/b").status_code == 200, 60, "b to be served")
         write_config(config, "model_config_list { config { name: ")
         wait_for(lambda: "Ignoring the new model config" in server.log(), 30, "the bad file to be noticed")
+        seen = server.log().count(polls)
+        wait_for(lambda: server.log().count(polls) >= seen + 3, 30, "three more polls of the bad file")
+        assert server.log().count("Ignoring the new model config") == 1  # once, not every poll
         assert server.post("/v1/models/a:predict", json={"instances": [[1.0, 1.0]]}).json() == {
             "predictions": [{"y": [40.0], "y_sum": 40.0}]}
         assert server.get("/v1/models/b").status_code == 200

@@ -10,7 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from support import models
-from support.server import ServerProcess, model_config, wait_for
+from support.server import ServerProcess, arrive, model_config, wait_for, wait_state
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -25,7 +25,7 @@ def _check(channel: grpc.Channel, service: str) -> int:
 def paths(tmp_path_factory):
     d = tmp_path_factory.mktemp("health")
     models.export_tf1_half_plus_two(str(d / "good" / "1"))
-    models.write_corrupt_version(str(d / "corrupt" / "1"))
+    (d / "corrupt").mkdir()  # its corrupt version arrives once serving: at start it would stop the server
     (d / "late").mkdir()
     # A ready-made version to move into "late" later (a rename, so it appears atomically).
     models.export_tf1_half_plus_two(str(d / "staging" / "1"))
@@ -38,8 +38,10 @@ def paths(tmp_path_factory):
 def server(paths):
     proc = ServerProcess(f"--model_config_file={paths / 'models.config'}", "--max_num_load_retries=0",
                          "--enable_grpc_healthcheck_service", "--file_system_poll_wait_seconds=1",
-                         log_path=paths / "server.log", rest=False).wait_ready()
+                         log_path=paths / "server.log").wait_ready()
     try:
+        arrive(paths / "corrupt", 1, models.write_corrupt_version)
+        wait_state(proc, "corrupt", 1, "END")
         yield proc
     finally:
         proc.stop()

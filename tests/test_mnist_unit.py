@@ -92,8 +92,12 @@ def test_short_payload_is_reported(tmp_path: Path) -> None:
 
 
 def test_missing_file_is_reported(tmp_path: Path) -> None:
-    with pytest.raises(MnistFormatError, match="train-images-idx3-ubyte.gz is missing"):
+    """Says which files the folder must hold, and how to do without it (the Quickstart's
+    --data-dir ../shared/mnist exists only beside this repository)."""
+    with pytest.raises(MnistFormatError, match="train-images-idx3-ubyte.gz is missing") as info:
         load_mnist(str(tmp_path))
+    assert "t10k-labels-idx1-ubyte.gz" in str(info.value)
+    assert "drop --data-dir (and unset MNIST_DIR) to download them" in str(info.value)
 
 
 # --- export ---------------------------------------------------------------

@@ -174,7 +174,7 @@ def test_readiness_urls(server):
     assert server.get("/v1/models/tf2/labels/stable/ready").json()["model_spec"]["version"] == "1"
     missing = server.get("/v1/models/tf2/versions/9/ready")
     assert missing.status_code == 503 and missing.json()["ready"] is False
-    assert server.get("/v1/models/nope/ready").status_code == 503
+    assert server.get("/v1/models/nope/ready").status_code == 404  # not served at all, as its status says
     ready = server.get("/readyz")
     assert ready.status_code == 200
     assert ready.json() == {"ready": True, "models": {"dtypes": True, "tf1": True, "tf2": True}}

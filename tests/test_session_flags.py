@@ -83,24 +83,30 @@ def test_xla_cpu_compilation(tmp_path, base):
 
 def test_session_config_file(tmp_path, base):
     """A text ConfigProto reaches every model's Session: bfloat16 from its rewrite options, and
-    soft placement off, so the GPU-pinned export fails as it does on TF Serving's CPU build."""
+    soft placement off, so the GPU-pinned export fails as it does on TF Serving's CPU build, and,
+    as TF Serving does with an initial model that can't load, the server exits naming it."""
     config = tmp_path / "session.pbtxt"
     config.write_text("allow_soft_placement: false\n"
                       "graph_options { rewrite_options { auto_mixed_precision_onednn_bfloat16: ON } }\n")
+    server = _serve(tmp_path, base, f"--tensorflow_session_config_file={config}")
+    try:
+        assert _first_output(server) == pytest.approx(REWRITTEN_SUM, abs=1e-4)
+        _assert_bfloat16_warning(server, wanted=True)
+    finally:
+        assert server.stop() == 0
     models = tmp_path / "models.config"
     models.write_text(f'model_config_list {{ config {{ name: "m" base_path: "{base}" model_platform: "tensorflow" }}\n'
                       f'  config {{ name: "gpu" base_path: "{TESTDATA / "saved_model_half_plus_two_gpu"}" '
                       'model_platform: "tensorflow" } }\n')
-    server = ServerProcess(f"--model_config_file={models}", f"--tensorflow_session_config_file={config}",
-                           "--max_num_load_retries=0", log_path=tmp_path / "server.log").wait_ready()
-    try:
-        assert _first_output(server) == pytest.approx(REWRITTEN_SUM, abs=1e-4)
-        _assert_bfloat16_warning(server, wanted=True)
-        status = server.get("/v1/models/gpu").json()["model_version_status"][0]
-        assert status["state"] == "END"
-        assert "Cannot assign a device for operation" in status["status"]["error_message"]
-    finally:
-        assert server.stop() == 0
+    result = subprocess.run([str(BIN_DIR / "tensorflow_model_server"), f"--model_config_file={models}",
+                             f"--tensorflow_session_config_file={config}", "--max_num_load_retries=0",
+                             "--port=0", "--grpc_socket_path=" + str(tmp_path / "grpc.sock")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    (line,) = [line for line in result.stderr.splitlines() if "did not become available" in line]
+    assert "1 model(s) did not become available: {{name: gpu version: 123}: " in line
+    assert "Cannot assign a device for operation" in line
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("flag,needle", [

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import struct
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 
 from pyserving import status_page
 from pyserving.errors import ServingError
-from support.server import HALF_PLUS_TWO, ServerProcess, model_config, system_tool, wait_for
+from support.server import HALF_PLUS_TWO, ServerProcess, arrive, model_config, system_tool, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOT = ROOT / "test-artifacts" / "status-page.png"  # git-ignored
@@ -28,8 +29,13 @@ METRICS_PATH = "/monitoring/prometheus/metrics"
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("status_page")
     broken = root / HOSTILE
-    (broken / "7").mkdir(parents=True)
-    (broken / "7" / "saved_model.pb").write_bytes(b"not a SavedModel")
+    broken.mkdir()  # its version arrives once serving: a model that can't load at start stops the server
+
+    def not_a_saved_model(path: str) -> None:
+        os.makedirs(path)
+        with open(os.path.join(path, "saved_model.pb"), "wb") as f:
+            f.write(b"not a SavedModel")
+
     config = root / "models.config"
     config.write_text(model_config({"hpt": str(HALF_PLUS_TWO), "broken": str(broken)},
                                    {"hpt": 'version_labels { key: "stable" value: 123 }'}))
@@ -37,6 +43,7 @@ def server(tmp_path_factory):
     monitoring.write_text(f'prometheus_config {{ enable: true path: "{METRICS_PATH}" }}\n')
     server = ServerProcess(f"--model_config_file={config}", f"--monitoring_config_file={monitoring}",
                            "--max_num_load_retries=0", log_path=root / "server.log").wait_ready()
+    arrive(broken, 7, not_a_saved_model)
     wait_for(lambda: _broken_version(server).get("error"), 60, "version 7 of 'broken' to fail")
     yield server
     assert server.stop() == 0

@@ -23,7 +23,7 @@ from tensorflow_serving.apis import (model_management_pb2, model_service_pb2_grp
 
 from pyserving.codecs import tfrecord
 from support import models
-from support.server import BIN_DIR, HALF_PLUS_TWO, ServerProcess, model_config
+from support.server import BIN_DIR, HALF_PLUS_TWO, ServerProcess, arrive, model_config, wait_state
 
 
 
@@ -47,16 +47,19 @@ def _hostile_warmup(version_dir) -> None:
 
 
 def test_warmup_file_declaring_a_huge_record_fails_only_its_load(tmp_path):
-    for name in ("good", "evil"):
-        models.export_tf1_half_plus_two(str(tmp_path / name / "1"))
-    _hostile_warmup(tmp_path / "evil" / "1")
+    models.export_tf1_half_plus_two(str(tmp_path / "good" / "1"))
+    (tmp_path / "evil").mkdir()
     config = tmp_path / "models.config"
     config.write_text(model_config({"good": str(tmp_path / "good"), "evil": str(tmp_path / "evil")}))
     server = ServerProcess(f"--model_config_file={config}", "--max_num_load_retries=0",
                            log_path=tmp_path / "server.log").wait_ready()
     try:
-        status = server.get("/v1/models/evil").json()["model_version_status"][0]
-        assert status["state"] == "END"
+        def evil_version(path: str) -> None:
+            models.export_tf1_half_plus_two(path)
+            _hostile_warmup(Path(path))
+
+        arrive(tmp_path / "evil", 1, evil_version)
+        status = wait_state(server, "evil", 1, "END")
         assert status["status"]["error_code"] == "DATA_LOSS"
         assert "declares 1099511627776 bytes, more than the 96 left in the file" in status["status"]["error_message"]
         assert server.post("/v1/models/good:predict", json={"instances": [[2.0]]}).json() == {"predictions": [[3.0]]}
@@ -188,11 +191,19 @@ def test_version_folders_past_int64_and_a_base_path_of_proc_break_nothing(tmp_pa
         (base / name).symlink_to(HALF_PLUS_TWO / "00000123", target_is_directory=True)
     config = tmp_path / "models.config"
     forged = "2026-01-01 00:00:00,000 E pyserving.server] forged"
-    config.write_text(model_config({"m": str(base), "proc": "/proc", "hp2": str(HALF_PLUS_TWO),
-                                    "evil\\n" + forged: str(tmp_path / "missing")}))
+    served = {"m": str(base), "hp2": str(HALF_PLUS_TWO), "evil\\n" + forged: str(tmp_path / "missing")}
+    config.write_text(model_config(served))
     server = ServerProcess(f"--model_config_file={config}", "--max_num_load_retries=0",
                            log_path=tmp_path / "server.log").wait_ready()
     try:
+        # /proc at start would stop the server (its newest process folder can't load, as in TF
+        # Serving): it comes by reload, which answers that it did not become available.
+        with server.channel() as channel:
+            request = model_management_pb2.ReloadConfigRequest()
+            text_format.Parse(model_config({**served, "proc": "/proc"}), request.config)
+            with pytest.raises(grpc.RpcError) as info:
+                model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(request, 60)
+            assert info.value.code() == grpc.StatusCode.UNKNOWN and "{name: proc version: " in info.value.details()
         status = server.get("/v1/models/m").json()["model_version_status"]
         assert [(s["version"], s["state"]) for s in status] == [("1", "AVAILABLE")]
         for path in ("/", "/v1/status", "/v1/models", "/v1/models/hp2", "/v1/models/proc"):

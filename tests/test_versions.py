@@ -13,7 +13,7 @@ from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grp
                                      prediction_service_pb2_grpc)
 
 from support import models
-from support.server import ServerProcess, wait_for
+from support.server import HALF_PLUS_TWO, ServerProcess, arrive, model_config, wait_for, wait_state
 from support.traffic import Traffic
 
 AVAILABLE, END = 30, 50
@@ -105,10 +105,12 @@ def test_corrupt_version_is_reported_and_previous_keeps_serving(live):
 
 def test_model_with_only_a_corrupt_version_is_unavailable(tmp_path):
     base = tmp_path / "broken"
-    models.write_corrupt_version(str(base / "1"))
+    base.mkdir()
     server = ServerProcess("--model_name=broken", f"--model_base_path={base}",
                            "--max_num_load_retries=0", log_path=tmp_path / "server.log").wait_ready()
     try:
+        arrive(base, 1, models.write_corrupt_version)  # at start it would stop the server, as in TF Serving
+        wait_state(server, "broken", 1, "END")
         channel = server.channel()
         request = predict_pb2.PredictRequest()
         request.model_spec.name = "broken"
@@ -128,7 +130,7 @@ def test_model_with_only_a_corrupt_version_is_unavailable(tmp_path):
 def test_readyz_is_503_until_a_version_serves(tmp_path):
     good, broken = tmp_path / "good", tmp_path / "broken"
     models.export_tf2_linear(str(good / "1"))
-    models.write_corrupt_version(str(broken / "1"))
+    broken.mkdir()
     config = tmp_path / "models.config"
     config.write_text(
         f'model_config_list {{ config {{ name: "good" base_path: "{good}" }} '
@@ -136,6 +138,9 @@ def test_readyz_is_503_until_a_version_serves(tmp_path):
     server = ServerProcess(f"--model_config_file={config}", "--max_num_load_retries=0",
                            log_path=tmp_path / "server.log").wait_ready()
     try:
+        assert server.get("/readyz").status_code == 503  # broken has no version yet
+        arrive(broken, 1, models.write_corrupt_version)
+        wait_state(server, "broken", 1, "END")
         r = server.get("/readyz")
         assert r.status_code == 503
         assert r.json() == {"ready": False, "models": {"broken": False, "good": True}}
@@ -160,5 +165,25 @@ def test_base_path_pointing_at_a_version_folder_explains_itself(tmp_path):
         assert r.status_code == 503
         assert "holds a SavedModel itself" in r.json()["error"]
         assert "holds a SavedModel itself" in server.log()
+    finally:
+        assert server.stop() == 0
+
+
+def test_version_folders_not_named_by_integers_are_named_in_the_explanation(tmp_path):
+    """A base path whose version folder is v1/: the server serves nothing, and says which folders
+    it ignored and why, in the log (once) and in the answer to a request."""
+    base = tmp_path / "m"
+    (base / "latest").mkdir(parents=True)
+    (base / "v1").symlink_to(HALF_PLUS_TWO / "00000123", target_is_directory=True)
+    config = tmp_path / "models.config"
+    config.write_text(model_config({"m": str(base), "hp2": str(HALF_PLUS_TWO)}))
+    server = ServerProcess(f"--model_config_file={config}", log_path=tmp_path / "server.log").wait_ready()
+    try:
+        r = server.post("/v1/models/m:predict", json={"instances": [1.0]})
+        assert r.status_code == 503
+        assert "Version folders are named by integers (1, 2, 00000123); ignored here: latest, v1" in r.json()["error"]
+        assert server.log().count("No versions of servable m found under base path") == 1
+        assert "ignored here: latest, v1" in server.log()
+        assert server.post("/v1/models/hp2:predict", json={"instances": [1.0]}).status_code == 200
     finally:
         assert server.stop() == 0

@@ -9,7 +9,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
 from support import models
-from support.server import ServerProcess
+from support.server import ServerProcess, arrive, wait_state
 
 PATH = "/monitoring/prometheus/metrics"
 
@@ -43,8 +43,7 @@ def test_warmup_runs_before_serving_and_bad_warmup_fails_the_load(tmp_path):
     models.export_tf1_half_plus_two(str(good / "1"))
     write_warmup(good / "1", [predict_log({"x": np.array([[1.0]], np.float32)}),
                               predict_log({"keys": np.array([1], np.int64)}, "lookup")])
-    models.export_tf1_half_plus_two(str(bad / "1"))
-    write_warmup(bad / "1", [predict_log({"wrong": np.array([[1.0]], np.float32)})])
+    bad.mkdir()  # its version arrives once serving: a failed initial load would stop the server
     models.export_tf1_examples(str(examples / "1"))
     write_warmup(examples / "1", [regress_log(1.0), regress_log(2.0)])
     (tmp_path / "monitoring.config").write_text("prometheus_config { enable: true }")
@@ -56,6 +55,12 @@ def test_warmup_runs_before_serving_and_bad_warmup_fails_the_load(tmp_path):
                            f"--monitoring_config_file={tmp_path / 'monitoring.config'}",
                            log_path=tmp_path / "server.log").wait_ready()
     try:
+        def bad_version(path: str) -> None:
+            models.export_tf1_half_plus_two(path)
+            write_warmup(path, [predict_log({"wrong": np.array([[1.0]], np.float32)})])
+
+        arrive(bad, 1, bad_version)
+        wait_state(server, "bad", 1, "END")
         assert server.get("/v1/models/good").json()["model_version_status"][0]["state"] == "AVAILABLE"
         assert server.get("/v1/models/ex").json()["model_version_status"][0]["state"] == "AVAILABLE"
         bad_status = server.get("/v1/models/bad").json()["model_version_status"][0]

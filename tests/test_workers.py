@@ -19,6 +19,7 @@ from pathlib import Path
 import grpc
 import pytest
 import requests
+from google.protobuf import text_format
 from tensorflow_serving.apis import (get_model_status_pb2, model_management_pb2, model_service_pb2_grpc,
                                      )
 from tensorflow_serving.config import model_server_config_pb2
@@ -64,7 +65,8 @@ def _start(root: Path, exporters: dict, *flags: str) -> ServerProcess:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("workers")
-    server = _start(root, {"linear": models.export_tf2_linear})
+    # Load retries 0.1 s apart: a reload whose model can't load answers within a second.
+    server = _start(root, {"linear": models.export_tf2_linear}, "--load_retry_interval_micros=100000")
     server.root = root
     yield server
     server.stop()
@@ -105,6 +107,30 @@ def test_reload_reaches_every_worker(server):
     assert response.status.error_code == 0
     # Answered only once every worker applied it: the new model serves on every connection at once.
     assert [_predict(server, "other") for _ in range(20)] == [12.0] * 20
+
+
+def test_reload_semantics_hold_on_every_worker(server):
+    """A refused reload changes nothing on any worker; a model that can't load is named, and what
+    the config kept serves on, on every connection."""
+    models.write_corrupt_version(str(server.root / "broken" / "1"))
+
+    def reload(labels: str = "", broken: bool = False):
+        # The models test_reload_reaches_every_worker left, so later tests find them still served.
+        served = {name: str(server.root / name) for name in ("linear", "other")}
+        config = model_server_config_pb2.ModelServerConfig()
+        text_format.Parse(model_config(served, {"linear": labels}) if not broken
+                          else model_config({**served, "broken": str(server.root / "broken")}), config)
+        request = model_management_pb2.ReloadConfigRequest(config=config)
+        with pytest.raises(grpc.RpcError) as info:
+            _grpc_call(server, model_service_pb2_grpc.ModelServiceStub, "HandleReloadConfigRequest", request)
+        return info.value
+
+    refused = reload('version_labels { key: "stable" value: 999 }')
+    assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION and "version 999" in refused.details()
+    failed = reload(broken=True)
+    assert failed.code() == grpc.StatusCode.UNKNOWN
+    assert "1 model(s) did not become available: {{name: broken version: 1}" in failed.details()
+    assert [_predict(server) for _ in range(20)] == [4.0] * 20
 
 
 def _status(server: ServerProcess, model: str) -> dict[int, int]:

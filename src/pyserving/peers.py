@@ -40,6 +40,10 @@ ApplyConfig = Callable[[bytes], Awaitable[None]]  # a serialized ModelServerConf
 MetricsView = Callable[[], tuple[list[Family], list[VersionStatus]]]
 
 
+# Reload errors that mean the config was refused before anything changed.
+_REFUSED = (Code.INVALID_ARGUMENT, Code.FAILED_PRECONDITION, Code.UNIMPLEMENTED, Code.UNAUTHENTICATED)
+
+
 class PeerService:
     """This worker's side: answers its siblings from local state only."""
 
@@ -100,17 +104,17 @@ class Peers:
     async def reload(self, config: bytes, apply_local: ApplyConfig) -> None:
         """Apply a config in every worker (this one included), then answer; the first error wins."""
         async with self._reload_lock():
-            results = await asyncio.gather(
+            local, answers = await asyncio.gather(
                 apply_local(config), self._call_all("Reload", config, None), return_exceptions=True)
-            _write_atomically(self._slot.config_path, config)
-        local, answers = results
-        if isinstance(local, BaseException):
-            raise local
-        if isinstance(answers, BaseException):
-            raise answers
-        for answer in answers:
-            if "error" in answer:
-                raise ServingError(Code(answer["error"][0]), answer["error"][1])
+            errors = [e for e in (local, answers) if isinstance(e, BaseException)]
+            if not isinstance(answers, BaseException):
+                errors += [ServingError(Code(a["error"][0]), a["error"][1]) for a in answers if "error" in a]
+            # A refused config changed nothing: a worker started later must not apply it. One
+            # applied with models that did not become available is what the workers now serve.
+            if not any(isinstance(e, ServingError) and e.code in _REFUSED for e in errors):
+                _write_atomically(self._slot.config_path, config)
+        if errors:
+            raise errors[0]
 
     def reloaded_config(self) -> bytes | None:
         """The config of the last reload, if a sibling applied one before this worker started."""

@@ -190,7 +190,13 @@ class Server:
         # A worker started after a reload (a restart) serves the reloaded config, not the flags'.
         reloaded = self._peers.reloaded_config() if self._peers else None
         # Like TF Serving, open the ports once the initial versions have loaded (or failed).
-        await self.core.apply(self._models_of(reloaded) if reloaded else self._models)
+        if reloaded is None:
+            await self.core.apply(self._models, initial=True)  # a model that can't load ends the start
+        else:
+            try:
+                await self.core.apply(self._models_of(reloaded), initial=True)
+            except ServingError as e:  # the siblings serve this config with the same failure
+                log.error("The reloaded model config, applied by this restarted worker: %s", e.message)
         if self._peers:
             await self._start_peer_server()
             await self._peers.catch_up(reloaded, self._apply_serialized)

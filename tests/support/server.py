@@ -153,3 +153,28 @@ def serve_half_plus_two(log_dir: Path, *flags: str) -> ServerProcess:
     """TF Serving's half_plus_two, read in place from ../shared/tfs-testdata, as model "hpt"."""
     return ServerProcess("--model_name=hpt", f"--model_base_path={HALF_PLUS_TWO}", *flags,
                          log_path=log_dir / "server.log").wait_ready()
+
+
+def arrive(base: Path, version: int, write: Callable[[str], object]) -> Path:
+    """Write a version beside the base path, then rename it in, so a running server sees it whole.
+    (A model that can't load at start stops the server, as in TF Serving: tests that need a broken
+    version serving beside others start without it, then let it arrive.)"""
+    staging = base.parent / f".staging-{base.name}-{version}"
+    write(str(staging))
+    base.mkdir(parents=True, exist_ok=True)
+    staging.rename(base / str(version))
+    return base / str(version)
+
+
+def wait_state(server: ServerProcess, model: str, version: int, state: str, timeout: float = 60) -> dict:
+    """Poll the model's status until ``version`` reaches ``state``; its status entry."""
+    found: dict = {}
+
+    def reached() -> bool:
+        r = server.get(f"/v1/models/{model}")
+        entries = r.json().get("model_version_status", []) if r.status_code == 200 else []
+        found.update(next((e for e in entries if e["version"] == str(version)), {}))
+        return found.get("state") == state
+
+    wait_for(reached, timeout, f"version {version} of {model} to be {state}")
+    return found

@@ -55,4 +55,10 @@ def base_path_hint(base_path: str) -> str:
                 "path at the folder above a version folder")
     if not os.path.isdir(base_path):
         return ". The folder does not exist"
-    return ". Version folders are named by integers (1, 2, 00000123)"
+    try:
+        with os.scandir(base_path) as entries:
+            others = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+    except OSError:
+        others = []
+    named = f"; ignored here: {', '.join(others[:5])}{' ...' if len(others) > 5 else ''}" if others else ""
+    return f". Version folders are named by integers (1, 2, 00000123){named}"

@@ -85,19 +85,40 @@ class ModelManager:
         self._models[name].configured = False
         self.set_aspired(name, {})
 
+    def check_labels(self, name: str, labels: Mapping[str, int]) -> None:
+        """Raise unless each label names an AVAILABLE version (or is unchanged), as TF Serving
+        demands unless --allow_version_labels_for_unavailable_models."""
+        model = self._models.get(name)
+        if self._allow_unavailable_labels:
+            return
+        for label, number in sorted(labels.items()):
+            record = model.versions.get(number) if model is not None else None
+            unchanged = model is not None and model.configured and model.labels.get(label) == number
+            if not unchanged and (record is None or record.state != VersionState.AVAILABLE):
+                raise ServingError.failed_precondition(
+                    f"Request to assign label {label} to version {number} of model {name}, which "
+                    "is not currently available for inference "
+                    "(--allow_version_labels_for_unavailable_models lifts this)")
+
     def set_labels(self, name: str, labels: Mapping[str, int]) -> None:
         """Point version labels; each must name an AVAILABLE version unless allowed otherwise."""
-        model = self._models[name]
-        if not self._allow_unavailable_labels:
-            for label, number in sorted(labels.items()):
+        self.check_labels(name, labels)
+        self._models[name].labels = dict(labels)
+
+    def unavailable(self, names: list[str]) -> list[tuple[str, int, str]]:
+        """(model, version, why) for each of these models whose latest aspired version is not
+        AVAILABLE (what TF Serving waits for: Latest(name)). A model with no versions is not
+        listed: it serves nothing, and its status says why."""
+        missing = []
+        for name in names:
+            model = self._models.get(name)
+            for number in [max(model.aspired)] if model is not None and model.aspired else ():
                 record = model.versions.get(number)
-                if model.labels.get(label) != number and (
-                        record is None or record.state != VersionState.AVAILABLE):
-                    raise ServingError.failed_precondition(
-                        f"Request to assign label {label} to version {number} of model {name}, which "
-                        "is not currently available for inference "
-                        "(--allow_version_labels_for_unavailable_models lifts this)")
-        model.labels = dict(labels)
+                if record is None or record.state != VersionState.AVAILABLE:
+                    why = record.error.message if record is not None and record.error else \
+                        (record.state.name if record is not None else "not loaded")
+                    missing.append((name, number, why))
+        return missing
 
     def set_aspired(self, name: str, versions: Mapping[int, str]) -> None:
         """The versions (number -> folder) this model should serve from now on."""

@@ -13,7 +13,7 @@ import logging
 from typing import Callable
 
 from ..config import ConfigError, ModelConfig
-from ..errors import ServingError
+from ..errors import Code, ServingError
 from .manager import ModelManager
 from .source import FileSystemSource
 
@@ -29,9 +29,15 @@ class ServerCore:
         self._lock = asyncio.Lock()
         self.models: list[ModelConfig] = []
 
-    async def apply(self, models: list[ModelConfig]) -> None:
-        """Serve exactly these models; raises ServingError if a label can't be set."""
+    async def apply(self, models: list[ModelConfig], initial: bool = False) -> None:
+        """Serve exactly these models. As TF Serving's ReloadConfig, but atomic: a config refused
+        (a label naming a version not AVAILABLE) changes nothing; once applied, the call returns
+        when the new or changed models' versions are AVAILABLE, or raises UNKNOWN naming those
+        that did not become available (the others, and every model the config kept, serve on)."""
         async with self._lock:
+            if not initial:
+                self._check_labels(models)
+            changed = [m.name for m in models if m not in self.models]
             self._source.set_models(models)
             await self._source.poll_once()
             await self._manager.wait_until_settled([m.name for m in models])
@@ -44,19 +50,36 @@ class ServerCore:
             self.models = list(models)
             if self._on_models is not None:
                 self._on_models(self.models)
+            missing = self._manager.unavailable(changed)
+            if missing:
+                raise not_available(missing)
             if errors:
                 raise errors[0]
+
+    def _check_labels(self, models: list[ModelConfig]) -> None:
+        """Before anything changes: labels of models served now must name AVAILABLE versions."""
+        served = {m.name for m in self.models}
+        for model in models:
+            if model.labels and model.name in served:
+                self._manager.check_labels(model.name, dict(model.labels))
 
     async def watch_config_file(self, read: Callable[[], list[ModelConfig]], seconds: float) -> None:
         """Re-read the config file every ``seconds``; a bad file is logged and ignored."""
         last = self.models
+        failing = ""  # the error last logged for an unreadable file
         while True:
             await asyncio.sleep(seconds)
+            log.debug("Reading the model config file again")
             try:
                 models = await asyncio.to_thread(read)
             except ConfigError as e:
-                log.error("Ignoring the new model config (keeping the running one): %s", e)
+                if str(e) != failing:  # once per bad file, not every poll; again if the error changes
+                    log.error("Ignoring the new model config (keeping the running one): %s", e)
+                    failing = str(e)
                 continue
+            if failing:
+                log.info("The model config file reads again")
+                failing = ""
             if models == last:
                 continue
             last = models
@@ -65,3 +88,10 @@ class ServerCore:
                 await self.apply(models)
             except ServingError as e:
                 log.error("Model config applied with an error: %s", e.message)
+
+
+def not_available(missing: list[tuple[str, int, str]]) -> ServingError:
+    """TF Serving's answer when models did not become available, with each one's reason."""
+    models = sorted({name for name, _, _ in missing})
+    listed = ", ".join(f"{{name: {name} version: {number}}}: {why}" for name, number, why in missing)
+    return ServingError(Code.UNKNOWN, f"{len(models)} model(s) did not become available: {{{listed}}}")

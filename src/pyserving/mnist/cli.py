@@ -11,6 +11,15 @@ import sys
 from typing import Any, Callable
 
 
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each flag's default (a default of None is described by the help itself)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None:
+            return action.help or ""
+        return super()._get_help_string(action) or ""
+
+
 def add_mnist_commands(subparsers: Any) -> argparse.ArgumentParser:
     """Register `mnist` with `export` and `client` sub-commands on subparsers."""
     mnist = subparsers.add_parser("mnist", allow_abbrev=False, help="TF Serving MNIST tutorial: export a model, run the client")
@@ -23,11 +32,12 @@ def add_mnist_commands(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _add_demo(commands: Any) -> None:
-    parser = commands.add_parser("demo", allow_abbrev=False, help="the whole tutorial: export, serve, query, hot-swap a version")
+    parser = commands.add_parser("demo", allow_abbrev=False, formatter_class=_Defaults, help="the whole tutorial: export, serve, query, hot-swap a version")
     _add_data_dir(parser)
     parser.add_argument("--workdir", default=None, help="where models and the server log go (default: a temp dir)")
-    parser.add_argument("--num_tests", "--num-tests", dest="num_tests", type=_positive_int, default=1000)
-    parser.add_argument("--concurrency", type=_positive_int, default=4)
+    parser.add_argument("--num_tests", "--num-tests", dest="num_tests", type=_positive_int, default=1000,
+                        help="number of test images sent to each version")
+    parser.add_argument("--concurrency", type=_positive_int, default=4, help="maximum requests in flight")
     parser.set_defaults(func=run_demo_command)
 
 
@@ -64,7 +74,7 @@ def _add_data_dir(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_export(commands: Any) -> None:
-    parser = commands.add_parser("export", allow_abbrev=False, help="train the softmax model and export a SavedModel version")
+    parser = commands.add_parser("export", allow_abbrev=False, formatter_class=_Defaults, help="train the softmax model and export a SavedModel version")
     _add_data_dir(parser)
     parser.add_argument("--training_iteration", "--training-iteration", dest="training_iteration",
                         type=_positive_int, default=1000, help="number of training steps")
@@ -76,14 +86,15 @@ def _add_export(commands: Any) -> None:
 
 
 def _add_client(commands: Any) -> None:
-    parser = commands.add_parser("client", allow_abbrev=False, help="send MNIST test images to a server and report the error rate")
+    parser = commands.add_parser("client", allow_abbrev=False, formatter_class=_Defaults, help="send MNIST test images to a server and report the error rate")
     parser.add_argument("--server", default="localhost:8500",
                         help="host:port of the gRPC API (or of the REST API with --rest)")
     parser.add_argument("--num_tests", "--num-tests", dest="num_tests", type=_positive_int, default=100,
                         help="number of test images")
     parser.add_argument("--concurrency", type=_positive_int, default=1, help="maximum requests in flight")
     parser.add_argument("--rest", action="store_true", help="use the REST API instead of gRPC")
-    parser.add_argument("--model_name", "--model-name", dest="model_name", default="mnist")
+    parser.add_argument("--model_name", "--model-name", dest="model_name", default="mnist",
+                        help="the model's name on the server (--model_name of tensorflow_model_server)")
     parser.add_argument("--timeout", type=float, default=10.0, help="per-request deadline in seconds")
     _add_data_dir(parser)
     parser.set_defaults(func=run_client_command)

@@ -75,7 +75,10 @@ def download_mnist(target_dir: Path, base_url: str = MIRROR_URL) -> Path:
 
 def _read_gzip(path: Path) -> bytes:
     if not path.is_file():
-        raise MnistFormatError(f"MNIST file {path} is missing")
+        raise MnistFormatError(
+            f"MNIST file {path} is missing. --data-dir names a folder holding the four MNIST files "
+            f"({', '.join(FILES)}); drop --data-dir (and unset MNIST_DIR) to download them once "
+            "into the cache instead")
     try:
         with gzip.open(path, "rb") as stream:
             return stream.read()
