@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import grpc
+import pytest
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from support.server import ServerProcess
@@ -78,17 +79,32 @@ def test_json_logs_and_the_access_log(tmp_path, monkeypatch):
     with server.channel() as channel:
         prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=10)
     _client_mistakes(server)
+    # Refused before the model was reached: a body that isn't JSON, a message that isn't the proto.
+    bad = server.post("/v1/models/hpt:predict", data=b"{not json", headers={"Content-Type": "application/json"})
+    assert bad.status_code == 400
+    with server.channel() as channel:
+        with pytest.raises(grpc.RpcError):
+            channel.unary_unary("/tensorflow.serving.PredictionService/Predict")(b"\xff\xff", timeout=10)
     assert server.stop() == 0
     entries = [json.loads(line) for line in server.log().splitlines() if line.strip()]  # every line is JSON
     assert {"time", "level", "logger", "message"} <= set(entries[0])
-    access = [{k: e[k] for k in ("protocol", "api", "model", "version", "status")}
-              for e in entries if e["logger"] == "pyserving.access"]
+    lines = [e for e in entries if e["logger"] == "pyserving.access"]
+    access = [{k: e[k] for k in ("protocol", "api", "model", "version", "status", "http_status")} for e in lines]
     assert access == [
-        {"protocol": "REST", "api": "predict", "model": "hpt", "version": 123, "status": "OK"},
-        {"protocol": "GRPC", "api": "predict", "model": "hpt", "version": 123, "status": "OK"},
-        {"protocol": "REST", "api": "predict", "model": "(unknown)", "version": None, "status": "NOT_FOUND"},
-        {"protocol": "GRPC", "api": "predict", "model": "(unknown)", "version": None, "status": "NOT_FOUND"}]
-    assert all(e["latency_ms"] >= 0 for e in entries if e["logger"] == "pyserving.access")
+        {"protocol": "REST", "api": "predict", "model": "hpt", "version": 123, "status": "OK", "http_status": 200},
+        {"protocol": "GRPC", "api": "predict", "model": "hpt", "version": 123, "status": "OK", "http_status": None},
+        {"protocol": "REST", "api": "predict", "model": "(unknown)", "version": None, "status": "NOT_FOUND",
+         "http_status": 404},
+        {"protocol": "GRPC", "api": "predict", "model": "(unknown)", "version": None, "status": "NOT_FOUND",
+         "http_status": None},
+        {"protocol": "REST", "api": "predict", "model": "hpt", "version": None, "status": "INVALID_ARGUMENT",
+         "http_status": 400},
+        {"protocol": "GRPC", "api": "predict", "model": "(unknown)", "version": None, "status": "INVALID_ARGUMENT",
+         "http_status": None}]
+    assert all(e["latency_ms"] >= 0 for e in lines)
+    assert all(re.fullmatch(r"(ipv4:)?127\.0\.0\.1:\d+", e["client"]) for e in lines), [e["client"] for e in lines]
+    assert [bool(e["reason"]) for e in lines] == [False, False, True, True, True, True]
+    assert "Could not parse the request as tensorflow.serving.PredictRequest" in lines[-1]["reason"]
 
 
 def tf_float(rows):

@@ -140,6 +140,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
 class FakeDataPlane:
     """Enough of a DataPlane for the REST layer's routes, answers and errors."""
 
+    access_log = False  # --access_log off
+
     def readiness(self):
         return {MODEL: True, "loading": False}
 

@@ -25,7 +25,7 @@ from .admission import Admission, overloaded
 from .inline import InlinePolicy
 from .core.manager import ModelManager
 from .core.states import VersionStatus
-from .errors import ServingError
+from .errors import Code, ServingError, http_status
 from .monitoring import Metrics
 from .peers import Peers
 from .request_log import RequestLogger, examples_log, multi_inference_log, predict_log
@@ -64,6 +64,7 @@ class Caller:
     entrypoint: str  # "GRPC" or "REST"
     deadline: float | None = None
     small: bool = False
+    peer: str = ""  # the client's address, for the access log (set only when it is on)
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,19 @@ class DataPlane:
         self._admission = admission or Admission(limit=0)
         self._inline = inline or InlinePolicy(max_seconds=0)
 
+    @property
+    def access_log(self) -> bool:
+        """--access_log: protocol layers then fill Caller.peer and report what they refuse."""
+        return self._access_log
+
+    def log_refused(self, protocol: str, api: str, model: str, error: ServingError, seconds: float,
+                    peer: str, http: int | None = None) -> None:
+        """The access line of a request a protocol layer refused before the data plane saw it (a
+        body that doesn't parse, a message that isn't the proto); once per request."""
+        if self._access_log and not getattr(error, "accounted", False):
+            label = model if self._manager.has_model(model) else UNKNOWN_MODEL_LABEL
+            _access(protocol, api, label, None, error.code.name, seconds, peer, error.message, http)
+
     def _version_of(self, spec: ModelSpec) -> int | None:
         if spec.label:
             return self._manager.resolve_label(spec.name, spec.label)
@@ -104,7 +118,7 @@ class DataPlane:
                          work: Callable[[int, Servable], T]) -> T:
         """Run ``work(version, servable)`` in a worker thread (inline when cheap: inline.py), the
         version held loaded meanwhile."""
-        start, status, served = time.perf_counter(), "OK", None
+        start, status, served, reason = time.perf_counter(), "OK", None, ""
         label = spec.name if self._manager.has_model(spec.name) else UNKNOWN_MODEL_LABEL
         in_flight = self._metrics.requests_in_flight(label)
         in_flight.inc()
@@ -131,7 +145,8 @@ class DataPlane:
             self._metrics.record_answer(spec.name, version, api)
             return result
         except ServingError as e:
-            status = e.code.name
+            status, reason = e.code.name, e.message
+            e.accounted = True  # type: ignore[attr-defined]  # in the access log already
             raise
         except asyncio.CancelledError:
             status = "CANCELLED"
@@ -144,7 +159,7 @@ class DataPlane:
             seconds = time.perf_counter() - start
             self._metrics.record_request(label, api, caller.entrypoint, status, seconds)
             if self._access_log:
-                _access(caller.entrypoint, api, label, served, status, seconds)
+                _access(caller.entrypoint, api, label, served, status, seconds, caller.peer, reason)
 
     def _timed(self, key: tuple, work: Callable[[int, Servable], T], version: int, servable: Servable,
                clock: Callable[[], float], inline: bool) -> T:
@@ -279,12 +294,16 @@ class DataPlane:
             return metadata_response(spec.name, version, servable.signature_defs, fields)
 
 
-def _access(protocol: str, api: str, model: str, version: int | None, status: str, seconds: float) -> None:
+def _access(protocol: str, api: str, model: str, version: int | None, status: str, seconds: float,
+            peer: str = "", reason: str = "", http: int | None = None) -> None:
     latency_ms = round(seconds * 1000, 3)
-    _access_log.info("%s %s model=%s version=%s status=%s %.3f ms", protocol, api, model,
-                     version if version is not None else "-", status, latency_ms,
-                     extra={"protocol": protocol, "api": api, "model": model, "version": version,
-                            "status": status, "latency_ms": latency_ms})
+    if http is None and protocol == "REST" and status in Code.__members__:
+        http = http_status(Code[status])
+    fields = {"protocol": protocol, "api": api, "model": model, "version": version, "status": status,
+              "http_status": http, "client": peer, "reason": reason, "latency_ms": latency_ms}
+    _access_log.info("%s %s model=%s version=%s status=%s%s client=%s %.3f ms%s", protocol, api, model,
+                     version if version is not None else "-", status, f" http={http}" if http else "",
+                     peer or "-", latency_ms, f" reason={reason!r}" if reason else "", extra=fields)
 
 
 def _check_tasks(tasks: Sequence[InferenceTask]) -> None:

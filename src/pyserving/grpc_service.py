@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import time
 from typing import Awaitable, Callable
 
 import grpc
@@ -48,8 +49,14 @@ def note_request_bytes(size: int) -> None:
     _REQUEST_BYTES.set(size)
 
 
-def _caller(request, context) -> Caller:
-    return Caller("GRPC", context.time_remaining(), _REQUEST_BYTES.get() <= SMALL_REQUEST_BYTES)
+def _caller(dataplane: DataPlane, context) -> Caller:
+    return Caller("GRPC", context.time_remaining(), _REQUEST_BYTES.get() <= SMALL_REQUEST_BYTES,
+                  context.peer() if dataplane.access_log else "")
+
+
+# Inference methods, by the API name the data plane's metrics and access log use.
+_INFERENCE_APIS = {"Predict": "predict", "Classify": "classify", "Regress": "regress",
+                   "MultiInference": "multi_inference"}
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -72,15 +79,15 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             return response
 
         return await self._dataplane.predict(spec_from_proto(request.model_spec), decode,
-                                             list(request.output_filter), encode, _caller(request, context))
+                                             list(request.output_filter), encode, _caller(self._dataplane, context))
 
     async def Classify(self, request, context):
         return await self._dataplane.classify(
-            spec_from_proto(request.model_spec), lambda: serialize_input(request.input), _caller(request, context))
+            spec_from_proto(request.model_spec), lambda: serialize_input(request.input), _caller(self._dataplane, context))
 
     async def Regress(self, request, context):
         return await self._dataplane.regress(
-            spec_from_proto(request.model_spec), lambda: serialize_input(request.input), _caller(request, context))
+            spec_from_proto(request.model_spec), lambda: serialize_input(request.input), _caller(self._dataplane, context))
 
     async def MultiInference(self, request, context):
         specs = [spec_from_proto(t.model_spec) for t in request.tasks]
@@ -90,7 +97,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         tasks = [InferenceTask(s.signature_name, t.method_name) for s, t in zip(specs, request.tasks)]
         spec = specs[0] if specs else ModelSpec(name="")
         return await self._dataplane.multi_inference(
-            spec, tasks, lambda: serialize_input(request.input), _caller(request, context))
+            spec, tasks, lambda: serialize_input(request.input), _caller(self._dataplane, context))
 
     async def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
                                context) -> get_model_metadata_pb2.GetModelMetadataResponse:
@@ -159,7 +166,7 @@ def _safe_parser(message_type):
     return parse
 
 
-def _guarded(method):
+def _guarded(method, dataplane: DataPlane | None = None):
     """Malformed protos and ServingErrors become the gRPC status clients expect.
 
     The abort is raised outside the except blocks, from a frame that no longer holds the request:
@@ -167,9 +174,15 @@ def _guarded(method):
     failure as its __context__ (whose traceback's frames hold the request and every decoded
     tensor) a rejected 10^6-string request stayed in memory for several requests more.
     """
+    api = _INFERENCE_APIS.get(method.__name__) if dataplane is not None else None
+
     async def call(request, context):
+        start = time.perf_counter()
         if isinstance(request, _Unparsable):
             status, message = grpc.StatusCode.INVALID_ARGUMENT, request.message
+            if api and dataplane.access_log:
+                dataplane.log_refused("GRPC", api, "", ServingError.invalid_argument(message),
+                                      time.perf_counter() - start, context.peer())
         else:
             request, size = request
             _REQUEST_BYTES.set(size)
@@ -178,6 +191,9 @@ def _guarded(method):
             except ServingError as e:
                 status, message = _STATUS[int(e.code)], e.message
                 log.debug("gRPC %s answered %s: %s", method.__name__, status.name, message)
+                if api and dataplane.access_log:  # refused before the data plane logged it, if so
+                    dataplane.log_refused("GRPC", api, getattr(getattr(request, "model_spec", None), "name", ""),
+                                          e, time.perf_counter() - start, context.peer())
                 if e.retry_after:
                     context.set_trailing_metadata((("retry-after", str(e.retry_after)),))
             except (asyncio.CancelledError, grpc.aio.AbortError):
@@ -199,8 +215,8 @@ def _locked(method, control: ControlPlane, what: str):
     return call
 
 
-def _service_handler(service: str, servicer, methods: dict,
-                     control: ControlPlane | None = None) -> grpc.GenericRpcHandler:
+def _service_handler(service: str, servicer, methods: dict, control: ControlPlane | None = None,
+                     dataplane: DataPlane | None = None) -> grpc.GenericRpcHandler:
     """Like the generated add_*_to_server, but a malformed proto is a client error; with
     ``control``, every method is a control-plane call."""
     def method(name: str):
@@ -209,7 +225,7 @@ def _service_handler(service: str, servicer, methods: dict,
 
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
-            _guarded(method(name)),
+            _guarded(method(name), dataplane),
             request_deserializer=_safe_parser(request_type),
             response_serializer=response_type.SerializeToString)
         for name, (request_type, response_type) in methods.items()
@@ -240,7 +256,8 @@ def create_server(dataplane: DataPlane, channel_arguments: str = "", max_message
     models = ModelServicer(dataplane, reload_config, control)
     server.add_generic_rpc_handlers((
         _service_handler("tensorflow.serving.PredictionService", prediction,
-                         _methods(prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"])),
+                         _methods(prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"]),
+                         dataplane=dataplane),
         _service_handler("tensorflow.serving.ModelService", models,
                          _methods(model_service_pb2.DESCRIPTOR.services_by_name["ModelService"])),
     ))

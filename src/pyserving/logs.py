@@ -10,7 +10,7 @@ import time
 
 TEXT_FORMAT = "%(asctime)s %(levelname).1s {worker}%(name)s] %(message)s"
 # Fields a record may carry through ``extra=`` (the access log's), copied into JSON lines as they are.
-ACCESS_FIELDS = ("protocol", "api", "model", "version", "status", "latency_ms")
+ACCESS_FIELDS = ("protocol", "api", "model", "version", "status", "http_status", "client", "reason", "latency_ms")
 
 
 # C0 and C1 controls and DEL: a model name or a config value holding "\n2026-... I pyserving]"

@@ -66,7 +66,12 @@ def run(options: ServerOptions, models: list[ModelConfig], slot: WorkerSlot | No
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
         log.info("pyserving %s (TensorFlow Serving compatible) starting", __version__)
-        return await server.serve()
+        code = await server.serve()
+        # Drained: from here the process only exits. A repeated SIGTERM (supervisors and test
+        # harnesses resend it) must not kill it mid-exit with the signal's default action.
+        loop.remove_signal_handler(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        return code
 
     try:
         with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:

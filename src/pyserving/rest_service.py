@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 import zlib
 from dataclasses import dataclass
 from functools import cached_property, partial
@@ -158,6 +159,7 @@ class RestService:
         method = request.method
         if match is None or (method == "GET") == bool(match["verb"]) or method not in ("GET", "POST"):
             return _error(Code.NOT_FOUND, f"Malformed request: {method} {request.path}")
+        start = time.perf_counter()
         try:
             spec = ModelSpec(
                 name=match["name"],
@@ -172,23 +174,34 @@ class RestService:
             # a cycle that kept a rejected request's body and tensors until the next GC.
             async with asyncio.timeout(self._timeout):
                 return await verb(spec, request)
-        except ServingError as e:
-            return _error(e.code, e.message, e.retry_after)
-        except asyncio.TimeoutError:
+        except asyncio.TimeoutError:  # the data plane's own access line says CANCELLED
             return _error(Code.DEADLINE_EXCEEDED, "Request timed out (--rest_api_timeout_in_ms)")
-        except web.HTTPRequestEntityTooLarge:
-            return body_too_large(self._max_body_bytes)
-        except BodyTooLarge as e:
-            return web.json_response({"error": e.message}, status=413)
-        except ConnectionError:
+        except Exception as e:
+            # Only plain values leave this block: the exception's traceback holds the request's
+            # frames (its body, its tensors), and a reference to it would keep them until a GC.
+            response, refused = self._failure(e, request)
+            if method == "POST" and self._dataplane.access_log and not getattr(e, "accounted", False):
+                self._dataplane.log_refused("REST", match["verb"], match["name"], refused,
+                                            time.perf_counter() - start, _peer(request), response.status)
+            return response
+
+    def _failure(self, e: Exception, request: web.Request) -> tuple[web.Response, ServingError]:
+        """The answer to a request that failed, and a fresh error (no traceback) for the access log."""
+        if isinstance(e, ServingError):
+            return _error(e.code, e.message, e.retry_after), ServingError(e.code, e.message)
+        if isinstance(e, (web.HTTPRequestEntityTooLarge, BodyTooLarge)):
+            message = e.message if isinstance(e, BodyTooLarge) else _too_large(self._max_body_bytes)
+            return web.json_response({"error": message}, status=413), ServingError(Code.RESOURCE_EXHAUSTED, message)
+        if isinstance(e, ConnectionError):
             # The client went away mid-body: nothing of ours failed, and no one reads an answer.
-            log.debug("%s %s: the client closed the connection before its body arrived", method, request.path)
-            return _error(Code.INVALID_ARGUMENT, "Request body incomplete: the connection was closed")
-        except http_exceptions.HttpProcessingError as e:  # a malformed body (chunking, length)
-            return _error(Code.INVALID_ARGUMENT, f"Malformed request body: {e.message}")
-        except Exception as e:  # a bug of ours: still answer in the API's JSON shape
-            log.exception("Unexpected error serving %s %s", method, request.path)
-            return _error(Code.INTERNAL, f"Internal error: {type(e).__name__}: {e}")
+            log.debug("%s %s: the client closed the connection before its body arrived", request.method, request.path)
+            error = ServingError.invalid_argument("Request body incomplete: the connection was closed")
+        elif isinstance(e, http_exceptions.HttpProcessingError):  # a malformed body (chunking, length)
+            error = ServingError.invalid_argument(f"Malformed request body: {e.message}")
+        else:  # a bug of ours: still answer in the API's JSON shape
+            log.exception("Unexpected error serving %s %s", request.method, request.path)
+            error = ServingError(Code.INTERNAL, f"Internal error: {type(e).__name__}: {e}")
+        return _error(error.code, error.message), error
 
     async def _get(self, spec: ModelSpec, suffix: str | None) -> web.Response:
         if suffix == "metadata":
@@ -255,7 +268,7 @@ class RestService:
             else:
                 raw = _decompress(raw, encoding, *self._inflated_limit)
         small = len(raw) <= SMALL_REQUEST_BYTES
-        caller = Caller("REST", self._timeout, small)
+        caller = Caller("REST", self._timeout, small, _peer(request) if self._dataplane.access_log else "")
         # Parse big bodies off the event loop; small ones are cheaper inline.
         return (json_codec.parse_json(raw) if small else await asyncio.to_thread(json_codec.parse_json, raw)), caller
 
@@ -312,6 +325,13 @@ class _BufferedRequest:
         return self._body
 
 
+def _peer(request: web.Request) -> str:
+    """host:port of the client, for the access log ("" where the transport doesn't say)."""
+    transport = getattr(request, "transport", None)
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else ""
+
+
 def _version(text: str | None) -> int | None:
     """A URL's version as TF Serving reads it: an int64, else 400 in TF Serving's words (and never
     Python's int() of thousands of digits, whose conversion limit is a ValueError)."""
@@ -326,10 +346,12 @@ def _version(text: str | None) -> int | None:
     raise ServingError.invalid_argument(f"Failed to convert version: {shown} to numeric.")
 
 
+def _too_large(limit: int) -> str:
+    return f"Request body is larger than the limit of {limit} bytes (--rest_api_max_request_bytes)"
+
+
 def body_too_large(limit: int) -> web.Response:
-    return web.json_response(
-        {"error": f"Request body is larger than the limit of {limit} bytes (--rest_api_max_request_bytes)"},
-        status=413)
+    return web.json_response({"error": _too_large(limit)}, status=413)
 
 
 def _results_json(result, verb: str) -> list:
