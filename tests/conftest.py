@@ -15,4 +15,3 @@ def mnist_dir() -> str:
     path = os.environ["MNIST_DIR"]
     assert os.path.exists(os.path.join(path, "t10k-images-idx3-ubyte.gz")), path
     return path
-
