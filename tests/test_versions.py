@@ -182,6 +182,10 @@ def test_version_folders_not_named_by_integers_are_named_in_the_explanation(tmp_
         r = server.post("/v1/models/m:predict", json={"instances": [1.0]})
         assert r.status_code == 503
         assert "Version folders are named by integers (1, 2, 00000123); ignored here: latest, v1" in r.json()["error"]
+        status = server.get("/v1/models/m")  # the status API says why too, after TF Serving's words
+        assert status.status_code == 404
+        assert status.json()["error"].startswith("Could not find any versions of model m: no version folders")
+        assert "ignored here: latest, v1" in status.json()["error"]
         assert server.log().count("No versions of servable m found under base path") == 1
         assert "ignored here: latest, v1" in server.log()
         assert server.post("/v1/models/hp2:predict", json={"instances": [1.0]}).status_code == 200

@@ -202,7 +202,9 @@ class ModelManager:
         if model is None or not model.versions:
             if version is not None:
                 raise ServingError.not_found(f"Could not find version {version} of model {name}")
-            raise ServingError.not_found(f"Could not find any versions of model {name}")
+            # TF Serving's words, then, for a model this server serves, why it has no versions.
+            why = f": {self._describe(model)}" if model is not None and model.configured else ""
+            raise ServingError.not_found(f"Could not find any versions of model {name}{why}")
         records = sorted(model.versions.values(), key=lambda v: -v.number)
         if version is not None:
             records = [v for v in records if v.number == version]
