@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -81,7 +82,6 @@ def measure(flags: tuple[str, ...], args, work: Path) -> dict:
         prober.join()
     finally:
         stop(server)
-    import re
     done = int(re.search(r"requests: .*?(\d+) done", out).group(1))
     ok = min(done, int(re.search(r"\((\d+)\) data", out).group(1)) // ok_size)
     accepted = [ms for status, ms in probes if status == "OK"]
