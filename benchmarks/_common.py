@@ -3,11 +3,13 @@ and the C load generators (h2load for gRPC, wrk for REST) with their output pars
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,18 @@ def time_calls(call: Callable[[], object], n: int, warmup: int) -> list[float]:
         call()
         samples.append(time.perf_counter() - start)
     return samples
+
+
+def each_configuration(configurations, measure: Callable, report: Callable, json_path: str | None) -> dict:
+    """Measure every (label, server flags) in one run, print each as it comes, save them all."""
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, flags in configurations:
+            results[label] = measure(flags, Path(tmp))
+            report(label, results[label])
+    if json_path:
+        Path(json_path).write_text(json.dumps(results, indent=2))
+    return results
 
 
 def free_port() -> int:

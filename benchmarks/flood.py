@@ -17,14 +17,12 @@ Serving's behaviour), in the same run. With --clients far above what the server 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from _common import free_port, percentile as pct, stop, wait_ready  # benchmarks/ is on sys.path when run as a script
+from _common import each_configuration, free_port, percentile as pct, stop, wait_ready  # benchmarks/ is on sys.path when run as a script
 
 MODEL = Path(__file__).resolve().parent.parent.parent / "shared" / "tfs-testdata" / "saved_model_half_plus_two_cpu"
 BODY = b'{"instances": [1.0, 2.0, 5.0]}'
@@ -77,24 +75,23 @@ def main() -> None:
     args.server_flags = args.server_flags.split()
     if not shutil.which("h2load"):
         sys.exit("h2load is needed: apt-get install nghttp2-client")
-    results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for label, flags in (("shipped defaults (--queue_delay_target_in_ms=50)", ()),
-                             ("tight: --queue_delay_target_in_ms=5", ("--queue_delay_target_in_ms=5",)),
-                             ("no admission control", ("--max_pending_requests=0", "--queue_delay_target_in_ms=0"))):
-            m = results[label] = measure(flags, args, Path(tmp))
-            print(f"\n{label}")
-            print(f"  unloaded: p50 {m['unloaded_p50_ms']:.2f} ms, p99 {m['unloaded_p99_ms']:.2f} ms; "
-                  f"capacity {m['capacity_rps']:.0f} answered/s")
-            print(f"  flood at {m['offered_rps']} req/s ({m['offered_rps'] / m['capacity_rps']:.1f}x capacity, "
-                  f"{args.clients} clients): {m['accepted']} accepted, {m['refused']} refused (503), "
-                  f"{m['other']} other")
-            print(f"  accepted: p50 {m['accepted_p50_ms']:.2f} ms, p99 {m['accepted_p99_ms']:.2f} ms "
-                  f"({m['accepted_p99_ms'] / m['unloaded_p99_ms']:.1f}x the unloaded p99); "
-                  f"refused: p50 {m['refused_p50_ms']:.2f} ms, p99 {m['refused_p99_ms']:.2f} ms")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    configurations = (("shipped defaults (--queue_delay_target_in_ms=50)", ()),
+                      ("tight: --queue_delay_target_in_ms=5", ("--queue_delay_target_in_ms=5",)),
+                      ("no admission control", ("--max_pending_requests=0", "--queue_delay_target_in_ms=0")))
+    each_configuration(configurations, lambda flags, work: measure(flags, args, work),
+                       lambda label, m: report(label, m, args), args.json)
 
+
+def report(label: str, m: dict, args) -> None:
+    print(f"\n{label}")
+    print(f"  unloaded: p50 {m['unloaded_p50_ms']:.2f} ms, p99 {m['unloaded_p99_ms']:.2f} ms; "
+          f"capacity {m['capacity_rps']:.0f} answered/s")
+    print(f"  flood at {m['offered_rps']} req/s ({m['offered_rps'] / m['capacity_rps']:.1f}x capacity, "
+          f"{args.clients} clients): {m['accepted']} accepted, {m['refused']} refused (503), "
+          f"{m['other']} other")
+    print(f"  accepted: p50 {m['accepted_p50_ms']:.2f} ms, p99 {m['accepted_p99_ms']:.2f} ms "
+          f"({m['accepted_p99_ms'] / m['unloaded_p99_ms']:.1f}x the unloaded p99); "
+          f"refused: p50 {m['refused_p50_ms']:.2f} ms, p99 {m['refused_p99_ms']:.2f} ms")
 
 if __name__ == "__main__":
     main()

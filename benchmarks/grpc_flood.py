@@ -15,12 +15,10 @@ run: shipped defaults, --queue_delay_target_in_ms=5, and no admission control (T
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -29,7 +27,7 @@ import grpc
 import numpy as np
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from _common import free_port, grpc_frame, h2load, percentile as pct, stop, wait_ready
+from _common import each_configuration, free_port, grpc_frame, h2load, percentile as pct, stop, wait_ready
 
 MODEL = Path(__file__).resolve().parent.parent.parent / "shared" / "tfs-testdata" / "saved_model_half_plus_two_cpu"
 PATH = "/tensorflow.serving.PredictionService/Predict"
@@ -108,22 +106,18 @@ def main() -> None:
     args = parser.parse_args()
     if not shutil.which("h2load"):
         sys.exit("h2load is needed: apt-get install nghttp2-client")
-    results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for label, flags in (("shipped defaults", ()),
-                             ("--queue_delay_target_in_ms=5", ("--queue_delay_target_in_ms=5",)),
-                             ("no admission control (TF Serving)", ("--max_pending_requests=0",
-                                                                    "--queue_delay_target_in_ms=0")),
-                             ("8 streams per connection", ("--grpc_channel_arguments=grpc.max_concurrent_streams=8",))):
-            m = results[label] = measure(flags, args, Path(tmp))
-            print(f"\n{label}: capacity {m['capacity_rps']:.0f} OK/s; flood of {m['in_flight']} in flight: "
-                  f"{m['accepted_rps']:.0f} accepted/s, {m['refused_rps']:.0f} refused/s")
-            print(f"  probe: {m['probe_accepted']} accepted (p50 {m['accepted_p50_ms']:.1f} ms, "
-                  f"p99 {m['accepted_p99_ms']:.1f} ms), {m['probe_refused']} refused "
-                  f"(p50 {m['refused_p50_ms']:.1f} ms)")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    configurations = (("shipped defaults", ()),
+                      ("--queue_delay_target_in_ms=5", ("--queue_delay_target_in_ms=5",)),
+                      ("no admission control (TF Serving)", ("--max_pending_requests=0", "--queue_delay_target_in_ms=0")),
+                      ("8 streams per connection", ("--grpc_channel_arguments=grpc.max_concurrent_streams=8",)))
+    each_configuration(configurations, lambda flags, work: measure(flags, args, work), report, args.json)
 
+
+def report(label: str, m: dict) -> None:
+    print(f"\n{label}: capacity {m['capacity_rps']:.0f} OK/s; flood of {m['in_flight']} in flight: "
+          f"{m['accepted_rps']:.0f} accepted/s, {m['refused_rps']:.0f} refused/s")
+    print(f"  probe: {m['probe_accepted']} accepted (p50 {m['accepted_p50_ms']:.1f} ms, "
+          f"p99 {m['accepted_p99_ms']:.1f} ms), {m['probe_refused']} refused (p50 {m['refused_p50_ms']:.1f} ms)")
 
 if __name__ == "__main__":
     main()
