@@ -75,18 +75,28 @@ def status_states(model_service, name: str) -> dict[int, int]:
     return {s.version: s.state for s in response.model_version_status}
 
 
-@pytest.fixture()
-def server(bases, tmp_path):
-    config = tmp_path / "models.config"
+@pytest.fixture(scope="module")
+def shared_server(bases, tmp_path_factory):
+    root = tmp_path_factory.mktemp("reload_server")
+    config = root / "models.config"
     write_config(config, model_config({"a": str(bases / "a")}))
     # Load retries 0.1 s apart: a reload whose model can't load answers within a second.
     server = ServerProcess(f"--model_config_file={config}", "--load_retry_interval_micros=100000",
-                           log_path=tmp_path / "server.log").wait_ready()
+                           log_path=root / "server.log").wait_ready()
     channel = server.channel()
     yield server, config, prediction_service_pb2_grpc.PredictionServiceStub(channel), \
         model_service_pb2_grpc.ModelServiceStub(channel)
     channel.close()
     assert server.stop() == 0
+
+
+@pytest.fixture()
+def server(shared_server, bases):
+    """One server for the module (a start costs seconds), given back to each test serving model a
+    alone, as it started: a reload to that config first."""
+    response = shared_server[3].HandleReloadConfigRequest(reload_request(model_config({"a": str(bases / "a")})), 60)
+    assert response.status.error_code == 0
+    return shared_server
 
 
 def test_reload_adds_and_removes_models_without_a_blip(server, bases):
