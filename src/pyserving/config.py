@@ -15,6 +15,7 @@ from google.protobuf import text_format
 from .config_protos import ConfigFileError as ConfigError, read_text_proto
 from .errors import ServingError
 from .options import ServerOptions
+from .paths import inside
 
 
 @dataclass(frozen=True)
@@ -152,15 +153,12 @@ def confine_request_logs(models: list[ModelConfig], log_dir: str) -> list[ModelC
 def _inside(log_dir: str, prefix: str, model: str) -> str:
     if any(ord(c) < 32 or c == "\x7f" for c in prefix):
         raise ConfigError(f"model {model}: log_collector_config filename_prefix holds control characters")
-    root = os.path.realpath(log_dir)
-    path = os.path.normpath(os.path.join(root, prefix))
-    name = os.path.basename(path)
-    # The folder as it resolves now (symlinks followed); files are opened without following one.
-    folder = os.path.realpath(os.path.dirname(path))
-    if name in ("", ".", "..") or os.path.commonpath([root, folder]) != root or path == root:
+    try:
+        # Resolved now (symlinks followed); the files themselves are opened without following one.
+        return inside(log_dir, prefix)
+    except ValueError:
         raise ConfigError(f"model {model}: log_collector_config filename_prefix {prefix!r} is outside "
-                          f"--request_log_dir={log_dir}")
-    return os.path.join(folder, name)
+                          f"--request_log_dir={log_dir}") from None
 
 
 def check_options(options: ServerOptions) -> None:

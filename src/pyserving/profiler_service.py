@@ -22,6 +22,7 @@ import socket
 
 
 from .errors import Code, ServingError
+from .paths import inside
 from .proto_builder import F, build_messages
 from .runtime.profiler import XPLANE_SUFFIX, Profiler
 
@@ -93,12 +94,11 @@ class ProfilerServicer:
                 "This server writes profiler traces only inside --profiler_log_dir (not set): start it "
                 "with that flag and a repository_root inside it, or ask for the trace in the response "
                 "(emit_xspace)")
-        root = os.path.realpath(self._log_dir)
-        folder = os.path.normpath(os.path.join(root, repository_root, session_id))
-        if os.path.commonpath([root, os.path.realpath(folder)]) != root or "\0" in folder:
+        try:
+            return inside(self._log_dir, os.path.join(repository_root, session_id))
+        except ValueError:
             raise ServingError.invalid_argument(
-                f"repository_root {repository_root[:200]!r} is outside --profiler_log_dir={self._log_dir}")
-        return folder
+                f"repository_root {repository_root[:200]!r} is outside --profiler_log_dir={self._log_dir}") from None
 
     async def Terminate(self, request, context):
         stop = self._stops.get(request.session_id)
@@ -110,10 +110,10 @@ class ProfilerServicer:
 def _save(root: str, folder: str, host: str, xspace: bytes) -> None:
     try:
         os.makedirs(folder, mode=0o750, exist_ok=True)
-        # Checked again now it exists: a symlink planted since the request was checked is refused.
-        real_root = os.path.realpath(root)
-        if os.path.commonpath([real_root, os.path.realpath(folder)]) != real_root:
-            raise ServingError.invalid_argument(f"{folder} now resolves outside --profiler_log_dir")
+        try:  # checked again now it exists: a symlink planted since the request was checked is refused
+            inside(root, folder)
+        except ValueError:
+            raise ServingError.invalid_argument(f"{folder} now resolves outside --profiler_log_dir") from None
         fd = os.open(os.path.join(folder, host + XPLANE_SUFFIX),
                      os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
