@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
 from ..errors import Code, ServingError
-from .layout import base_path_hint
 from .states import VersionState, VersionStatus
 
 log = logging.getLogger("pyserving.manager")
@@ -47,6 +46,7 @@ class _Model:
     aspired: dict[int, str] = field(default_factory=dict)  # version -> folder
     versions: dict[int, _Version] = field(default_factory=dict)
     configured: bool = True  # False once a config reload dropped it
+    why_empty: str = ""  # with no versions: why, as the source found it when it last looked
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,11 @@ class ModelManager:
                     missing.append((name, number, why))
         return missing
 
+    def explain_empty(self, name: str, why: str) -> None:
+        """Why the source finds no versions of this model (requests' errors and status quote it,
+        so no request reads the folder itself)."""
+        self._models[name].why_empty = why
+
     def set_aspired(self, name: str, versions: Mapping[int, str]) -> None:
         """The versions (number -> folder) this model should serve from now on."""
         model = self._models[name]
@@ -188,7 +193,7 @@ class ModelManager:
     @staticmethod
     def _describe(model: _Model) -> str:
         if not model.versions:
-            return f"no version folders found under {model.base_path}{base_path_hint(model.base_path)}"
+            return f"no version folders found under {model.base_path}{model.why_empty}"
         parts = []
         for v in sorted(model.versions.values(), key=lambda v: v.number):
             text = f"version {v.number}: {v.state.name}"

@@ -41,24 +41,28 @@ class FileSystemSource:
             ignored: dict[str, str] = {}
             try:
                 if remote:
-                    on_disk = await asyncio.to_thread(self._remote.list_versions, model.base_path)
+                    on_disk, why_empty = await asyncio.to_thread(self._remote.list_versions, model.base_path), ""
                 else:
-                    on_disk = await asyncio.to_thread(list_versions, model.base_path, ignored)
+                    on_disk, why_empty = await asyncio.to_thread(_local_listing, model.base_path, ignored)
             except OSError as e:
                 # Keep what is loaded: a missing or unreadable base path (an outage) may be transient.
                 self._warn_once(model.name, f"Cannot list base path {model.base_path} "
                                             f"of model {model.name}: {e.strerror or e}")
+                if not remote:
+                    why = await asyncio.to_thread(base_path_hint, model.base_path)
+                    if self._models.get(model.name) is model:
+                        self._manager.explain_empty(model.name, why)
                 continue
             self._log_ignored(model, ignored)
             if not on_disk:
-                hint = "" if remote else base_path_hint(model.base_path)
                 self._warn_once(model.name, f"No versions of servable {model.name} found "
-                                            f"under base path {model.base_path}{hint}")
+                                            f"under base path {model.base_path}{why_empty}")
             elif model.name in self._warned:
                 self._warned.discard(model.name)
                 log.info("Model %s: versions found under base path %s again", model.name, model.base_path)
             wanted = model.policy.select(list(on_disk))
             if self._models.get(model.name) is model:  # not replaced by a reload meanwhile
+                self._manager.explain_empty(model.name, why_empty)
                 self._manager.set_aspired(model.name, {v: on_disk[v] for v in wanted})
                 self._aspired_remote[model.name] = {on_disk[v] for v in wanted} if remote else set()
         if self._cache is not None:
@@ -89,6 +93,13 @@ class FileSystemSource:
         while True:
             await asyncio.sleep(self._poll_seconds)
             await self.poll_once()
+
+
+def _local_listing(base_path: str, ignored: dict[str, str]) -> tuple[dict[int, str], str]:
+    """The versions under a local base path and, when there are none, why (in the listing's thread:
+    the hint reads the folder too)."""
+    versions = list_versions(base_path, ignored)
+    return versions, "" if versions else base_path_hint(base_path)
 
 
 def _printable(name: str) -> str:
