@@ -9,8 +9,15 @@ import sys
 import pytest
 
 SCRIPT = """
-import ctypes, sys, time
-from pyserving.heap import HeapTrimmer, resident_bytes, return_big_buffers_to_os
+import ctypes, os, sys, time
+from pyserving.heap import HeapTrimmer, return_big_buffers_to_os
+
+
+def resident_bytes():
+    with open("/proc/self/statm", "rb") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]

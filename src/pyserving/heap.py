@@ -16,13 +16,14 @@ Two measures, both off the request path:
 from __future__ import annotations
 
 import ctypes
-import os
 import threading
+import time
 
 
 class _MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in (
         "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
 
 _M_MMAP_THRESHOLD = -3  # malloc.h
 CHECK_SECONDS = 2.0
@@ -42,22 +43,12 @@ def return_big_buffers_to_os() -> None:
         libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
 
 
-def resident_bytes() -> int:
-    """This process's resident set, from /proc (0 where there is none)."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
 class HeapTrimmer:
     """A daemon thread that trims glibc's heap once its free memory has grown (see the module doc)."""
 
     def __init__(self, check_seconds: float = CHECK_SECONDS, growth_bytes: int = GROWTH_BYTES) -> None:
         self._check_seconds = check_seconds
         self._growth_bytes = growth_bytes
-        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         libc = _libc()
         self._trim = getattr(libc, "malloc_trim", None) if libc is not None else None
@@ -71,16 +62,14 @@ class HeapTrimmer:
             self._thread = threading.Thread(target=self._run, name="heap-trim", daemon=True)
             self._thread.start()
 
-    def stop(self) -> None:
-        self._stop.set()
-
     def free_bytes(self) -> int:
         """Freed memory glibc's arenas keep (their pages may have been handed back already)."""
         return int(self._info().fordblks) if self._info is not None else 0
 
     def _run(self) -> None:
         trimmed_at = self.free_bytes()  # free memory when last trimmed: pages already given back
-        while not self._stop.wait(self._check_seconds):
+        while True:  # a daemon thread: it ends with the process
+            time.sleep(self._check_seconds)
             free = self.free_bytes()
             if free > trimmed_at + self._growth_bytes:
                 self._trim(0)
