@@ -74,7 +74,8 @@ INLINE_INFLATE_BYTES = 8 * 1024
 class BodyTooLarge(Exception):
     """A request body over one of the limits (413), with the flag that sets it."""
 
-    def __init__(self, limit: int, flag: str, what: str = "Request body is larger than") -> None:
+    def __init__(self, limit: int, flag: str = "rest_api_max_request_bytes",
+                 what: str = "Request body is larger than") -> None:
         super().__init__(f"{what} the limit of {limit} bytes (--{flag})")
         self.message = str(self)
 
@@ -190,7 +191,7 @@ class RestService:
         if isinstance(e, ServingError):
             return _error(e.code, e.message, e.retry_after), ServingError(e.code, e.message)
         if isinstance(e, (web.HTTPRequestEntityTooLarge, BodyTooLarge)):
-            message = e.message if isinstance(e, BodyTooLarge) else _too_large(self._max_body_bytes)
+            message = (e if isinstance(e, BodyTooLarge) else BodyTooLarge(self._max_body_bytes)).message
             return web.json_response({"error": message}, status=413), ServingError(Code.RESOURCE_EXHAUSTED, message)
         if isinstance(e, ConnectionError):
             # The client went away mid-body: nothing of ours failed, and no one reads an answer.
@@ -346,12 +347,8 @@ def _version(text: str | None) -> int | None:
     raise ServingError.invalid_argument(f"Failed to convert version: {shown} to numeric.")
 
 
-def _too_large(limit: int) -> str:
-    return f"Request body is larger than the limit of {limit} bytes (--rest_api_max_request_bytes)"
-
-
 def body_too_large(limit: int) -> web.Response:
-    return web.json_response({"error": _too_large(limit)}, status=413)
+    return web.json_response({"error": BodyTooLarge(limit).message}, status=413)
 
 
 def _results_json(result, verb: str) -> list:

@@ -141,8 +141,8 @@ def _fingerprint(fs: Any, path: str) -> tuple:
                         for name, info in files.items()))
 
 
-# What the cache names its own entries: a copy, or a copy being made. Nothing else in the folder
-# is ever deleted (--model_cache_dir may be a folder that holds other things).
+# What the cache names its copies ("<hash>-<version>"): only those are ever deleted (a copy being
+# made is ".partial-...", and --model_cache_dir may hold other things).
 _ENTRY = re.compile(r"^[0-9a-f]{16}-\d+$")
 _LOCKS = ".locks"
 
