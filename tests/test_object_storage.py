@@ -339,3 +339,17 @@ def test_workers_sharing_a_cache_each_load_the_version(tmp_path):
             assert server.stop() == 0
     finally:
         store.stop()
+
+
+def test_a_lock_folder_planted_as_a_symlink_is_never_followed(tmp_path):
+    """The cache's lock folder replaced by a link to elsewhere: no lock file is made there, and a
+    copy whose lock can't be taken is not deleted (a later poll tries again)."""
+    from pyserving.core.storage import VersionCache
+
+    cache, elsewhere = tmp_path / "cache", tmp_path / "elsewhere"
+    (cache / "0123456789abcdef-1").mkdir(parents=True)
+    elsewhere.mkdir()
+    (cache / ".locks").symlink_to(elsewhere, target_is_directory=True)
+    VersionCache(str(cache)).keep_only(set())
+    assert list(elsewhere.iterdir()) == []
+    assert (cache / "0123456789abcdef-1").is_dir()

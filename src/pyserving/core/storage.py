@@ -239,14 +239,19 @@ class VersionCache:
             try:
                 with self._entry_lock(name, fcntl.LOCK_EX | fcntl.LOCK_NB):
                     shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
-            except BlockingIOError:
-                pass  # a worker is loading it: deleted at a later poll
+            except OSError:
+                pass  # a worker is loading it (or its lock can't be taken): not deleted this poll
 
     @contextlib.contextmanager
     def _entry_lock(self, name: str, mode: int) -> Iterator[None]:
         folder = os.path.join(self.root, _LOCKS)
-        os.makedirs(folder, exist_ok=True)
-        fd = os.open(os.path.join(folder, name), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        # Neither the lock folder nor a lock file is ever reached through a symlink planted there.
+        folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600, dir_fd=folder_fd)
+        finally:
+            os.close(folder_fd)
         try:
             fcntl.flock(fd, mode)
             yield
