@@ -350,6 +350,8 @@ def test_a_lock_folder_planted_as_a_symlink_is_never_followed(tmp_path):
     (cache / "0123456789abcdef-1").mkdir(parents=True)
     elsewhere.mkdir()
     (cache / ".locks").symlink_to(elsewhere, target_is_directory=True)
-    VersionCache(str(cache)).keep_only(set())
+    versions = VersionCache(str(cache))
+    assert versions.root == str(cache)  # in use, as once a version was copied
+    versions.keep_only(set())
     assert list(elsewhere.iterdir()) == []
     assert (cache / "0123456789abcdef-1").is_dir()
