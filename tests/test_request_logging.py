@@ -113,6 +113,25 @@ def logger_for(tmp_path, rate: float = 1.0, **kw) -> tuple[RequestLogger, list]:
     return logger, events
 
 
+def test_a_link_planted_in_the_log_folder_makes_no_folder_elsewhere(tmp_path):
+    """The prefix was confined to logs/a/b/m; then logs/a became a link out. Nothing is written,
+    and no folder is created through the link (checked before the missing folders are made)."""
+    from pyserving.config import confine_request_logs
+
+    logs, elsewhere = tmp_path / "logs", tmp_path / "elsewhere"
+    logs.mkdir()
+    elsewhere.mkdir()
+    (model,) = confine_request_logs([ModelConfig("m", "/m", logging=LoggingSettings(1.0, "a/b/m"))], str(logs))
+    (logs / "a").symlink_to(elsewhere, target_is_directory=True)
+    events: list = []
+    logger = RequestLogger(on_record=lambda name, status: events.append(status))
+    logger.configure([model])
+    logger.maybe_log("m", simple_record)
+    logger.close()
+    assert events == ["dropped"] and logger.written == 0
+    assert list(elsewhere.iterdir()) == []
+
+
 def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path, caplog):
     logger, events = logger_for(tmp_path, queue_size=2)
     taken, gate = threading.Event(), threading.Event()

@@ -280,9 +280,9 @@ class _RotatingFile:
         # The prefix was resolved inside --request_log_dir (config.confine_request_logs); a
         # symlink put in its way since is refused, and the file itself is never a symlink.
         directory = os.path.dirname(self._prefix)
+        _still_itself(directory)  # before making what is missing: no folder is made through a link
         os.makedirs(directory, mode=FOLDER_MODE, exist_ok=True)
-        if os.path.realpath(directory) != directory:
-            raise OSError(f"{directory} now resolves elsewhere (a symlink): not written")
+        _still_itself(directory)
         while True:
             stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
             self.path = f"{self._prefix}.{stamp}.{os.getpid()}.{next(self._numbers):05d}.tfrecord"
@@ -311,6 +311,12 @@ class _RotatingFile:
             self.close()
         except OSError:
             pass
+
+
+def _still_itself(directory: str) -> None:
+    """The resolved folder a prefix was confined to must still resolve to itself (no link since)."""
+    if os.path.realpath(directory) != directory:
+        raise OSError(f"{directory} now resolves elsewhere (a symlink): not written")
 
 
 # ---- records: built in the writer thread from what the request held ------------------------
