@@ -126,6 +126,37 @@ def test_a_symlink_in_the_folder_is_never_followed(server, traces, tmp_path):
     assert not (tmp_path / "s").exists()
 
 
+def test_a_link_planted_during_a_capture_gets_nothing_made_through_it(server, traces, tmp_path):
+    """repository_root 'later' is checked when the capture starts; a link to elsewhere put in its
+    place while recording gets no folder and no file made through it."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    request = ProfileRequest(session_id="s", repository_root="later", host_name="h")
+    request.opts.duration_ms = 600_000
+    with server.channel() as channel:
+        future = _rpc(channel, "Profile", ProfileResponse).future(request, timeout=120)
+        probe = ProfileRequest(session_id="probe", emit_xspace=True)
+        probe.opts.duration_ms = 1
+
+        def recording() -> bool:  # the one profiler session is taken: the capture has started
+            try:
+                _rpc(channel, "Profile", ProfileResponse)(probe, timeout=10)
+            except grpc.RpcError as e:
+                return e.code() == grpc.StatusCode.UNAVAILABLE
+            return False
+
+        wait_for(recording, 60, "the capture to start", interval=0.1)
+        (traces / "later").symlink_to(elsewhere, target_is_directory=True)
+        wait_for(lambda: _rpc(channel, "Terminate", TerminateResponse)(
+            TerminateRequest(session_id="s"), timeout=10) is not None and future.done(), 60,
+            "the capture to end on Terminate", interval=0.2)
+        with pytest.raises(grpc.RpcError) as info:
+            future.result()
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "now resolves outside --profiler_log_dir" in info.value.details()
+    assert list(elsewhere.iterdir()) == []
+
+
 def test_without_a_trace_folder_only_emit_xspace_captures(tmp_path):
     server = ServerProcess("--model_name=half_plus_two", f"--model_base_path={HALF_PLUS_TWO}",
                            log_path=tmp_path / "server.log", rest=False).wait_ready()

@@ -109,11 +109,11 @@ class ProfilerServicer:
 
 def _save(root: str, folder: str, host: str, xspace: bytes) -> None:
     try:
+        # Checked again, before the missing folders are made and after: a symlink planted since
+        # the request was checked (a capture lasts up to an hour) never has anything made through it.
+        _still_inside(root, folder)
         os.makedirs(folder, mode=0o750, exist_ok=True)
-        try:  # checked again now it exists: a symlink planted since the request was checked is refused
-            inside(root, folder)
-        except ValueError:
-            raise ServingError.invalid_argument(f"{folder} now resolves outside --profiler_log_dir") from None
+        _still_inside(root, folder)
         fd = os.open(os.path.join(folder, host + XPLANE_SUFFIX),
                      os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
@@ -123,6 +123,13 @@ def _save(root: str, folder: str, host: str, xspace: bytes) -> None:
                                                 "use a new session_id") from None
     except OSError as e:
         raise ServingError.failed_precondition(f"Cannot write the trace to {folder}: {e.strerror or e}") from None
+
+
+def _still_inside(root: str, folder: str) -> None:
+    try:
+        inside(root, folder)
+    except ValueError:
+        raise ServingError.invalid_argument(f"{folder} now resolves outside --profiler_log_dir") from None
 
 
 METHODS = {"Profile": (ProfileRequest, ProfileResponse), "Terminate": (TerminateRequest, TerminateResponse)}
