@@ -134,18 +134,24 @@ def test_a_link_planted_during_a_capture_gets_nothing_made_through_it(server, tr
     request = ProfileRequest(session_id="s", repository_root="later", host_name="h")
     request.opts.duration_ms = 600_000
     with server.channel() as channel:
-        future = _rpc(channel, "Profile", ProfileResponse).future(request, timeout=120)
         probe = ProfileRequest(session_id="probe", emit_xspace=True)
         probe.opts.duration_ms = 1
+        capture = [_rpc(channel, "Profile", ProfileResponse).future(request, timeout=120)]
 
-        def recording() -> bool:  # the one profiler session is taken: the capture has started
+        def recording() -> bool:
+            """The one profiler session is taken by the capture (a probe finds it busy). A probe can
+            take it first, and the capture then fails at once: it is sent again."""
+            if capture[0].done():
+                capture[0] = _rpc(channel, "Profile", ProfileResponse).future(request, timeout=120)
+                return False
             try:
                 _rpc(channel, "Profile", ProfileResponse)(probe, timeout=10)
             except grpc.RpcError as e:
-                return e.code() == grpc.StatusCode.UNAVAILABLE
+                return e.code() == grpc.StatusCode.UNAVAILABLE and not capture[0].done()
             return False
 
         wait_for(recording, 60, "the capture to start", interval=0.1)
+        future = capture[0]
         (traces / "later").symlink_to(elsewhere, target_is_directory=True)
         wait_for(lambda: _rpc(channel, "Terminate", TerminateResponse)(
             TerminateRequest(session_id="s"), timeout=10) is not None and future.done(), 60,
