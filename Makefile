@@ -19,11 +19,11 @@ demo: venv
 	$(VENV)/bin/pyserving mnist demo --data-dir "$(MNIST_DIR)"
 
 # System packages, installed with apt-get only when missing: the status page's test runs Chromium,
-# the README test runs curl;
+# the README test runs curl, the gRPC flood test h2load (nghttp2-client);
 # the benchmarks drive load with h2load (nghttp2-client) and wrk. The Azure tests run Azurite,
 # installed with npm into .tools/npm when missing (3.35.0: the last release that runs on Node 20).
 test-packages:
-	tools/ensure-debian-packages.sh chromium fonts-dejavu-core:- npm curl
+	tools/ensure-debian-packages.sh chromium fonts-dejavu-core:- npm curl nghttp2-client:h2load
 	tools/ensure-npm-tools.sh azurite@3.35.0:azurite-blob
 
 bench-packages:

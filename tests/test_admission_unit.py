@@ -180,3 +180,24 @@ def test_the_loop_lag_probe_sees_a_blocked_loop():
 
     idle, busy = asyncio.run(run())
     assert idle < 0.02 and busy > 0.04, (idle, busy)
+
+
+def test_grpc_gate_refuses_a_share_that_follows_the_wait_in_the_core():
+    from pyserving.grpc_gate import GAIN, MAX_REFUSED, GrpcGate
+
+    gate = GrpcGate(target=0.05)
+    assert not any(gate.refuse() for _ in range(100))  # no queue measured: nothing refused
+    gate.waiting, gate.seconds = 200, 0.10  # twice the target: the share rises, a step at most
+    gate.on_sample()
+    assert gate.refused_share == pytest.approx(GAIN)
+    refused = sum(gate.refuse() for _ in range(1000))
+    assert refused == pytest.approx(1000 * GAIN, abs=1)  # exactly the share, spread evenly
+    for _ in range(50):  # a flood refusals can't hold: capped, so a tenth is still served
+        gate.on_sample()
+    assert gate.refused_share == MAX_REFUSED
+    gate.seconds = 0.04  # under the target: the share comes down gradually
+    gate.on_sample()
+    assert 0 < gate.refused_share < MAX_REFUSED
+    gate.waiting = 0  # the core is empty: nothing is refused at all
+    gate.on_sample()
+    assert gate.refused_share == 0 and not any(gate.refuse() for _ in range(100))

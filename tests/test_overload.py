@@ -3,6 +3,7 @@ refused at once (UNAVAILABLE / 503 + Retry-After) before they take a worker thre
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -12,11 +13,12 @@ import numpy as np
 import pytest
 import requests
 import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2_grpc)
 
 from pyserving.admission import OVERLOADED_MESSAGE
 from support import models
-from support.server import ServerProcess, wait_for
+from support.server import ServerProcess, serve_half_plus_two, system_tool, wait_for
 
 # Run alone after the parallel phase (tools/run-tests.sh): latency bounds and refusals under load.
 pytestmark = pytest.mark.serial
@@ -159,5 +161,84 @@ def test_a_standing_rest_queue_is_shed_at_the_connection(tmp_path, base):
         assert len(settled) > 10 and settled[len(settled) // 2] < unshed / 2, (unshed, settled)
         # The flood over, nothing is refused.
         assert server.post("/v1/models/sleeper:predict", json={"inputs": {"micros": 1}}).status_code == 200
+    finally:
+        assert server.stop() == 0
+
+
+def _grpc_frame(request: predict_pb2.PredictRequest) -> bytes:
+    message = request.SerializeToString()
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+def _hpt_request() -> predict_pb2.PredictRequest:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "hpt"
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([1.0, 2.0, 5.0], np.float32)))
+    return request
+
+
+def _flood_and_probe(server: ServerProcess, tmp_path, seconds: float) -> tuple[list, list]:
+    """h2load keeps 320 Predicts in flight against half_plus_two (served on the event loop, so
+    they queue in grpc's core) while the official stubs probe: (Predict answers, GetModelStatus codes)."""
+    body = tmp_path / "predict.bin"
+    body.write_bytes(_grpc_frame(_hpt_request()))
+    flood = subprocess.Popen(
+        [system_tool("h2load"), "-c", "8", "-m", "40", "-D", str(seconds), "-d", str(body),
+         "-H", "content-type:application/grpc", "-H", "te:trailers",
+         f"http://{server.grpc_target}/tensorflow.serving.PredictionService/Predict"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    answers, statuses = [], []
+    status_request = get_model_status_pb2.GetModelStatusRequest()
+    status_request.model_spec.name = "hpt"
+    try:
+        with server.channel() as channel:
+            predict = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict
+            status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus
+            while flood.poll() is None:
+                try:
+                    response = predict(_hpt_request(), 30)
+                    answers.append(("OK", list(tf.make_ndarray(response.outputs["y"])), {}))
+                except grpc.RpcError as e:
+                    answers.append((e.code().name, e.details(), dict(e.trailing_metadata() or ())))
+                try:
+                    status(status_request, 30)
+                    statuses.append("OK")
+                except grpc.RpcError as e:
+                    statuses.append(e.code().name)
+    finally:
+        flood.wait(30)
+    return answers, statuses
+
+
+def test_a_grpc_flood_is_shed_with_unavailable(tmp_path):
+    """A flood that queues in grpc's core (where no handler sees it) is shed by the wait measured
+    there (grpc_gate.py): a share of Predicts refused UNAVAILABLE with Retry-After, the rest
+    answered right; the model service is never refused; once the flood ends, nothing is."""
+    server = serve_half_plus_two(tmp_path)
+    try:
+        answers, statuses = _flood_and_probe(server, tmp_path, 5)
+        counts = Counter(code for code, *_ in answers)
+        assert set(counts) == {"OK", "UNAVAILABLE"}, counts
+        for code, detail, trailers in answers:
+            if code == "OK":
+                assert detail == [2.5, 3.0, 4.5]
+            else:
+                assert detail == OVERLOADED_MESSAGE and trailers.get("retry-after") == "1"
+        assert statuses and set(statuses) == {"OK"}, Counter(statuses)
+        with server.channel() as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            wait_for(lambda: _call(stub, _hpt_request())[0] == "OK", 10, "the flood's share to decay")
+            assert [_call(stub, _hpt_request())[0] for _ in range(20)] == ["OK"] * 20
+    finally:
+        assert server.stop() == 0
+    assert "Traceback" not in server.log()
+
+
+def test_a_grpc_flood_is_queued_without_a_delay_target(tmp_path):
+    """--queue_delay_target_in_ms=0: TF Serving's behaviour, every call waits its turn."""
+    server = serve_half_plus_two(tmp_path, "--queue_delay_target_in_ms=0")
+    try:
+        answers, _ = _flood_and_probe(server, tmp_path, 3)
+        assert answers and {code for code, *_ in answers} == {"OK"}, Counter(code for code, *_ in answers)
     finally:
         assert server.stop() == 0

@@ -21,7 +21,9 @@ from .codecs import tensor_proto
 from .codecs.examples import serialize_input
 from .dataplane import Caller, DataPlane, InferenceTask, ModelSpec, PredictResult, fill_model_spec
 from .inline import SMALL_REQUEST_BYTES
+from .admission import OVERLOADED_MESSAGE, RETRY_AFTER_SECONDS
 from .errors import Code, ServingError
+from .grpc_gate import GrpcGate
 from .profiler_service import ProfilerServicer
 from .responses import status_response
 
@@ -150,6 +152,14 @@ BASE_OPTIONS = [("grpc.max_send_message_length", -1),
                 ("grpc.so_reuseport", 0)]
 
 
+class _Refused:
+    """What a call refused by load shedding (grpc_gate.py) decodes to: its bytes never parsed.
+    Only inference methods have a gate in their parser, and those always have a data plane."""
+
+
+_REFUSED = _Refused()
+
+
 class _Unparsable:
     """What a request that is not a valid proto decodes to; answered INVALID_ARGUMENT."""
 
@@ -157,8 +167,10 @@ class _Unparsable:
         self.message = f"Could not parse the request as {type_name}: {reason}"
 
 
-def _safe_parser(message_type):
+def _safe_parser(message_type, gate: GrpcGate | None = None):
     def parse(data: bytes):
+        if gate is not None and gate.refuse():
+            return _REFUSED
         try:
             return message_type.FromString(data), len(data)
         except Exception as e:  # DecodeError and friends: the client sent garbage
@@ -166,19 +178,35 @@ def _safe_parser(message_type):
     return parse
 
 
-def _guarded(method, dataplane: DataPlane | None = None):
+def _guarded(method, dataplane: DataPlane | None = None, gate: GrpcGate | None = None):
     """Malformed protos and ServingErrors become the gRPC status clients expect.
 
     The abort is raised outside the except blocks, from a frame that no longer holds the request:
     grpc keeps the AbortError in a reference cycle until the next garbage collection, and with the
     failure as its __context__ (whose traceback's frames hold the request and every decoded
     tensor) a rejected 10^6-string request stayed in memory for several requests more.
+    With ``gate``, the call counts as taken and active while it runs (grpc_gate.CoreQueue).
     """
     api = _INFERENCE_APIS.get(method.__name__) if dataplane is not None else None
 
     async def call(request, context):
+        if gate is None:
+            return await answer(request, context)
+        gate.enter()
+        try:
+            return await answer(request, context)
+        finally:
+            gate.leave()
+
+    async def answer(request, context):
         start = time.perf_counter()
-        if isinstance(request, _Unparsable):
+        if request is _REFUSED:
+            status, message = grpc.StatusCode.UNAVAILABLE, OVERLOADED_MESSAGE
+            context.set_trailing_metadata((("retry-after", str(RETRY_AFTER_SECONDS)),))
+            if dataplane.access_log:
+                dataplane.log_refused("GRPC", api, "", ServingError.unavailable(message),
+                                      time.perf_counter() - start, context.peer())
+        elif isinstance(request, _Unparsable):
             status, message = grpc.StatusCode.INVALID_ARGUMENT, request.message
             if api and dataplane.access_log:
                 dataplane.log_refused("GRPC", api, "", ServingError.invalid_argument(message),
@@ -216,17 +244,20 @@ def _locked(method, control: ControlPlane, what: str):
 
 
 def _service_handler(service: str, servicer, methods: dict, control: ControlPlane | None = None,
-                     dataplane: DataPlane | None = None) -> grpc.GenericRpcHandler:
+                     dataplane: DataPlane | None = None, gate: GrpcGate | None = None) -> grpc.GenericRpcHandler:
     """Like the generated add_*_to_server, but a malformed proto is a client error; with
-    ``control``, every method is a control-plane call."""
+    ``control``, every method is a control-plane call; with ``gate``, inference calls may be shed."""
     def method(name: str):
         found = getattr(servicer, name)
         return _locked(found, control, f"{service}/{name}") if control is not None else found
 
+    def shedding(name: str) -> GrpcGate | None:
+        return gate if dataplane is not None and name in _INFERENCE_APIS else None
+
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
-            _guarded(method(name), dataplane),
-            request_deserializer=_safe_parser(request_type),
+            _guarded(method(name), dataplane, gate),
+            request_deserializer=_safe_parser(request_type, shedding(name)),
             response_serializer=response_type.SerializeToString)
         for name, (request_type, response_type) in methods.items()
     }
@@ -245,10 +276,16 @@ def create_server(dataplane: DataPlane, channel_arguments: str = "", max_message
                   tensor_content: bool = False, reuse_port: bool = False,
                   reload_config: ReloadConfig | None = None,
                   profiler: ProfilerServicer | None = None,
-                  control: ControlPlane | None = None) -> grpc.aio.Server:
+                  control: ControlPlane | None = None, gate: GrpcGate | None = None,
+                  max_pending: int = 0) -> grpc.aio.Server:
     options: dict[str, int | str] = dict(BASE_OPTIONS)
     options["grpc.max_receive_message_length"] = max_message_bytes
     options["grpc.so_reuseport"] = int(reuse_port)  # --num_workers: sibling processes share ports
+    if max_pending > 0:
+        # --max_pending_requests for calls not yet taken from the core: past it the core refuses
+        # them (randomly up to twice the bound, then all), before Python spends anything on them.
+        options["grpc.server.max_pending_requests"] = max_pending
+        options["grpc.server.max_pending_requests_hard_limit"] = 2 * max_pending
     options.update(parse_channel_arguments(channel_arguments))
     server = grpc.aio.server(options=list(options.items()))
     prediction = PredictionServicer(dataplane, tensor_content)
@@ -257,11 +294,11 @@ def create_server(dataplane: DataPlane, channel_arguments: str = "", max_message
     server.add_generic_rpc_handlers((
         _service_handler("tensorflow.serving.PredictionService", prediction,
                          _methods(prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"]),
-                         dataplane=dataplane),
+                         dataplane=dataplane, gate=gate),
         _service_handler("tensorflow.serving.ModelService", models,
-                         _methods(model_service_pb2.DESCRIPTOR.services_by_name["ModelService"])),
+                         _methods(model_service_pb2.DESCRIPTOR.services_by_name["ModelService"]), gate=gate),
     ))
     if profiler is not None:
         server.add_generic_rpc_handlers((_service_handler(profiler_service.SERVICE, profiler,
-                                                          profiler_service.METHODS, control),))
+                                                          profiler_service.METHODS, control, gate=gate),))
     return server

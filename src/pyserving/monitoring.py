@@ -105,6 +105,9 @@ class Metrics:
         self.shed = Counter(
             ":pyserving:rest_requests_shed", "REST requests refused at the connection by load shedding "
             "(--queue_delay_target_in_ms), before their model was read.", registry=r)
+        self.grpc_shed = Counter(
+            ":pyserving:grpc_requests_shed", "gRPC inference calls refused UNAVAILABLE by load shedding "
+            "(--queue_delay_target_in_ms) as they were taken, before their request was decoded.", registry=r)
         self._version_lister: VersionLister | None = None
         self._answered: set[tuple[str, str, str]] = set()  # version_requests label sets in use
         self._children: dict[tuple[int, tuple[str, ...]], object] = {}

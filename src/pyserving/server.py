@@ -33,6 +33,7 @@ from .monitoring import Metrics, PrometheusSettings
 from .options import ServerOptions
 from .peers import PeerService, Peers, merge_status
 from .request_log import RequestLogger
+from .grpc_gate import GrpcGate
 from .rest_gate import RestGate
 from .rest_service import RestService
 from .status_page import StatusPage
@@ -77,6 +78,7 @@ class Server:
         self.metrics = Metrics()
         self._rest_gate = (RestGate(Admission(0, target), self.metrics, cors=options.rest_api_enable_cors_support)
                            if target else None)
+        self._grpc_gate = GrpcGate(target=target, metrics=self.metrics) if target else None
         self._prometheus = (PrometheusSettings.from_file(options.monitoring_config_file)
                             if options.monitoring_config_file else None)
         self.manager = ModelManager(
@@ -265,7 +267,7 @@ class Server:
                                    o.enable_serialization_as_tensor_content,
                                    reuse_port=self._slot is not None, reload_config=self.reload,
                                    profiler=ProfilerServicer(Profiler(), o.profiler_log_dir) if o.enable_profiler else None,
-                                   control=self.control)
+                                   control=self.control, gate=self._grpc_gate, max_pending=self.admission.limit)
         if self._health:
             self._health.register(self._grpc)
         address = _host_port(o.grpc_bind_address, o.port)
@@ -282,6 +284,8 @@ class Server:
             self._grpc.add_insecure_port(f"unix:{o.grpc_socket_path}")
             log.info("Running gRPC ModelServer at UNIX socket %s ...", o.grpc_socket_path)
         await self._grpc.start()
+        if self._grpc_gate is not None and o.port:
+            self._grpc_gate.start(o.port)
         log.info("%s", self.control.describe(o.grpc_bind_address if o.port else "127.0.0.1"))
         warning = token_file_permissions_warning(o.admin_token_file) if o.admin_token_file else None
         if warning:
@@ -392,6 +396,8 @@ class Server:
             self._rest_listener.close()  # stop accepting; the runner then drains
         if self._rest_gate is not None:
             self._rest_gate.lag.stop()
+        if self._grpc_gate is not None:
+            self._grpc_gate.stop()
         if self._rest:
             stops.append(self._rest.cleanup())
         await asyncio.gather(*stops, return_exceptions=True)
