@@ -179,7 +179,8 @@ def _hpt_request() -> predict_pb2.PredictRequest:
 
 def _flood_and_probe(server: ServerProcess, tmp_path, seconds: float) -> tuple[list, list]:
     """h2load keeps 320 Predicts in flight against half_plus_two (served on the event loop, so
-    they queue in grpc's core) while the official stubs probe: (Predict answers, GetModelStatus codes)."""
+    they queue in grpc's core) while the official stubs probe: (answers to Predicts without a
+    deadline, codes of Predicts with one and of GetModelStatus)."""
     body = tmp_path / "predict.bin"
     body.write_bytes(_grpc_frame(_hpt_request()))
     flood = subprocess.Popen(
@@ -196,15 +197,16 @@ def _flood_and_probe(server: ServerProcess, tmp_path, seconds: float) -> tuple[l
             status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus
             while flood.poll() is None:
                 try:
-                    response = predict(_hpt_request(), 30)
+                    response = predict(_hpt_request())  # no deadline, as h2load's calls
                     answers.append(("OK", list(tf.make_ndarray(response.outputs["y"])), {}))
                 except grpc.RpcError as e:
                     answers.append((e.code().name, e.details(), dict(e.trailing_metadata() or ())))
-                try:
-                    status(status_request, 30)
-                    statuses.append("OK")
-                except grpc.RpcError as e:
-                    statuses.append(e.code().name)
+                for call, request in ((predict, _hpt_request()), (status, status_request)):
+                    try:
+                        call(request, 30)
+                        statuses.append("OK")
+                    except grpc.RpcError as e:
+                        statuses.append(e.code().name)
     finally:
         flood.wait(30)
     return answers, statuses
@@ -212,8 +214,10 @@ def _flood_and_probe(server: ServerProcess, tmp_path, seconds: float) -> tuple[l
 
 def test_a_grpc_flood_is_shed_with_unavailable(tmp_path):
     """A flood that queues in grpc's core (where no handler sees it) is shed by the wait measured
-    there (grpc_gate.py): a share of Predicts refused UNAVAILABLE with Retry-After, the rest
-    answered right; the model service is never refused; once the flood ends, nothing is."""
+    there (grpc_gate.py): a share of Predicts without a deadline refused UNAVAILABLE with
+    Retry-After, the rest answered right; calls with a deadline wait their turn (TF Serving's
+    clients send bursts of futures with one) and the model service is never refused; once the
+    flood ends, nothing is."""
     server = serve_half_plus_two(tmp_path)
     try:
         answers, statuses = _flood_and_probe(server, tmp_path, 5)

@@ -10,16 +10,17 @@ the ones Python is serving, and divides by the rate Python has been taking them:
 now waits in the core before any handler sees it (Little's law).
 
 ``GrpcGate`` holds that wait near ``--queue_delay_target_in_ms`` the way PIE (RFC 8033) holds a
-router's queue: a share of calls is refused as they are taken, before the request is decoded,
-and the share moves each period with how far the wait is from the target (up when above, down
-when under, nothing when the core is empty). Refusing a share shortens what every call behind
+router's queue: a share of the calls without a deadline is refused as they are taken, and the
+share moves each period with how far the wait is from the target (up when above, down when
+under, nothing when the core is empty). Refusing a share shortens what every call behind
 waits, but a refusal is not free: grpc.aio's own work for any call (about 105 µs here, against
 about 310 µs to serve half_plus_two) is spent whatever the answer. So refusals hold the wait
 for an overload of up to about three times capacity; the share stops at ``MAX_REFUSED`` so that
 a tenth of the calls are still served, whatever the flood. Past ``--max_pending_requests`` calls
 waiting in the core, the core itself refuses them (grpc's
 ``grpc.server.max_pending_requests``), which costs Python nothing. The model-management, health
-and profiler services are never refused here.
+and profiler services are never refused here, nor is a call with a deadline: it waits its
+turn, as in TF Serving, and the core drops it at no cost to Python if its deadline passes first.
 """
 
 from __future__ import annotations

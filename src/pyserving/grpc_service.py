@@ -153,8 +153,7 @@ BASE_OPTIONS = [("grpc.max_send_message_length", -1),
 
 
 class _Refused:
-    """What a call refused by load shedding (grpc_gate.py) decodes to: its bytes never parsed.
-    Only inference methods have a gate in their parser, and those always have a data plane."""
+    """What an inference call refused by load shedding (grpc_gate.py) is answered as."""
 
 
 _REFUSED = _Refused()
@@ -167,10 +166,8 @@ class _Unparsable:
         self.message = f"Could not parse the request as {type_name}: {reason}"
 
 
-def _safe_parser(message_type, gate: GrpcGate | None = None):
+def _safe_parser(message_type):
     def parse(data: bytes):
-        if gate is not None and gate.refuse():
-            return _REFUSED
         try:
             return message_type.FromString(data), len(data)
         except Exception as e:  # DecodeError and friends: the client sent garbage
@@ -185,52 +182,55 @@ def _guarded(method, dataplane: DataPlane | None = None, gate: GrpcGate | None =
     grpc keeps the AbortError in a reference cycle until the next garbage collection, and with the
     failure as its __context__ (whose traceback's frames hold the request and every decoded
     tensor) a rejected 10^6-string request stayed in memory for several requests more.
-    With ``gate``, the call counts as taken and active while it runs (grpc_gate.CoreQueue).
+    With ``gate``, the call counts as taken and active while it runs (grpc_gate.CoreQueue), and
+    an inference call without a deadline may be shed. One with a deadline waits its turn, as in
+    TF Serving: its client said how long it will wait (TF Serving's own clients send bursts of
+    hundreds of futures with a deadline each, and expect every one answered), and the core drops
+    it for free if that passes first.
     """
     api = _INFERENCE_APIS.get(method.__name__) if dataplane is not None else None
 
     async def call(request, context):
-        if gate is None:
-            return await answer(request, context)
-        gate.enter()
-        try:
-            return await answer(request, context)
-        finally:
-            gate.leave()
-
-    async def answer(request, context):
+        if gate is not None:
+            gate.enter()
+            if api is not None and context.time_remaining() is None and gate.refuse():
+                request = _REFUSED
         start = time.perf_counter()
-        if request is _REFUSED:
-            status, message = grpc.StatusCode.UNAVAILABLE, OVERLOADED_MESSAGE
-            context.set_trailing_metadata((("retry-after", str(RETRY_AFTER_SECONDS)),))
-            if dataplane.access_log:
-                dataplane.log_refused("GRPC", api, "", ServingError.unavailable(message),
-                                      time.perf_counter() - start, context.peer())
-        elif isinstance(request, _Unparsable):
-            status, message = grpc.StatusCode.INVALID_ARGUMENT, request.message
-            if api and dataplane.access_log:
-                dataplane.log_refused("GRPC", api, "", ServingError.invalid_argument(message),
-                                      time.perf_counter() - start, context.peer())
-        else:
-            request, size = request
-            _REQUEST_BYTES.set(size)
-            try:
-                return await method(request, context)
-            except ServingError as e:
-                status, message = _STATUS[int(e.code)], e.message
-                log.debug("gRPC %s answered %s: %s", method.__name__, status.name, message)
-                if api and dataplane.access_log:  # refused before the data plane logged it, if so
-                    dataplane.log_refused("GRPC", api, getattr(getattr(request, "model_spec", None), "name", ""),
-                                          e, time.perf_counter() - start, context.peer())
-                if e.retry_after:
-                    context.set_trailing_metadata((("retry-after", str(e.retry_after)),))
-            except (asyncio.CancelledError, grpc.aio.AbortError):
-                raise
-            except Exception as e:  # a bug of ours: say so, with a status clients can act on
-                log.exception("Unexpected error in %s", method.__name__)
-                status, message = grpc.StatusCode.INTERNAL, f"Internal error: {type(e).__name__}: {e}"
-        del request
-        await context.abort(status, message)
+        try:
+            if request is _REFUSED:
+                status, message = grpc.StatusCode.UNAVAILABLE, OVERLOADED_MESSAGE
+                context.set_trailing_metadata((("retry-after", str(RETRY_AFTER_SECONDS)),))
+                if dataplane.access_log:
+                    dataplane.log_refused("GRPC", api, "", ServingError.unavailable(message),
+                                          time.perf_counter() - start, context.peer())
+            elif isinstance(request, _Unparsable):
+                status, message = grpc.StatusCode.INVALID_ARGUMENT, request.message
+                if api and dataplane.access_log:
+                    dataplane.log_refused("GRPC", api, "", ServingError.invalid_argument(message),
+                                          time.perf_counter() - start, context.peer())
+            else:
+                request, size = request
+                _REQUEST_BYTES.set(size)
+                try:
+                    return await method(request, context)
+                except ServingError as e:
+                    status, message = _STATUS[int(e.code)], e.message
+                    log.debug("gRPC %s answered %s: %s", method.__name__, status.name, message)
+                    if api and dataplane.access_log:  # refused before the data plane logged it, if so
+                        dataplane.log_refused("GRPC", api, getattr(getattr(request, "model_spec", None), "name", ""),
+                                              e, time.perf_counter() - start, context.peer())
+                    if e.retry_after:
+                        context.set_trailing_metadata((("retry-after", str(e.retry_after)),))
+                except (asyncio.CancelledError, grpc.aio.AbortError):
+                    raise
+                except Exception as e:  # a bug of ours: say so, with a status clients can act on
+                    log.exception("Unexpected error in %s", method.__name__)
+                    status, message = grpc.StatusCode.INTERNAL, f"Internal error: {type(e).__name__}: {e}"
+            del request
+            await context.abort(status, message)
+        finally:
+            if gate is not None:
+                gate.leave()
     return call
 
 
@@ -251,13 +251,10 @@ def _service_handler(service: str, servicer, methods: dict, control: ControlPlan
         found = getattr(servicer, name)
         return _locked(found, control, f"{service}/{name}") if control is not None else found
 
-    def shedding(name: str) -> GrpcGate | None:
-        return gate if dataplane is not None and name in _INFERENCE_APIS else None
-
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
             _guarded(method(name), dataplane, gate),
-            request_deserializer=_safe_parser(request_type, shedding(name)),
+            request_deserializer=_safe_parser(request_type),
             response_serializer=response_type.SerializeToString)
         for name, (request_type, response_type) in methods.items()
     }
