@@ -39,7 +39,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import grpc
 import numpy as np
 import requests
-
 from _common import free_port, grpc_frame, h2load, stop_group  # benchmarks/ is on sys.path
 
 BIN = Path(sys.executable).parent / "tensorflow_model_server"
@@ -61,6 +60,7 @@ Call = Callable[[], object]
 def export_model(name: str, version_dir: Path) -> tuple[str, str]:
     """Export the Keras application with random weights; return its (input, output) aliases."""
     import keras
+
     from pyserving.runtime.saved_model import read_meta_graph
 
     build = {"mobilenet_v2": keras.applications.MobileNetV2, "resnet50": keras.applications.ResNet50}[name]

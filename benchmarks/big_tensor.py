@@ -27,9 +27,15 @@ import numpy as np
 import orjson
 import requests
 import tensorflow as tf
+from _common import (  # benchmarks/ is on sys.path when run as a script
+    free_port,
+    percentile,
+    stop,
+    time_calls,
+    wait_ready,
+)
 from tensorflow_serving.apis import predict_pb2
 
-from _common import free_port, percentile, stop, time_calls, wait_ready  # benchmarks/ is on sys.path when run as a script
 from pyserving.runtime.loader import RuntimeSettings, session_config
 from pyserving.runtime.session import load_session
 

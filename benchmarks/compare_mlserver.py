@@ -44,7 +44,6 @@ from typing import Callable
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import requests
-
 from _common import Load, free_port, grpc_frame, h2load, stop_group, wait_ready, wrk  # benchmarks/ is on sys.path
 from bare_reference import version_dir
 

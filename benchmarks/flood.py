@@ -22,7 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _common import each_configuration, free_port, percentile as pct, stop, wait_ready  # benchmarks/ is on sys.path when run as a script
+from _common import each_configuration, free_port, stop, wait_ready  # benchmarks/ is on sys.path when run as a script
+from _common import percentile as pct
 
 MODEL = Path(__file__).resolve().parent.parent.parent / "shared" / "tfs-testdata" / "saved_model_half_plus_two_cpu"
 BODY = b'{"instances": [1.0, 2.0, 5.0]}'

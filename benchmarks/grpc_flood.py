@@ -28,9 +28,9 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from _common import each_configuration, free_port, grpc_frame, h2load, stop, wait_ready
+from _common import percentile as pct
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-
-from _common import each_configuration, free_port, grpc_frame, h2load, percentile as pct, stop, wait_ready
 
 MODEL = Path(__file__).resolve().parent.parent.parent / "shared" / "tfs-testdata" / "saved_model_half_plus_two_cpu"
 PATH = "/tensorflow.serving.PredictionService/Predict"

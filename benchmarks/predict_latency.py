@@ -26,9 +26,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import grpc
 import requests
 import tensorflow as tf
+from _common import (  # benchmarks/ is on sys.path when run as a script
+    free_port,
+    percentile,
+    stop,
+    time_calls,
+    wait_ready,
+)
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from _common import free_port, percentile, stop, time_calls, wait_ready  # benchmarks/ is on sys.path when run as a script
 from pyserving.mnist.data import load_mnist
 from pyserving.mnist.export import export_mnist
 

@@ -31,8 +31,16 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import grpc
 import requests
-
-from _common import Load, free_port, grpc_frame, h2load, percentile, stop_group, wait_ready, wrk  # benchmarks/ on sys.path
+from _common import (  # benchmarks/ on sys.path
+    Load,
+    free_port,
+    grpc_frame,
+    h2load,
+    percentile,
+    stop_group,
+    wait_ready,
+    wrk,
+)
 
 MODEL = Path(__file__).resolve().parent.parent.parent / "shared" / "tfs-testdata" / "saved_model_half_plus_two_cpu"
 BIN = Path(sys.executable).parent / "tensorflow_model_server"
@@ -42,10 +50,10 @@ EXPECTED = {"predictions": [2.5, 3.0, 4.5]}
 
 
 def predict_request():
+    import numpy as np
     from tensorflow_serving.apis import predict_pb2
 
     from pyserving.codecs.tensor_proto import from_numpy
-    import numpy as np
 
     request = predict_pb2.PredictRequest()
     request.model_spec.name = NAME

@@ -24,8 +24,8 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=256)
     parser.add_argument("--files", type=int, default=4)
     args = parser.parse_args()
-    from moto.server import ThreadedMotoServer
     import s3fs
+    from moto.server import ThreadedMotoServer
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -33,7 +33,7 @@ def main() -> None:
     endpoint = f"http://127.0.0.1:{port}"
     os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
                       AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=endpoint)
-    from pyserving.core.storage import VersionCache
+    from pyserving.storage.files import VersionCache
 
     try:
         fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint})

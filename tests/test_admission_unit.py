@@ -1,5 +1,5 @@
-"""Admission rules on a fake clock (admission.py), and what the REST gate takes for one whole POST
-(rest_gate.py). The server-level behaviour is in test_overload.py."""
+"""Admission rules on a fake clock (serving/admission.py), and what the REST gate takes for one whole POST
+(protocols/rest/gate.py). The server-level behaviour is in test_overload.py."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from pyserving.admission import INTERVAL_SECONDS, TARGET_POSITIONS, Admission
-from pyserving.monitoring import Metrics
-from pyserving.rest_gate import OVERLOADED_MESSAGE, RestGate, whole_post
+from pyserving.observability.monitoring import Metrics
+from pyserving.protocols.rest.gate import OVERLOADED_MESSAGE, RestGate, whole_post
+from pyserving.serving.admission import INTERVAL_SECONDS, TARGET_POSITIONS, Admission
 
 SERVICE = 0.001  # each request costs 1 ms of the server's time, one at a time
 
@@ -163,7 +163,7 @@ def test_the_loop_lag_probe_sees_a_blocked_loop():
     import asyncio
     import time
 
-    from pyserving.rest_gate import LoopLag
+    from pyserving.protocols.rest.gate import LoopLag
 
     async def run() -> tuple[float, float]:
         lag = LoopLag()
@@ -183,7 +183,7 @@ def test_the_loop_lag_probe_sees_a_blocked_loop():
 
 
 def test_grpc_gate_refuses_a_share_that_follows_the_wait_in_the_core():
-    from pyserving.grpc_gate import GAIN, MAX_REFUSED, GrpcGate
+    from pyserving.protocols.grpc.gate import GAIN, MAX_REFUSED, GrpcGate
 
     gate = GrpcGate(target=0.05)
     assert not any(gate.refuse() for _ in range(100))  # no queue measured: nothing refused

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from prometheus_client.parser import text_string_to_metric_families
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc, regression_pb2
-
 from support import models
 from support.server import ServerProcess, serve_models
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc, regression_pb2
 
 METRICS = "/monitoring/prometheus/metrics"
 

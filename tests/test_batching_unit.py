@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from pyserving.batching import BatchingOptions, BatchingServable
 from pyserving.errors import Code, ServingError
+from pyserving.serving.batching import BatchingOptions, BatchingServable
 
 
 class FakeServable:

@@ -9,12 +9,12 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+from support import models
+from support.server import BIN_DIR, ServerProcess
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from pyserving.cli import model_server_main
 from pyserving.options import FLAG_GROUPS, ServerOptions
-from support import models
-from support.server import BIN_DIR, ServerProcess
 
 
 def run_server_cli(*args: str) -> subprocess.CompletedProcess:

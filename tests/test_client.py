@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from support.server import serve_half_plus_two
 from tensorflow.core.example import example_pb2
 
 from pyserving.client import Client
 from pyserving.errors import Code, ServingError
-from support.server import serve_half_plus_two
-
 
 
 @pytest.fixture(scope="module")

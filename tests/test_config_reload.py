@@ -9,12 +9,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from google.protobuf import text_format
-from tensorflow_serving.apis import (get_model_status_pb2, model_management_pb2, model_service_pb2_grpc,
-                                     predict_pb2, prediction_service_pb2_grpc)
-
 from support import models
 from support.server import ServerProcess, model_config, wait_for
 from support.traffic import Traffic
+from tensorflow_serving.apis import (
+    get_model_status_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,16 @@ import dataclasses
 
 import pytest
 
-from pyserving.config import (ConfigError, ModelConfig, VersionPolicy, check_options,
-                              models_from_options, parse_model_server_config,
-                              read_model_config_file)
+from pyserving.config.model_config import (
+    ConfigError,
+    ModelConfig,
+    VersionPolicy,
+    models_from_options,
+    parse_model_server_config,
+    read_model_config_file,
+)
 from pyserving.options import ServerOptions
+from pyserving.server.checks import check_options
 
 CONFIG = """
 model_config_list {
@@ -180,8 +186,8 @@ def test_tags():
 
 
 def test_batching_parameters_file(tmp_path):
-    from pyserving.batching import BatchingOptions
-    from pyserving.config import ConfigError
+    from pyserving.config.model_config import ConfigError
+    from pyserving.serving.batching import BatchingOptions
 
     good = tmp_path / "batching.pbtxt"
     good.write_text("max_batch_size { value: 8 } batch_timeout_micros { value: 5000 } "

@@ -6,10 +6,9 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-
 from support import models
 from support.server import serve_models
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 # Run alone after the parallel phase (tools/run-tests.sh): deadlines and drains measured in real time.
 pytestmark = pytest.mark.serial

@@ -27,13 +27,13 @@ import kubernetes_validate
 import pytest
 import requests
 import yaml
-
+from support.server import BIN_DIR, START_TIMEOUT, free_port, wait_for
 from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 
 from pyserving.cli import add_server_flags, options_from_args
-from pyserving.config import check_options, parse_model_server_config
-from pyserving.monitoring import PrometheusSettings
-from support.server import BIN_DIR, START_TIMEOUT, free_port, wait_for
+from pyserving.config.model_config import parse_model_server_config
+from pyserving.observability.monitoring import PrometheusSettings
+from pyserving.server.checks import check_options
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"

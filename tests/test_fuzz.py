@@ -20,14 +20,23 @@ from pathlib import Path
 import grpc
 import pytest
 import requests
-from hypothesis import HealthCheck, event, given, settings, strategies as st
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from support.server import ServerProcess, model_config
 from tensorflow.core.example import example_pb2, feature_pb2
 from tensorflow.core.framework import tensor_pb2, types_pb2
-from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
-                                     inference_pb2, input_pb2, model_pb2, model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc, regression_pb2)
-
-from support.server import ServerProcess, model_config
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    inference_pb2,
+    input_pb2,
+    model_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+    regression_pb2,
+)
 
 TESTDATA = Path(__file__).resolve().parent.parent.parent / "shared" / "tfs-testdata"
 MODELS = {"half_plus_two": TESTDATA / "saved_model_half_plus_two_cpu",

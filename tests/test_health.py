@@ -8,7 +8,6 @@ import shutil
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from support import models
 from support.server import ServerProcess, arrive, model_config, wait_for, wait_state
 

@@ -12,13 +12,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from tensorflow.core.framework import tensor_pb2, types_pb2
-from tensorflow_serving.apis import (classification_pb2, predict_pb2, prediction_service_pb2_grpc,
-                                     regression_pb2)
-
-from pyserving import limits
-from pyserving.errors import Code, ServingError
 from support.server import ServerProcess, wait_for
+from tensorflow.core.framework import tensor_pb2, types_pb2
+from tensorflow_serving.apis import classification_pb2, predict_pb2, prediction_service_pb2_grpc, regression_pb2
+
+from pyserving.codecs import limits
+from pyserving.errors import Code, ServingError
 
 HALF_PLUS_TWO = Path(__file__).resolve().parent.parent.parent / "shared" / "tfs-testdata" / "saved_model_half_plus_two_cpu"
 MODEL = "half_plus_two"

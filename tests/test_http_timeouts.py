@@ -8,7 +8,6 @@ import socket
 import time
 
 import pytest
-
 from support import models
 from support.server import serve_models
 

@@ -7,11 +7,15 @@ import math
 import grpc
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import (classification_pb2, inference_pb2, input_pb2,
-                                     prediction_service_pb2_grpc, regression_pb2)
-
 from support import models
 from support.server import serve_models
+from tensorflow_serving.apis import (
+    classification_pb2,
+    inference_pb2,
+    input_pb2,
+    prediction_service_pb2_grpc,
+    regression_pb2,
+)
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-
-from pyserving.inline import BAN_SECONDS, BAN_STRIKES, INLINE_MAX_SECONDS, InlinePolicy
 from support import models
 from support.server import ServerProcess, model_config
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from pyserving.serving.inline import BAN_SECONDS, BAN_STRIKES, INLINE_MAX_SECONDS, InlinePolicy
 
 # Run alone after the parallel phase (tools/run-tests.sh): event-loop latency while a slow model runs.
 pytestmark = pytest.mark.serial

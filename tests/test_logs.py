@@ -8,9 +8,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-
 from support.server import ServerProcess
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 HALF_PLUS_TWO = Path(__file__).resolve().parents[2] / "shared" / "tfs-testdata" / "saved_model_half_plus_two_cpu"
 # absl's C++ log prefix (I0000 00:00:... file.cc:NN]) and its pre-initialisation warning.

@@ -6,12 +6,12 @@ import asyncio
 import os
 import shutil
 import threading
-from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
-from pyserving.config import ModelConfig, VersionPolicy
+from pyserving.config.model_config import ModelConfig, VersionPolicy
 from pyserving.core.manager import ModelManager, RetryPolicy
 from pyserving.core.source import FileSystemSource, list_versions
 from pyserving.core.states import VersionState

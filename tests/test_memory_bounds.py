@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 import requests
 import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-
 from support.server import ServerProcess
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 HALF_PLUS_TWO = Path(__file__).resolve().parent.parent.parent / "shared" / "tfs-testdata" / "saved_model_half_plus_two_cpu"
 LIMIT = 16 << 20  # --rest_api_max_request_bytes and --grpc_max_message_bytes here

@@ -11,11 +11,11 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+from support.server import ServerProcess
+from support.tutorial_export import export_like_tutorial
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from pyserving.mnist.data import load_mnist
-from support.server import ServerProcess
-from support.tutorial_export import export_like_tutorial
 
 BIN = Path(sys.executable).parent
 NUM_TESTS = 1000

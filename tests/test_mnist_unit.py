@@ -15,12 +15,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import pytest
+from support.server import free_port
 
-from pyserving.mnist.client import ClientResult, format_result, run_client
 from pyserving.mnist.cli import add_mnist_commands
+from pyserving.mnist.client import ClientResult, format_result, run_client
 from pyserving.mnist.data import MnistData, MnistFormatError, load_mnist, read_images, read_labels
 from pyserving.mnist.export import export_mnist
-from support.server import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MNIST_DIR = os.environ.get("MNIST_DIR", str(REPO_ROOT.parent / "shared" / "mnist"))

@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from prometheus_client.parser import text_string_to_metric_families
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc, regression_pb2
-
 from support import models
 from support.server import ServerProcess, serve_models
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc, regression_pb2
 
 PATH = "/monitoring/prometheus/metrics"
 
@@ -129,6 +128,7 @@ def test_metrics_off_without_config(tmp_path):
 
 def test_malformed_monitoring_config_exits(tmp_path):
     import subprocess
+
     from support.server import BIN_DIR
     bad = tmp_path / "monitoring.config"
     bad.write_text("prometheus_config { enable: maybe }")

@@ -2,7 +2,7 @@
 
 import re
 
-from pyserving.monitoring import MAX_PATH_SERIES, Metrics
+from pyserving.observability.monitoring import MAX_PATH_SERIES, Metrics
 
 
 def test_per_version_request_series_follow_the_known_versions():

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from support import models
 from support.server import ServerProcess, free_port, port_open, wait_for, wait_state
 from support.traffic import Traffic
@@ -38,8 +37,8 @@ class Store:
         self.secrets: tuple[str, ...] = ()  # what must never reach the server's log
         self._server = self._azurite = None
         if kind == "s3":
-            from moto.server import ThreadedMotoServer
             import s3fs
+            from moto.server import ThreadedMotoServer
 
             self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
             self._server.start()
@@ -265,7 +264,7 @@ def test_config_file_in_azure_with_an_adls_gen2_url_of_the_account(tmp_path):
 
 
 def test_the_account_of_an_adls_gen2_url_is_the_one_used(monkeypatch):
-    from pyserving.core.storage import filesystem
+    from pyserving.storage.files import filesystem
 
     for name in [n for n in os.environ if n.startswith("AZURE_STORAGE_")]:
         monkeypatch.delenv(name)  # a connection string would name its own account
@@ -344,7 +343,7 @@ def test_workers_sharing_a_cache_each_load_the_version(tmp_path):
 def test_a_lock_folder_planted_as_a_symlink_is_never_followed(tmp_path):
     """The cache's lock folder replaced by a link to elsewhere: no lock file is made there, and a
     copy whose lock can't be taken is not deleted (a later poll tries again)."""
-    from pyserving.core.storage import VersionCache
+    from pyserving.storage.files import VersionCache
 
     cache, elsewhere = tmp_path / "cache", tmp_path / "elsewhere"
     (cache / "0123456789abcdef-1").mkdir(parents=True)

@@ -5,9 +5,7 @@ from __future__ import annotations
 import jsonschema
 import pytest
 from openapi_spec_validator import validate
-
 from support.server import serve_half_plus_two
-
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,16 @@ import numpy as np
 import pytest
 import requests
 import tensorflow as tf
-from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc)
-
-from pyserving.admission import OVERLOADED_MESSAGE
 from support import models
 from support.server import ServerProcess, serve_half_plus_two, system_tool, wait_for
+from tensorflow_serving.apis import (
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from pyserving.serving.admission import OVERLOADED_MESSAGE
 
 # Run alone after the parallel phase (tools/run-tests.sh): latency bounds and refusals under load.
 pytestmark = pytest.mark.serial
@@ -214,7 +218,7 @@ def _flood_and_probe(server: ServerProcess, tmp_path, seconds: float) -> tuple[l
 
 def test_a_grpc_flood_is_shed_with_unavailable(tmp_path):
     """A flood that queues in grpc's core (where no handler sees it) is shed by the wait measured
-    there (grpc_gate.py): a share of Predicts without a deadline refused UNAVAILABLE with
+    there (protocols/grpc/gate.py): a share of Predicts without a deadline refused UNAVAILABLE with
     Retry-After, the rest answered right; calls with a deadline wait their turn (TF Serving's
     clients send bursts of futures with one) and the model service is never refused; once the
     flood ends, nothing is."""

@@ -9,10 +9,10 @@ import grpc
 import pytest
 import requests
 import tensorflow as tf
+from support.server import ServerProcess, wait_for
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-from pyserving.profiler_service import ProfileRequest, ProfileResponse, TerminateRequest, TerminateResponse
-from support.server import ServerProcess, wait_for
+from pyserving.protocols.grpc.profiler import ProfileRequest, ProfileResponse, TerminateRequest, TerminateResponse
 
 HALF_PLUS_TWO = Path(__file__).resolve().parent.parent.parent / "shared" / "tfs-testdata" / "saved_model_half_plus_two_cpu"
 

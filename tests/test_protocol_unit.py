@@ -9,8 +9,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from pyserving.errors import Code, ServingError
-from pyserving.grpc_service import _guarded
-from pyserving.rest_service import RestService
+from pyserving.protocols.grpc.service import _guarded
+from pyserving.protocols.rest.service import RestService
 
 
 class BrokenDataPlane:

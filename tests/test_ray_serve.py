@@ -25,22 +25,26 @@ import grpc
 import numpy as np
 import pytest
 import requests
-
 from aiohttp.test_utils import TestClient, TestServer
-from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc)
+from tensorflow_serving.apis import (
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 with warnings.catch_warnings():  # Ray's own models use pydantic's deprecated Field(extra=...)
     warnings.simplefilter("ignore", DeprecationWarning)
     import ray  # pyserving[ray], in the test extras: a missing Ray fails here, never skips
     from ray import serve
 
+from support.server import HALF_PLUS_TWO, free_port, wait_for  # noqa: E402
+from support.traffic import Traffic  # noqa: E402
+
 from pyserving import ray_serve  # noqa: E402
 from pyserving.codecs.tensor_proto import from_numpy, to_numpy  # noqa: E402
 from pyserving.errors import Code, ServingError  # noqa: E402
-from pyserving.rest_service import RestService  # noqa: E402
-from support.server import HALF_PLUS_TWO, free_port, wait_for  # noqa: E402
-from support.traffic import Traffic  # noqa: E402
+from pyserving.protocols.rest.service import RestService  # noqa: E402
 
 # Run alone after the parallel phase (tools/run-tests.sh): a local Ray cluster takes both cores.
 pytestmark = pytest.mark.serial

@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from support.server import free_port, port_open, system_tool, wait_for
 
 from pyserving.mnist.data import load_mnist
-from support.server import free_port, port_open, system_tool, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -23,17 +23,25 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from google.protobuf import text_format
-from tensorflow_serving.apis import (classification_pb2, inference_pb2, model_management_pb2,
-                                     model_service_pb2_grpc, predict_pb2, prediction_log_pb2,
-                                     prediction_service_pb2_grpc, regression_pb2)
-
-from pyserving import cli, warmup_from_log
-from pyserving.codecs import tfrecord
-from pyserving.config import ConfigError, LoggingSettings, ModelConfig, parse_model_server_config
-from pyserving.dataplane import ModelSpec
-from pyserving.request_log import RequestLogger, predict_log
-from pyserving.runtime import warmup
 from support.server import BIN_DIR, HALF_PLUS_TWO, ServerProcess, model_config, wait_for
+from tensorflow_serving.apis import (
+    classification_pb2,
+    inference_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_log_pb2,
+    prediction_service_pb2_grpc,
+    regression_pb2,
+)
+
+from pyserving import cli
+from pyserving.codecs import tfrecord
+from pyserving.config.model_config import ConfigError, LoggingSettings, ModelConfig, parse_model_server_config
+from pyserving.observability import warmup_from_log
+from pyserving.observability.request_log import RequestLogger, predict_log
+from pyserving.runtime import warmup
+from pyserving.serving.dataplane import ModelSpec
 
 PredictionLog = prediction_log_pb2.PredictionLog
 HPT_VERSION = HALF_PLUS_TWO / "00000123"
@@ -116,7 +124,7 @@ def logger_for(tmp_path, rate: float = 1.0, **kw) -> tuple[RequestLogger, list]:
 def test_a_link_planted_in_the_log_folder_makes_no_folder_elsewhere(tmp_path):
     """The prefix was confined to logs/a/b/m; then logs/a became a link out. Nothing is written,
     and no folder is created through the link (checked before the missing folders are made)."""
-    from pyserving.config import confine_request_logs
+    from pyserving.config.model_config import confine_request_logs
 
     logs, elsewhere = tmp_path / "logs", tmp_path / "elsewhere"
     logs.mkdir()

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+from support import models
 
 from pyserving.runtime import session as session_runtime
 from pyserving.runtime.loader import RuntimeSettings, session_config
-from support import models
 
 
 def test_callables_shared_across_orderings_and_bounded(tmp_path, monkeypatch):

@@ -11,13 +11,17 @@ requests every time.
 
 from __future__ import annotations
 
-
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings, strategies as st
-from schemathesis.checks import (content_type_conformance, negative_data_rejection, response_headers_conformance,
-                                 response_schema_conformance, status_code_conformance)
-
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from schemathesis.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 from support.server import HALF_PLUS_TWO, ServerProcess, model_config
 
 SERVED = {"model_name": "half_plus_two", "label": "stable"}

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-import grpc
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
-                                     model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc)
-
 from support import models
 from support.server import serve_models
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 
 @pytest.fixture(scope="module")

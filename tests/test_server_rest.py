@@ -7,9 +7,8 @@ import gzip
 import json
 
 import numpy as np
-import requests
 import pytest
-
+import requests
 from support import models
 from support.server import ServerProcess, serve_models
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import tensorflow as tf
+from support.server import BIN_DIR, ServerProcess
 
 from pyserving.runtime.loader import bfloat16_rewrite_runs
-from support.server import BIN_DIR, ServerProcess
 
 TESTDATA = Path(__file__).resolve().parent.parent.parent / "shared" / "tfs-testdata"
 # 1.0001 * 64 * 2 + 1: float32 keeps the 0.0001s; bfloat16 (8 bits of mantissa) rounds x to 1.0.

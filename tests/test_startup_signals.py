@@ -9,10 +9,9 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import prediction_log_pb2
-
 from support import models
 from support.server import ServerProcess, model_config, port_open, wait_for
+from tensorflow_serving.apis import prediction_log_pb2
 
 # Run alone after the parallel phase (tools/run-tests.sh): exits are timed to a 2 s bound.
 pytestmark = pytest.mark.serial

@@ -14,10 +14,10 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-
-from pyserving import status_page
-from pyserving.errors import ServingError
 from support.server import HALF_PLUS_TWO, ServerProcess, arrive, model_config, system_tool, wait_for
+
+from pyserving.errors import ServingError
+from pyserving.protocols.rest import status_page
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOT = ROOT / "test-artifacts" / "status-page.png"  # git-ignored

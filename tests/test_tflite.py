@@ -16,11 +16,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from google.protobuf import text_format
+from support.server import ServerProcess, model_config
 from tensorflow.core.example import example_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
-
-from support.server import ServerProcess, model_config
 
 TESTDATA = Path(__file__).resolve().parent.parent.parent / "shared" / "tfs-testdata"
 SHARED = {"half_plus_two": "saved_model_half_plus_two_tflite",

@@ -14,11 +14,16 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
-                                     model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc,
-                                     regression_pb2)
-
 from support.server import ServerProcess, model_config, wait_for
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+    regression_pb2,
+)
 
 TESTDATA = Path(__file__).resolve().parent.parent.parent / "shared" / "tfs-testdata"
 HALF_PLUS_TWO_VARIANTS = ["saved_model_half_plus_two_cpu", "saved_model_half_plus_two_tf2_cpu",

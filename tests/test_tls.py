@@ -17,10 +17,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-
 from support import models
 from support.server import BIN_DIR, ServerProcess
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 MODEL = "half"
 

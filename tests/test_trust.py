@@ -18,13 +18,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from google.protobuf import text_format
-from tensorflow_serving.apis import (model_management_pb2, model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc)
-
-from pyserving.codecs import tfrecord
 from support import models
 from support.server import BIN_DIR, HALF_PLUS_TWO, ServerProcess, arrive, model_config, wait_state
+from tensorflow_serving.apis import (
+    model_management_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
+from pyserving.codecs import tfrecord
 
 
 def _hp2(tmp_path: Path, *flags: str) -> ServerProcess:

@@ -9,12 +9,15 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc)
-
 from support import models
 from support.server import HALF_PLUS_TWO, ServerProcess, arrive, model_config, wait_for, wait_state
 from support.traffic import Traffic
+from tensorflow_serving.apis import (
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 AVAILABLE, END = 30, 50
 

@@ -6,10 +6,9 @@ import os
 
 import numpy as np
 import tensorflow as tf
-from tensorflow_serving.apis import prediction_log_pb2
-
 from support import models
 from support.server import ServerProcess, arrive, wait_state
+from tensorflow_serving.apis import prediction_log_pb2
 
 PATH = "/monitoring/prometheus/metrics"
 

@@ -20,13 +20,11 @@ import grpc
 import pytest
 import requests
 from google.protobuf import text_format
-from tensorflow_serving.apis import (get_model_status_pb2, model_management_pb2, model_service_pb2_grpc,
-                                     )
-from tensorflow_serving.config import model_server_config_pb2
-
 from support import models
 from support.server import ServerProcess, free_port, model_config, wait_for
 from support.traffic import Traffic
+from tensorflow_serving.apis import get_model_status_pb2, model_management_pb2, model_service_pb2_grpc
+from tensorflow_serving.config import model_server_config_pb2
 
 WORKERS = 2
 FRESH = [("grpc.use_local_subchannel_pool", 1)]  # a new connection per channel
@@ -161,7 +159,7 @@ def test_version_swap_under_traffic_fails_nothing_and_status_is_whole(server):
 
 
 def test_a_worker_that_dies_after_serving_is_replaced(server):
-    from pyserving.supervisor import RESTART_AFTER_SECONDS
+    from pyserving.server.supervisor import RESTART_AFTER_SECONDS
 
     victim = _children(server.proc.pid)[0]
     wait_for(lambda: _process_age(victim) > RESTART_AFTER_SECONDS + 1, 30, "the worker to have served")

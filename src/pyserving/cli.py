@@ -14,8 +14,8 @@ from . import __version__
 from .options import FLAG_GROUPS, ServerOptions
 
 if TYPE_CHECKING:
-    from .config import ModelConfig
-    from .supervisor import WorkerSlot
+    from pyserving.config.model_config import ModelConfig
+    from pyserving.server.supervisor import WorkerSlot
 
 _TRUE = {"true", "1", "yes", "t", "y"}
 _FALSE = {"false", "0", "no", "f", "n"}
@@ -99,7 +99,7 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
 def _setup_logging(options: ServerOptions) -> bool:
     """Python logging as the flags ask; whether TensorFlow's C++ start-up lines stay quiet
     (yes, unless the user set TF_CPP_MIN_LOG_LEVEL to see them)."""
-    from . import logs
+    from .observability import logs
     from .runtime.quiet import claim_log_level
 
     quiet_tensorflow = claim_log_level()  # before check_options, which may import TensorFlow
@@ -108,7 +108,8 @@ def _setup_logging(options: ServerOptions) -> bool:
 
 
 def serve(options: ServerOptions) -> int:
-    from .config import ConfigError, check_options, models_from_options
+    from pyserving.config.model_config import ConfigError, models_from_options
+    from pyserving.server.checks import check_options
 
     if options.version:
         print(f"TensorFlow ModelServer: pyserving-{__version__}")
@@ -123,7 +124,7 @@ def serve(options: ServerOptions) -> int:
         return 1
     for name in options.unsupported_flags_set():
         log.warning("--%s is accepted for compatibility but has no effect in pyserving yet", name)
-    from .supervisor import worker_count
+    from pyserving.server.supervisor import worker_count
 
     from .runtime.quiet import import_tensorflow
 
@@ -140,7 +141,7 @@ def _supervise(options: ServerOptions, models: list[ModelConfig], count: int) ->
     import gc
     import importlib
 
-    from .supervisor import Supervisor
+    from pyserving.server.supervisor import Supervisor
 
     # TensorFlow's import (~550 MiB) is done once and shared copy-on-write by the forked workers;
     # nothing of TensorFlow or gRPC has started yet (no session, channel or server), so the fork is safe.
@@ -150,7 +151,7 @@ def _supervise(options: ServerOptions, models: list[ModelConfig], count: int) ->
 
 
 def _run_server(options: ServerOptions, models: list[ModelConfig], slot: WorkerSlot | None) -> int:
-    from .process import run
+    from pyserving.server.process import run
 
     return run(options, models, slot)
 
@@ -180,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .mnist.cli import add_mnist_commands
 
     add_mnist_commands(commands)
-    from .warmup_from_log import add_command as add_warmup_from_log
+    from pyserving.observability.warmup_from_log import add_command as add_warmup_from_log
 
     add_warmup_from_log(commands)
     args = parser.parse_args(argv)

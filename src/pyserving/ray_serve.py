@@ -38,8 +38,15 @@ import grpc
 from ray import serve
 from ray.serve import Application
 from starlette.responses import Response
-from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
-                                     inference_pb2, model_management_pb2, predict_pb2, regression_pb2)
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    inference_pb2,
+    model_management_pb2,
+    predict_pb2,
+    regression_pb2,
+)
 
 from .errors import Code, ServingError
 from .options import ServerOptions
@@ -85,10 +92,10 @@ class ModelServer:
 
         _replica_logging(options.log_format)
         import_tensorflow(claim_log_level())
-        from .config import models_from_options
-        from .grpc_service import ModelServicer, PredictionServicer
-        from .rest_service import RestService
-        from .server import Server
+        from pyserving.config.model_config import models_from_options
+        from pyserving.protocols.grpc.service import ModelServicer, PredictionServicer
+        from pyserving.protocols.rest.service import RestService
+        from pyserving.server.server import Server
 
         self.replica = serve.get_replica_context().replica_id.unique_id
         self._server = Server(options, models_from_options(options))
@@ -148,7 +155,7 @@ class ModelServer:
     async def _rpc(self, method: Callable[[Any, Any], Awaitable[Any]], request: Any, grpc_context: Any,
                    response_type: Any) -> Any:
         """As grpc_service answers: a ServingError becomes its status code and message."""
-        from .grpc_service import note_request_bytes
+        from pyserving.protocols.grpc.service import note_request_bytes
 
         note_request_bytes(request.ByteSize())
         trailing = [(REPLICA_METADATA, self.replica)]
@@ -188,7 +195,7 @@ class ModelServer:
 
 def _replica_logging(log_format: str) -> None:
     """pyserving's lines in the replica's Ray log, leaving Ray's own handlers as they are."""
-    from . import logs
+    from .observability import logs
 
     if logging.getLogger().handlers:
         logging.getLogger("pyserving").setLevel(os.environ.get("PYSERVING_LOG_LEVEL", "INFO"))
@@ -258,7 +265,8 @@ def parse_args(args: Mapping[str, Any] | Sequence[str]) -> tuple[ServerOptions, 
 def build_app(args: Mapping[str, Any] | Sequence[str] = (), **ray_options: Any) -> Application:
     """The application: tensorflow_model_server's flags (a mapping or ``--flag=value`` strings), plus
     the deployment's Ray options (num_replicas, autoscaling_config, ...) in ``args`` or as keywords."""
-    from .config import ConfigError, check_options, models_from_options
+    from pyserving.config.model_config import ConfigError, models_from_options
+    from pyserving.server.checks import check_options
 
     options, parsed, _ = parse_args(args)
     try:
@@ -294,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import ray
 
-    from . import logs
+    from .observability import logs
 
     argv = sys.argv[1:] if argv is None else argv
     try:

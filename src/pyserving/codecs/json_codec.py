@@ -20,8 +20,8 @@ from typing import Any, Mapping
 import numpy as np
 import orjson
 
-from .. import limits
 from ..errors import ServingError
+from . import limits
 from .dtypes import BY_ENUM, DType
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
-from .. import limits
 from ..errors import ServingError
+from . import limits
 from .dtypes import BY_ENUM, DType, dtype_name, from_numpy_dtype
 
 _HALF_BITS = (types_pb2.DT_HALF, types_pb2.DT_BFLOAT16)

@@ -12,7 +12,8 @@ import asyncio
 import logging
 from typing import Callable
 
-from ..config import ConfigError, ModelConfig
+from pyserving.config.model_config import ConfigError, ModelConfig
+
 from ..errors import Code, ServingError
 from .manager import ModelManager
 from .source import FileSystemSource

@@ -6,10 +6,11 @@ import asyncio
 import logging
 from typing import Iterable
 
-from ..config import ModelConfig
-from .layout import base_path_hint, list_versions
+from pyserving.config.model_config import ModelConfig
+from pyserving.storage.files import RemoteVersions, VersionCache, is_remote
+from pyserving.storage.layout import base_path_hint, list_versions
+
 from .manager import ModelManager
-from .storage import RemoteVersions, VersionCache, is_remote
 
 log = logging.getLogger("pyserving.source")
 

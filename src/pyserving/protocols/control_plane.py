@@ -1,0 +1,114 @@
+"""Who may change the server: the control plane's lock (docs/security.md).
+
+The data plane (inference, metadata, status, metrics) is open to every client that reaches a port,
+as in TF Serving. The control plane is every call that changes what the server does or makes it
+write files: HandleReloadConfigRequest and the profiler today, every management API to come. The
+operator locks it with ``--admin_token_file`` (every such call then needs ``authorization: Bearer
+<token>``, as gRPC metadata or an HTTP header) and can turn config reloads over RPC off entirely
+with ``--enable_config_reload_rpc=false``. The token is compared in constant time, read once at
+start, and never logged.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from dataclasses import dataclass
+from typing import Iterable
+
+from pyserving.errors import Code, ServingError
+
+BEARER = "bearer "
+MAX_TOKEN_BYTES = 4096
+
+
+class TokenFileError(ValueError):
+    """--admin_token_file can't be used: unreadable, empty, or not one line of text."""
+
+
+def read_token(path: str) -> str:
+    """The token: the file's text without surrounding white space (a trailing newline is usual)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_TOKEN_BYTES + 1)
+    except OSError as e:
+        raise TokenFileError(f"--admin_token_file={path}: cannot read it: {e.strerror or e}") from None
+    if len(raw) > MAX_TOKEN_BYTES:
+        raise TokenFileError(f"--admin_token_file={path}: a token is at most {MAX_TOKEN_BYTES} bytes")
+    try:
+        token = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise TokenFileError(f"--admin_token_file={path}: the token must be ASCII text") from None
+    if not token or any(c.isspace() or not c.isprintable() for c in token):
+        raise TokenFileError(f"--admin_token_file={path}: the file must hold one token, with no "
+                             "spaces or control characters")
+    return token
+
+
+@dataclass(frozen=True)
+class ControlPlane:
+    """The lock every control-plane call passes through, whatever its protocol."""
+
+    token: str = ""  # empty: open, as in TF Serving
+    reloads_enabled: bool = True
+
+    @classmethod
+    def from_options(cls, token_file: str, reloads_enabled: bool) -> "ControlPlane":
+        return cls(read_token(token_file) if token_file else "", reloads_enabled)
+
+    @property
+    def locked(self) -> bool:
+        return bool(self.token)
+
+    def authorize(self, authorization: str | None, what: str) -> None:
+        """Raise UNAUTHENTICATED unless ``authorization`` is ``Bearer <token>`` (or no token is set)."""
+        if not self.token:
+            return
+        given = authorization or ""
+        if not given[:len(BEARER)].lower() == BEARER:
+            raise ServingError(Code.UNAUTHENTICATED,
+                               f"{what} is a control-plane call: it needs 'authorization: Bearer <token>' "
+                               "(the server was started with --admin_token_file)")
+        if not hmac.compare_digest(given[len(BEARER):].strip().encode("utf-8", "replace"),
+                                   self.token.encode("ascii")):
+            raise ServingError(Code.UNAUTHENTICATED, f"{what}: the bearer token is not the admin token")
+
+    def authorize_grpc(self, metadata: Iterable[tuple[str, str | bytes]] | None, what: str) -> None:
+        value = None
+        for key, item in metadata or ():
+            if key == "authorization":
+                value = item.decode("latin-1") if isinstance(item, bytes) else item
+                break
+        self.authorize(value, what)
+
+    def check_reload(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> None:
+        if not self.reloads_enabled:
+            raise ServingError(Code.UNIMPLEMENTED, "Config reloads over RPC are turned off on this server "
+                                                   "(--enable_config_reload_rpc=false)")
+        self.authorize_grpc(metadata, "HandleReloadConfigRequest")
+
+    def describe(self, grpc_address: str) -> str:
+        """The start-up line: what the control plane exposes, and to whom."""
+        calls = "config reloads (HandleReloadConfigRequest) and the profiler" if self.reloads_enabled \
+            else "the profiler (config reloads over RPC are off)"
+        if self.locked:
+            return f"Control plane ({calls}): the admin token is required (--admin_token_file)"
+        where = "this machine only" if _loopback(grpc_address) else "every client that reaches the gRPC port"
+        return (f"Control plane ({calls}): open to {where}, as in TF Serving; set --admin_token_file "
+                "to require a token (docs/security.md)")
+
+
+def _loopback(address: str) -> bool:
+    return address in ("127.0.0.1", "::1", "localhost") or address.startswith("127.")
+
+
+def token_file_permissions_warning(path: str) -> str | None:
+    """A token file others can read is a token others know: say so at start."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if mode & 0o044:
+        return (f"--admin_token_file={path} can be read by other users (mode {mode & 0o777:o}): "
+                "chmod 600 it")
+    return None

@@ -1,0 +1,383 @@
+"""REST: TF Serving's /v1/models API on aiohttp, thin over the DataPlane."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import zlib
+from dataclasses import dataclass
+from functools import cached_property, partial
+from typing import Any, Awaitable, Callable, Mapping, cast
+
+from aiohttp import http_exceptions, web
+from aiohttp.web_urldispatcher import _default_expect_handler
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from pyserving.codecs import json_codec
+from pyserving.codecs.examples import examples_from_json
+from pyserving.errors import Code, ServingError, http_status
+from pyserving.serving.dataplane import Caller, DataPlane, ModelSpec, PredictResult
+from pyserving.serving.inline import SMALL_REQUEST_BYTES
+from pyserving.serving.responses import SIGNATURE_DEF_FIELD, metadata_json, status_response, to_json_dict
+
+from . import openapi, status_page
+
+_PATH = re.compile(
+    r"^/v1/models/(?P<name>[^/:]+)"
+    r"(?:/versions/(?P<version>-?[0-9]+)|/labels/(?P<label>[^/:]+))?"
+    r"(?:/(?P<suffix>metadata|ready)|:(?P<verb>predict|classify|regress))?$")
+
+log = logging.getLogger("pyserving.rest")
+
+
+class _MalformedHttpFilter(logging.Filter):
+    """aiohttp logs a request it cannot parse (a bad request line or header: the client's mistake,
+    answered 400) as "Error handling request" at ERROR with a traceback. Those go to DEBUG, one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, http_exceptions.HttpProcessingError):
+            return True
+        if not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
+            return False
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.msg, record.args = "Malformed HTTP request answered %s: %s", (error.code, error.message[:200])
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _malformed_http_at_debug() -> None:
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _MalformedHttpFilter) for f in server_log.filters):
+        server_log.addFilter(_MalformedHttpFilter())
+
+
+CORS_HEADERS = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                "Access-Control-Allow-Headers": "Content-Type, Authorization"}
+
+
+def _error(code: Code, message: str, retry_after: int | None = None) -> web.Response:
+    log.debug("REST answered %s: %s", code.name, message)  # a client's mistake: DEBUG, never louder
+    headers = {"Retry-After": str(retry_after)} if retry_after else None
+    return web.json_response({"error": message}, status=http_status(code), headers=headers)
+
+
+# TF Serving's cap on an inflated request body (net_http); pyserving's --rest_api_max_decompressed_bytes.
+DEFAULT_MAX_DECOMPRESSED_BYTES = 100 << 20
+# A compressed body up to this size is inflated on the event loop (at most a few MB, < 1 ms of
+# work); a larger one in a thread, as its inflation can take seconds.
+INLINE_INFLATE_BYTES = 8 * 1024
+
+
+class BodyTooLarge(Exception):
+    """A request body over one of the limits (413), with the flag that sets it."""
+
+    def __init__(self, limit: int, flag: str = "rest_api_max_request_bytes",
+                 what: str = "Request body is larger than") -> None:
+        super().__init__(f"{what} the limit of {limit} bytes (--{flag})")
+        self.message = str(self)
+
+
+class RestService:
+    def __init__(self, dataplane: DataPlane, timeout_ms: int = 30000, cors: bool = False,
+                 max_body_bytes: int = 1 << 30,
+                 metrics_route: tuple[str, Callable[[], Awaitable[bytes]]] | None = None,
+                 status: status_page.StatusPage | None = None,
+                 max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES) -> None:
+        self._dataplane = dataplane
+        self._status_page = status or status_page.StatusPage(dataplane)
+        self._metrics_route = metrics_route
+        self._max_body_bytes = max_body_bytes
+        self._inflated_limit = (min(max_body_bytes, max_decompressed_bytes), "rest_api_max_decompressed_bytes"
+                                if max_decompressed_bytes <= max_body_bytes else "rest_api_max_request_bytes")
+        self._timeout = timeout_ms / 1000 if timeout_ms > 0 else None
+        self._cors = cors
+
+    def app(self) -> web.Application:
+        _malformed_http_at_debug()
+        middlewares = [self._cors_middleware] if self._cors else []
+        app = web.Application(client_max_size=self._max_body_bytes, middlewares=middlewares)
+        if self._metrics_route:
+            path, exposition = self._metrics_route
+
+            async def metrics(_request: web.Request) -> web.Response:
+                return web.Response(body=await exposition(), content_type="text/plain",
+                                    charset="utf-8", headers={"X-Content-Type-Options": "nosniff"})
+            app.router.add_get(path, metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/v1/models", self._list_models)
+        app.router.add_get("/v1/openapi.json", self._openapi)
+        app.router.add_get("/", self._page)
+        app.router.add_get(status_page.JSON_PATH, self._status_summary)
+        # [\s\S]: a path with a newline (%0A) still gets the API's JSON error, not aiohttp's text 404.
+        app.router.add_route("*", "/{tail:[\\s\\S]*}", self.dispatch, expect_handler=self._expect)
+        return app
+
+    async def _expect(self, request: web.Request) -> web.StreamResponse | None:
+        """``Expect: 100-continue``: a declared length over the limit is refused (413) before the
+        client sends the body; aiohttp's own handler answers 100 Continue to any length."""
+        if request.content_length is not None and request.content_length > self._max_body_bytes:
+            return body_too_large(self._max_body_bytes)
+        return await _default_expect_handler(request)
+
+    @web.middleware
+    async def _cors_middleware(self, request: web.Request, handler) -> web.StreamResponse:
+        if request.method == "OPTIONS":
+            response: web.StreamResponse = web.Response(status=204)
+        else:
+            response = await handler(request)
+        response.headers.update(CORS_HEADERS)
+        return response
+
+    @cached_property
+    def _routing(self) -> web.Application:
+        return self.app()  # for respond(): its router and middlewares, never served by aiohttp
+
+    async def respond(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> RestAnswer:
+        """One request whose body has arrived whole, answered without aiohttp's server (so Ray Serve's
+        HTTP proxy hands requests over: ray_serve.py). app()'s routes, middlewares and handlers, so
+        both answer alike; the transport adds Content-Length."""
+        request = cast(web.Request, _BufferedRequest(method, path, headers, body, self._max_body_bytes))
+        app = self._routing
+        handler = (await app.router.resolve(request)).handler
+        for middleware in reversed(app.middlewares):
+            handler = partial(middleware, handler=handler)
+        try:
+            response = await handler(request)
+        except web.HTTPException as e:  # the router's own 404 / 405
+            response = e
+        payload = (response.body or b"") if isinstance(response, web.Response) else None
+        if not isinstance(payload, (bytes, bytearray)):
+            raise TypeError(f"REST handlers answer bytes, not {type(payload).__name__}")
+        answer_headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+        return RestAnswer(response.status, b"" if method == "HEAD" else bytes(payload), answer_headers)
+
+    async def dispatch(self, request: web.Request) -> web.Response:
+        match = _PATH.match(request.path)
+        method = request.method
+        if match is None or (method == "GET") == bool(match["verb"]) or method not in ("GET", "POST"):
+            return _error(Code.NOT_FOUND, f"Malformed request: {method} {request.path}")
+        start = time.perf_counter()
+        try:
+            spec = ModelSpec(
+                name=match["name"],
+                version=_version(match["version"]),
+                label=match["label"])
+            if method == "GET":
+                return await self._get(spec, match["suffix"])
+            if match["suffix"]:
+                return _error(Code.NOT_FOUND, f"Malformed request: {method} {request.path}")
+            verb = self._predict if match["verb"] == "predict" else self._example_verb(match["verb"])
+            # asyncio.timeout, not wait_for: wait_for's inner task and its failure's traceback form
+            # a cycle that kept a rejected request's body and tensors until the next GC.
+            async with asyncio.timeout(self._timeout):
+                return await verb(spec, request)
+        except asyncio.TimeoutError:  # the data plane's own access line says CANCELLED
+            return _error(Code.DEADLINE_EXCEEDED, "Request timed out (--rest_api_timeout_in_ms)")
+        except Exception as e:
+            # Only plain values leave this block: the exception's traceback holds the request's
+            # frames (its body, its tensors), and a reference to it would keep them until a GC.
+            response, refused = self._failure(e, request)
+            if method == "POST" and self._dataplane.access_log and not getattr(e, "accounted", False):
+                self._dataplane.log_refused("REST", match["verb"], match["name"], refused,
+                                            time.perf_counter() - start, _peer(request), response.status)
+            return response
+
+    def _failure(self, e: Exception, request: web.Request) -> tuple[web.Response, ServingError]:
+        """The answer to a request that failed, and a fresh error (no traceback) for the access log."""
+        if isinstance(e, ServingError):
+            return _error(e.code, e.message, e.retry_after), ServingError(e.code, e.message)
+        if isinstance(e, (web.HTTPRequestEntityTooLarge, BodyTooLarge)):
+            message = (e if isinstance(e, BodyTooLarge) else BodyTooLarge(self._max_body_bytes)).message
+            return web.json_response({"error": message}, status=413), ServingError(Code.RESOURCE_EXHAUSTED, message)
+        if isinstance(e, ConnectionError):
+            # The client went away mid-body: nothing of ours failed, and no one reads an answer.
+            log.debug("%s %s: the client closed the connection before its body arrived", request.method, request.path)
+            error = ServingError.invalid_argument("Request body incomplete: the connection was closed")
+        elif isinstance(e, http_exceptions.HttpProcessingError):  # a malformed body (chunking, length)
+            error = ServingError.invalid_argument(f"Malformed request body: {e.message}")
+        else:  # a bug of ours: still answer in the API's JSON shape
+            log.exception("Unexpected error serving %s %s", request.method, request.path)
+            error = ServingError(Code.INTERNAL, f"Internal error: {type(e).__name__}: {e}")
+        return _error(error.code, error.message), error
+
+    async def _get(self, spec: ModelSpec, suffix: str | None) -> web.Response:
+        if suffix == "metadata":
+            return self._metadata(spec)
+        if suffix == "ready":
+            return self._ready(spec)
+        return await self._status(spec)
+
+    def _ready(self, spec: ModelSpec) -> web.Response:
+        """For load balancers and Kubernetes probes: 200 only while a matching version serves."""
+        try:
+            version = self._dataplane.resolve(spec)
+        except ServingError as e:
+            if spec.name not in self._dataplane.readiness():  # not configured: as the status API says
+                return _error(Code.NOT_FOUND, e.message)
+            return web.json_response({"ready": False, "error": e.message}, status=503)
+        return web.json_response({"ready": True, "model_spec": {"name": spec.name, "version": str(version)}})
+
+    async def _readyz(self, _request: web.Request) -> web.Response:
+        """200 once every configured model has an AVAILABLE version."""
+        ready = self._dataplane.readiness()
+        waiting = sorted(name for name, ok in ready.items() if not ok)
+        body = {"ready": not waiting, "models": ready}
+        return web.json_response(body, status=503 if waiting else 200)
+
+    async def _list_models(self, _request: web.Request) -> web.Response:
+        """KServe v1's model list ({"models": [names]}), with each model's versions and states in
+        the shape of TF Serving's model status."""
+        names = sorted(self._dataplane.readiness())
+        versions = {}
+        for name in names:
+            statuses = await self._dataplane.listed_status(name)
+            versions[name] = to_json_dict(status_response(statuses)).get("model_version_status", [])
+        return web.json_response({"models": names, "model_version_status": versions})
+
+    async def _openapi(self, _request: web.Request) -> web.Response:
+        return web.json_response(openapi.document())
+
+    async def _page(self, _request: web.Request) -> web.Response:
+        """The status page (status_page.py); not a model request, so in no request metric."""
+        return web.Response(text=status_page.render(await self._status_page.summary()),
+                            content_type="text/html", headers=status_page.HEADERS)
+
+    async def _status_summary(self, _request: web.Request) -> web.Response:
+        return web.json_response(await self._status_page.summary(), headers={"Cache-Control": "no-store"})
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _status(self, spec: ModelSpec) -> web.Response:
+        return web.json_response(to_json_dict(status_response(await self._dataplane.status(spec))))
+
+    def _metadata(self, spec: ModelSpec) -> web.Response:
+        response = self._dataplane.metadata(spec, [SIGNATURE_DEF_FIELD])
+        return web.json_response(metadata_json(response))
+
+    async def _body(self, request: web.Request) -> tuple[Any, Caller]:
+        """The parsed JSON body, and the caller as the data plane sees it."""
+        raw = await request.read()
+        encoding = request.headers.get("Content-Encoding", "").strip().lower()
+        if encoding not in ("", "identity"):
+            if len(raw) > INLINE_INFLATE_BYTES:  # never seconds of inflating on the event loop
+                raw = await asyncio.to_thread(_decompress, raw, encoding, *self._inflated_limit)
+            else:
+                raw = _decompress(raw, encoding, *self._inflated_limit)
+        small = len(raw) <= SMALL_REQUEST_BYTES
+        caller = Caller("REST", self._timeout, small, _peer(request) if self._dataplane.access_log else "")
+        # Parse big bodies off the event loop; small ones are cheaper inline.
+        return (json_codec.parse_json(raw) if small else await asyncio.to_thread(json_codec.parse_json, raw)), caller
+
+    def _example_verb(self, verb: str):
+        async def handle(spec: ModelSpec, request: web.Request) -> web.Response:
+            body, caller = await self._body(request)
+            if not isinstance(body, dict):
+                raise ServingError.invalid_argument("JSON Value: request body must be a JSON object")
+            signature_name = body.get("signature_name", "")
+            if not isinstance(signature_name, str):
+                raise ServingError.invalid_argument("'signature_name' key must be a string value")
+            spec = ModelSpec(spec.name, spec.version, spec.label, signature_name)
+            run = self._dataplane.classify if verb == "classify" else self._dataplane.regress
+            response = await run(spec, lambda: examples_from_json(body), caller)
+            return web.json_response({"results": _results_json(response.result, verb)})
+        return handle
+
+    async def _predict(self, spec: ModelSpec, request: web.Request) -> web.Response:
+        parsed, caller = await self._body(request)
+        body = json_codec.parse_predict_body(parsed)
+        spec = ModelSpec(spec.name, spec.version, spec.label, body.signature_name)
+
+        def decode(signature):
+            dtypes = {alias: t.dtype for alias, t in signature.inputs.items()}
+            return json_codec.decode_inputs(body, dtypes)
+
+        def encode(result: PredictResult) -> bytes:
+            return json_codec.encode_outputs(result.outputs, body.row_format)
+
+        payload = await self._dataplane.predict(spec, decode, (), encode, caller)
+        return web.Response(body=payload, content_type="application/json")
+
+
+@dataclass(frozen=True)
+class RestAnswer:
+    """RestService.respond's answer, for a transport to send."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+
+class _BufferedRequest:
+    """What the router and handlers read of an aiohttp request, for a body that arrived whole."""
+
+    def __init__(self, method: str, path: str, headers: Mapping[str, str], body: bytes, limit: int) -> None:
+        self.method, self.path, self._body, self._limit = method, path, body, limit
+        self.rel_url = URL.build(path=path)
+        self.headers = CIMultiDictProxy(CIMultiDict(headers))
+
+    async def read(self) -> bytes:
+        if len(self._body) > self._limit:  # as aiohttp's read() past client_max_size
+            raise web.HTTPRequestEntityTooLarge(max_size=self._limit, actual_size=len(self._body))
+        return self._body
+
+
+def _peer(request: web.Request) -> str:
+    """host:port of the client, for the access log ("" where the transport doesn't say)."""
+    transport = getattr(request, "transport", None)
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else ""
+
+
+def _version(text: str | None) -> int | None:
+    """A URL's version as TF Serving reads it: an int64, else 400 in TF Serving's words (and never
+    Python's int() of thousands of digits, whose conversion limit is a ValueError)."""
+    if text is None:
+        return None
+    digits = text.lstrip("-").lstrip("0") or "0"  # int() counts leading zeros toward its limit
+    if len(digits) <= 19:
+        value = -int(digits) if text.startswith("-") else int(digits)
+        if -(2**63) <= value < 2**63:
+            return value
+    shown = text if len(text) <= 64 else text[:64] + "..."
+    raise ServingError.invalid_argument(f"Failed to convert version: {shown} to numeric.")
+
+
+def body_too_large(limit: int) -> web.Response:
+    return web.json_response({"error": BodyTooLarge(limit).message}, status=413)
+
+
+def _results_json(result, verb: str) -> list:
+    if verb == "classify":
+        return [[[c.label, c.score] for c in classification.classes]
+                for classification in result.classifications]
+    return [r.value for r in result.regressions]
+
+
+def _decompress(raw: bytes, encoding: str, limit: int, flag: str = "rest_api_max_decompressed_bytes") -> bytes:
+    """The body inflated, never past ``limit`` bytes: a small bomb is refused (413) once it has
+    produced the limit, not after it has filled memory."""
+    encoding = encoding.strip().lower()
+    if not encoding or encoding == "identity":
+        return raw
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        raise ServingError.invalid_argument(f"Unsupported Content-Encoding: {encoding}")
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if "gzip" in encoding else zlib.MAX_WBITS)
+    try:
+        body = inflater.decompress(raw, limit + 1)
+    except zlib.error as e:
+        raise ServingError.invalid_argument(f"Request body is not valid {encoding}: {e}") from None
+    if len(body) > limit:
+        del body  # a traceback must not keep the inflated bytes alive until the next GC
+        raise BodyTooLarge(limit, flag, "Request body inflates to more than")
+    if not inflater.eof:
+        raise ServingError.invalid_argument(f"Request body is not valid {encoding}: it ends early")
+    return body
+
+
+__all__ = ["RestAnswer", "RestService"]
