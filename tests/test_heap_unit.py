@@ -1,4 +1,4 @@
-"""heap.HeapTrimmer: memory freed in glibc's heap goes back to the system once the work is done.
+"""server.heap.HeapTrimmer: memory freed in glibc's heap goes back to the system once the work is done.
 Each arm runs in a fresh interpreter, so its heap holds only what the test put there."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 
 SCRIPT = """
 import ctypes, os, sys, time
-from pyserving.heap import HeapTrimmer, return_big_buffers_to_os
+from pyserving.server.heap import HeapTrimmer, return_big_buffers_to_os
 
 
 def resident_bytes():
