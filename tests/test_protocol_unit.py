@@ -9,7 +9,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from pyserving.errors import Code, ServingError
-from pyserving.protocols.grpc.service import _guarded
+from pyserving.protocols.grpc.handlers import _guarded
 from pyserving.protocols.rest.service import RestService
 
 

@@ -155,7 +155,7 @@ class ModelServer:
     async def _rpc(self, method: Callable[[Any, Any], Awaitable[Any]], request: Any, grpc_context: Any,
                    response_type: Any) -> Any:
         """As grpc_service answers: a ServingError becomes its status code and message."""
-        from pyserving.protocols.grpc.service import note_request_bytes
+        from pyserving.protocols.grpc.handlers import note_request_bytes
 
         note_request_bytes(request.ByteSize())
         trailing = [(REPLICA_METADATA, self.replica)]

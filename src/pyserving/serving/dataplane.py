@@ -191,8 +191,9 @@ class DataPlane:
             self._metrics.record_runtime(model, api, time.perf_counter() - start)
 
     async def predict(self, spec: ModelSpec, decode: Decoder, output_filter: Sequence[str],
-                      encode: Callable[[PredictResult], T], caller: Caller) -> T:
-        """Decode, validate, run and encode in one worker-thread hop."""
+                      encode: Callable[[PredictResult], T], caller: Caller, api: str = "predict") -> T:
+        """Decode, validate, run and encode in one worker-thread hop. ``api``: the name metrics and
+        the access log give the call ("infer" for the Open Inference Protocol's)."""
         def work(version: int, servable: Servable) -> T:
             signature_name = spec.signature_name or DEFAULT_SIGNATURE
             signature = find_signature(servable, signature_name)
@@ -203,12 +204,12 @@ class DataPlane:
             validate_inputs(signature, inputs)
             validate_output_filter(signature, output_filter)
             fetch = tuple(output_filter)
-            outputs = self._run_model("predict", spec.name, servable, signature_name, inputs, fetch)
+            outputs = self._run_model(api, spec.name, servable, signature_name, inputs, fetch)
             # logging_config: sampled here, built and written in the request logger's thread.
             self._request_log.maybe_log(spec.name, predict_log, spec, version, signature_name, inputs,
                                         fetch, outputs)
             return encode(PredictResult(spec.name, version, signature_name, outputs))
-        return await self._in_worker("predict", caller, spec, work)
+        return await self._in_worker(api, caller, spec, work)
 
     async def classify(self, spec: ModelSpec, examples: Callable[[], list[bytes]],
                        caller: Caller) -> classification_pb2.ClassificationResponse:
@@ -300,6 +301,12 @@ class DataPlane:
         """The version a request with this spec would be served by (ServingError if none)."""
         with self._manager.handle(spec.name, self._version_of(spec)) as (version, _):
             return version
+
+    def signature(self, spec: ModelSpec) -> tuple[int, Signature | None, str]:
+        """The version a spec resolves to, its named (or default) signature if it has one, and
+        the kind of runtime serving it."""
+        with self._manager.handle(spec.name, self._version_of(spec)) as (version, servable):
+            return version, servable.signatures.get(spec.signature_name or DEFAULT_SIGNATURE), servable.runtime
 
     def metadata(self, spec: ModelSpec, fields: Sequence[str]
                  ) -> get_model_metadata_pb2.GetModelMetadataResponse:

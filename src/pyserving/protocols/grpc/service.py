@@ -1,11 +1,9 @@
-"""gRPC: PredictionService and ModelService over grpc.aio, thin over the DataPlane."""
+"""gRPC: TF Serving's PredictionService and ModelService over grpc.aio, thin over the DataPlane, and
+the server on --port that serves them beside the Open Inference Protocol and the profiler."""
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import logging
-import time
 from typing import Awaitable, Callable
 
 import grpc
@@ -26,16 +24,15 @@ from pyserving.codecs import tensor_proto
 from pyserving.codecs.examples import serialize_input
 from pyserving.errors import Code, ServingError
 from pyserving.protocols.control_plane import ControlPlane
-from pyserving.serving.admission import OVERLOADED_MESSAGE, RETRY_AFTER_SECONDS
-from pyserving.serving.dataplane import Caller, DataPlane, InferenceTask, ModelSpec, PredictResult, fill_model_spec
-from pyserving.serving.inline import SMALL_REQUEST_BYTES
+from pyserving.serving.dataplane import DataPlane, InferenceTask, ModelSpec, PredictResult, fill_model_spec
 from pyserving.serving.responses import status_response
 
+from . import open_inference
 from . import profiler as profiler_service
 from .gate import GrpcGate
+from .handlers import caller_of, methods_of, service_handler
 from .profiler import ProfilerServicer
 
-_STATUS = {c.value[0]: c for c in grpc.StatusCode}
 log = logging.getLogger("pyserving.grpc")
 
 
@@ -47,26 +44,6 @@ def spec_from_proto(spec: model_pb2.ModelSpec) -> ModelSpec:
         label=spec.version_label if choice == "version_label" else None,
         signature_name=spec.signature_name,
     )
-
-
-# The request's size on the wire, set per RPC by _guarded: ByteSize() would re-encode the
-# message (0.36 ms for a 600 KB image, on the event loop).
-_REQUEST_BYTES: contextvars.ContextVar[int] = contextvars.ContextVar("request_bytes", default=0)
-
-
-def note_request_bytes(size: int) -> None:
-    """For a transport that parsed the request itself (Ray Serve's gRPC proxy): its size."""
-    _REQUEST_BYTES.set(size)
-
-
-def _caller(dataplane: DataPlane, context) -> Caller:
-    return Caller("GRPC", context.time_remaining(), _REQUEST_BYTES.get() <= SMALL_REQUEST_BYTES,
-                  context.peer() if dataplane.access_log else "")
-
-
-# Inference methods, by the API name the data plane's metrics and access log use.
-_INFERENCE_APIS = {"Predict": "predict", "Classify": "classify", "Regress": "regress",
-                   "MultiInference": "multi_inference"}
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -89,15 +66,15 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             return response
 
         return await self._dataplane.predict(spec_from_proto(request.model_spec), decode,
-                                             list(request.output_filter), encode, _caller(self._dataplane, context))
+                                             list(request.output_filter), encode, caller_of(self._dataplane, context))
 
     async def Classify(self, request, context):
         return await self._dataplane.classify(
-            spec_from_proto(request.model_spec), lambda: serialize_input(request.input), _caller(self._dataplane, context))
+            spec_from_proto(request.model_spec), lambda: serialize_input(request.input), caller_of(self._dataplane, context))
 
     async def Regress(self, request, context):
         return await self._dataplane.regress(
-            spec_from_proto(request.model_spec), lambda: serialize_input(request.input), _caller(self._dataplane, context))
+            spec_from_proto(request.model_spec), lambda: serialize_input(request.input), caller_of(self._dataplane, context))
 
     async def MultiInference(self, request, context):
         specs = [spec_from_proto(t.model_spec) for t in request.tasks]
@@ -107,7 +84,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         tasks = [InferenceTask(s.signature_name, t.method_name) for s, t in zip(specs, request.tasks)]
         spec = specs[0] if specs else ModelSpec(name="")
         return await self._dataplane.multi_inference(
-            spec, tasks, lambda: serialize_input(request.input), _caller(self._dataplane, context))
+            spec, tasks, lambda: serialize_input(request.input), caller_of(self._dataplane, context))
 
     async def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
                                context) -> get_model_metadata_pb2.GetModelMetadataResponse:
@@ -160,123 +137,6 @@ BASE_OPTIONS = [("grpc.max_send_message_length", -1),
                 ("grpc.so_reuseport", 0)]
 
 
-class _Refused:
-    """What an inference call refused by load shedding (gate.py) is answered as."""
-
-
-_REFUSED = _Refused()
-
-
-class _Unparsable:
-    """What a request that is not a valid proto decodes to; answered INVALID_ARGUMENT."""
-
-    def __init__(self, type_name: str, reason: str) -> None:
-        self.message = f"Could not parse the request as {type_name}: {reason}"
-
-
-def _safe_parser(message_type):
-    def parse(data: bytes):
-        try:
-            return message_type.FromString(data), len(data)
-        except Exception as e:  # DecodeError and friends: the client sent garbage
-            return _Unparsable(message_type.DESCRIPTOR.full_name, str(e))
-    return parse
-
-
-def _guarded(method, dataplane: DataPlane | None = None, gate: GrpcGate | None = None):
-    """Malformed protos and ServingErrors become the gRPC status clients expect.
-
-    The abort is raised outside the except blocks, from a frame that no longer holds the request:
-    grpc keeps the AbortError in a reference cycle until the next garbage collection, and with the
-    failure as its __context__ (whose traceback's frames hold the request and every decoded
-    tensor) a rejected 10^6-string request stayed in memory for several requests more.
-    With ``gate``, the call counts as taken and active while it runs (grpc_gate.CoreQueue), and
-    an inference call without a deadline may be shed. One with a deadline waits its turn, as in
-    TF Serving: its client said how long it will wait (TF Serving's own clients send bursts of
-    hundreds of futures with a deadline each, and expect every one answered), and the core drops
-    it for free if that passes first.
-    """
-    api = _INFERENCE_APIS.get(method.__name__) if dataplane is not None else None
-
-    async def call(request, context):
-        if gate is not None:
-            gate.enter()
-            if api is not None and context.time_remaining() is None and gate.refuse():
-                request = _REFUSED
-        start = time.perf_counter()
-        try:
-            if request is _REFUSED:
-                status, message = grpc.StatusCode.UNAVAILABLE, OVERLOADED_MESSAGE
-                context.set_trailing_metadata((("retry-after", str(RETRY_AFTER_SECONDS)),))
-                if dataplane.access_log:
-                    dataplane.log_refused("GRPC", api, "", ServingError.unavailable(message),
-                                          time.perf_counter() - start, context.peer())
-            elif isinstance(request, _Unparsable):
-                status, message = grpc.StatusCode.INVALID_ARGUMENT, request.message
-                if api and dataplane.access_log:
-                    dataplane.log_refused("GRPC", api, "", ServingError.invalid_argument(message),
-                                          time.perf_counter() - start, context.peer())
-            else:
-                request, size = request
-                _REQUEST_BYTES.set(size)
-                try:
-                    return await method(request, context)
-                except ServingError as e:
-                    status, message = _STATUS[int(e.code)], e.message
-                    log.debug("gRPC %s answered %s: %s", method.__name__, status.name, message)
-                    if api and dataplane.access_log:  # refused before the data plane logged it, if so
-                        dataplane.log_refused("GRPC", api, getattr(getattr(request, "model_spec", None), "name", ""),
-                                              e, time.perf_counter() - start, context.peer())
-                    if e.retry_after:
-                        context.set_trailing_metadata((("retry-after", str(e.retry_after)),))
-                except (asyncio.CancelledError, grpc.aio.AbortError):
-                    raise
-                except Exception as e:  # a bug of ours: say so, with a status clients can act on
-                    log.exception("Unexpected error in %s", method.__name__)
-                    status, message = grpc.StatusCode.INTERNAL, f"Internal error: {type(e).__name__}: {e}"
-            del request
-            await context.abort(status, message)
-        finally:
-            if gate is not None:
-                gate.leave()
-    return call
-
-
-def _locked(method, control: ControlPlane, what: str):
-    """A control-plane method: the caller's token is checked before the method runs."""
-    async def call(request, context):
-        control.authorize_grpc(context.invocation_metadata(), what)
-        return await method(request, context)
-    call.__name__ = method.__name__
-    return call
-
-
-def _service_handler(service: str, servicer, methods: dict, control: ControlPlane | None = None,
-                     dataplane: DataPlane | None = None, gate: GrpcGate | None = None) -> grpc.GenericRpcHandler:
-    """Like the generated add_*_to_server, but a malformed proto is a client error; with
-    ``control``, every method is a control-plane call; with ``gate``, inference calls may be shed."""
-    def method(name: str):
-        found = getattr(servicer, name)
-        return _locked(found, control, f"{service}/{name}") if control is not None else found
-
-    handlers = {
-        name: grpc.unary_unary_rpc_method_handler(
-            _guarded(method(name), dataplane, gate),
-            request_deserializer=_safe_parser(request_type),
-            response_serializer=response_type.SerializeToString)
-        for name, (request_type, response_type) in methods.items()
-    }
-    return grpc.method_handlers_generic_handler(service, handlers)
-
-
-def _methods(service_descriptor) -> dict:
-    from google.protobuf import symbol_database
-
-    db = symbol_database.Default()
-    return {m.name: (db.GetSymbol(m.input_type.full_name), db.GetSymbol(m.output_type.full_name))
-            for m in service_descriptor.methods}
-
-
 def create_server(dataplane: DataPlane, channel_arguments: str = "", max_message_bytes: int = -1,
                   tensor_content: bool = False, reuse_port: bool = False,
                   reload_config: ReloadConfig | None = None,
@@ -297,13 +157,14 @@ def create_server(dataplane: DataPlane, channel_arguments: str = "", max_message
     control = control or ControlPlane()
     models = ModelServicer(dataplane, reload_config, control)
     server.add_generic_rpc_handlers((
-        _service_handler("tensorflow.serving.PredictionService", prediction,
-                         _methods(prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"]),
+        service_handler("tensorflow.serving.PredictionService", prediction,
+                         methods_of(prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"]),
                          dataplane=dataplane, gate=gate),
-        _service_handler("tensorflow.serving.ModelService", models,
-                         _methods(model_service_pb2.DESCRIPTOR.services_by_name["ModelService"]), gate=gate),
+        service_handler("tensorflow.serving.ModelService", models,
+                         methods_of(model_service_pb2.DESCRIPTOR.services_by_name["ModelService"]), gate=gate),
     ))
+    server.add_generic_rpc_handlers((open_inference.handler(dataplane, gate),))  # V2 on the same port
     if profiler is not None:
-        server.add_generic_rpc_handlers((_service_handler(profiler_service.SERVICE, profiler,
+        server.add_generic_rpc_handlers((service_handler(profiler_service.SERVICE, profiler,
                                                           profiler_service.METHODS, control, gate=gate),))
     return server

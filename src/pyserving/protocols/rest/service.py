@@ -24,6 +24,7 @@ from pyserving.serving.inline import SMALL_REQUEST_BYTES
 from pyserving.serving.responses import SIGNATURE_DEF_FIELD, metadata_json, status_response, to_json_dict
 
 from . import openapi, status_page
+from .open_inference import OpenInferenceRest
 
 _PATH = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)"
@@ -113,6 +114,7 @@ class RestService:
         app.router.add_get("/v1/openapi.json", self._openapi)
         app.router.add_get("/", self._page)
         app.router.add_get(status_page.JSON_PATH, self._status_summary)
+        OpenInferenceRest(self._dataplane, self.read_body, self._guard).add_routes(app)
         # [\s\S]: a path with a newline (%0A) still gets the API's JSON error, not aiohttp's text 404.
         app.router.add_route("*", "/{tail:[\\s\\S]*}", self.dispatch, expect_handler=self._expect)
         return app
@@ -161,30 +163,35 @@ class RestService:
         method = request.method
         if match is None or (method == "GET") == bool(match["verb"]) or method not in ("GET", "POST"):
             return _error(Code.NOT_FOUND, f"Malformed request: {method} {request.path}")
+        return await self._guard(request, match["verb"], match["name"], partial(self._route, match, request))
+
+    async def _route(self, match: re.Match, request: web.Request) -> web.Response:
+        spec = ModelSpec(name=match["name"], version=_version(match["version"]), label=match["label"])
+        if request.method == "GET":
+            return await self._get(spec, match["suffix"])
+        if match["suffix"]:
+            return _error(Code.NOT_FOUND, f"Malformed request: {request.method} {request.path}")
+        verb = self._predict if match["verb"] == "predict" else self._example_verb(match["verb"])
+        return await verb(spec, request)
+
+    async def _guard(self, request: web.Request, api: str, model: str,
+                     answer: Callable[[], Awaitable[web.Response]]) -> web.Response:
+        """``answer()`` within --rest_api_timeout_in_ms, its failures as the API's JSON errors (with
+        the access line of a request refused before the data plane saw it)."""
         start = time.perf_counter()
         try:
-            spec = ModelSpec(
-                name=match["name"],
-                version=_version(match["version"]),
-                label=match["label"])
-            if method == "GET":
-                return await self._get(spec, match["suffix"])
-            if match["suffix"]:
-                return _error(Code.NOT_FOUND, f"Malformed request: {method} {request.path}")
-            verb = self._predict if match["verb"] == "predict" else self._example_verb(match["verb"])
             # asyncio.timeout, not wait_for: wait_for's inner task and its failure's traceback form
             # a cycle that kept a rejected request's body and tensors until the next GC.
             async with asyncio.timeout(self._timeout):
-                return await verb(spec, request)
+                return await answer()
         except asyncio.TimeoutError:  # the data plane's own access line says CANCELLED
             return _error(Code.DEADLINE_EXCEEDED, "Request timed out (--rest_api_timeout_in_ms)")
         except Exception as e:
-            # Only plain values leave this block: the exception's traceback holds the request's
-            # frames (its body, its tensors), and a reference to it would keep them until a GC.
+            # Only plain values leave this block: the traceback holds the request's body and tensors.
             response, refused = self._failure(e, request)
-            if method == "POST" and self._dataplane.access_log and not getattr(e, "accounted", False):
-                self._dataplane.log_refused("REST", match["verb"], match["name"], refused,
-                                            time.perf_counter() - start, _peer(request), response.status)
+            if request.method == "POST" and self._dataplane.access_log and not getattr(e, "accounted", False):
+                self._dataplane.log_refused("REST", api, model, refused, time.perf_counter() - start,
+                                            _peer(request), response.status)
             return response
 
     def _failure(self, e: Exception, request: web.Request) -> tuple[web.Response, ServingError]:
@@ -262,6 +269,12 @@ class RestService:
 
     async def _body(self, request: web.Request) -> tuple[Any, Caller]:
         """The parsed JSON body, and the caller as the data plane sees it."""
+        raw, caller = await self.read_body(request)
+        # Parse big bodies off the event loop; small ones are cheaper inline.
+        return (json_codec.parse_json(raw) if caller.small else await asyncio.to_thread(json_codec.parse_json, raw)), caller
+
+    async def read_body(self, request: web.Request) -> tuple[bytes, Caller]:
+        """The body's bytes, inflated within the limits, and the caller as the data plane sees it."""
         raw = await request.read()
         encoding = request.headers.get("Content-Encoding", "").strip().lower()
         if encoding not in ("", "identity"):
@@ -270,9 +283,7 @@ class RestService:
             else:
                 raw = _decompress(raw, encoding, *self._inflated_limit)
         small = len(raw) <= SMALL_REQUEST_BYTES
-        caller = Caller("REST", self._timeout, small, _peer(request) if self._dataplane.access_log else "")
-        # Parse big bodies off the event loop; small ones are cheaper inline.
-        return (json_codec.parse_json(raw) if small else await asyncio.to_thread(json_codec.parse_json, raw)), caller
+        return raw, Caller("REST", self._timeout, small, _peer(request) if self._dataplane.access_log else "")
 
     def _example_verb(self, verb: str):
         async def handle(spec: ModelSpec, request: web.Request) -> web.Response:

@@ -1,0 +1,182 @@
+"""The Open Inference Protocol's REST API on --rest_api_port, beside TF Serving's /v1 routes.
+
+JSON tensors (flat or nested data) and Triton's binary tensor extension: a body whose first
+``Inference-Header-Content-Length`` bytes are the JSON request, followed by the raw bytes of each
+input that declares ``binary_data_size``, in order; outputs asked for with ``binary_data`` (or
+the request's ``binary_data_output``) come back the same way. Errors are the spec's
+``{"error": ...}`` with 400 / 404 (service.py's _guard, shared with /v1).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+from pyserving.codecs import json_codec
+from pyserving.codecs import open_inference as codec
+from pyserving.errors import ServingError
+from pyserving.serving.dataplane import Caller, DataPlane, PredictResult
+
+from .. import open_inference as v2
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+ReadBody = Callable[[web.Request], Awaitable[tuple[bytes, Caller]]]
+Guard = Callable[[web.Request, str, str, Callable[[], Awaitable[web.Response]]], Awaitable[web.Response]]
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), status=status,
+                        content_type="application/json")
+
+
+class OpenInferenceRest:
+    def __init__(self, dataplane: DataPlane, read_body: ReadBody, guard: Guard) -> None:
+        self._dataplane = dataplane
+        self._read_body = read_body
+        self._guard = guard
+
+    def add_routes(self, app: web.Application) -> None:
+        r = app.router
+        r.add_get("/v2", self._server_metadata)
+        r.add_get("/v2/health/live", self._live)
+        r.add_get("/v2/health/ready", self._ready)
+        for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+            r.add_get(prefix, self._model_metadata)
+            r.add_get(prefix + "/ready", self._model_ready)
+            r.add_post(prefix + "/infer", self._infer)
+
+    async def _server_metadata(self, request: web.Request) -> web.Response:
+        return _json(v2.server_metadata())
+
+    async def _live(self, request: web.Request) -> web.Response:
+        return _json({"live": True})
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        ready = v2.server_ready(self._dataplane)
+        return _json({"ready": ready}, 200 if ready else 503)
+
+    async def _model_metadata(self, request: web.Request) -> web.Response:
+        name, version = request.match_info["name"], request.match_info.get("version")
+
+        async def answer() -> web.Response:
+            return _json(await v2.model_metadata(self._dataplane, name, version))
+        return await self._guard(request, "metadata", name, answer)
+
+    async def _model_ready(self, request: web.Request) -> web.Response:
+        name, version = request.match_info["name"], request.match_info.get("version")
+
+        async def answer() -> web.Response:
+            ready = v2.model_ready(self._dataplane, name, version)
+            return _json({"name": name, "ready": ready}, 200 if ready else 503)
+        return await self._guard(request, "ready", name, answer)
+
+    async def _infer(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        return await self._guard(request, "infer", name, lambda: self._run(request, name))
+
+    async def _run(self, request: web.Request, name: str) -> web.Response:
+        raw, caller = await self._read_body(request)
+        header_length = _header_length(request, len(raw))
+        body = json_codec.parse_json(raw[:header_length] if header_length is not None else raw)
+        if not isinstance(body, dict):
+            raise ServingError.invalid_argument("The request body must be a JSON object")
+        parameters = _object(body.get("parameters"), "parameters")
+        spec = v2.model_spec(name, request.match_info.get("version"), parameters)
+        binary = memoryview(raw)[header_length:] if header_length is not None else memoryview(b"")
+        tensors = _tensors(body.get("inputs"), binary)
+        binary_default = parameters.get("binary_data_output", False) is True
+        outputs = _requested(body.get("outputs"), binary_default)
+        request_id = body.get("id")
+
+        def encode(result: PredictResult) -> tuple[bytes, int | None]:
+            return _response(result, outputs, binary_default, request_id)
+
+        payload, json_length = await self._dataplane.predict(
+            spec, v2.decoder(spec.name, tensors), list(outputs), encode, caller, api="infer")
+        if json_length is None:
+            return web.Response(body=payload, content_type="application/json")
+        return web.Response(body=payload, content_type="application/octet-stream",
+                            headers={HEADER_LENGTH: str(json_length)})
+
+
+def _header_length(request: web.Request, body_length: int) -> int | None:
+    text = request.headers.get(HEADER_LENGTH)
+    if text is None:
+        return None
+    if not text.strip().isdigit() or int(text) > body_length:
+        raise ServingError.invalid_argument(
+            f"{HEADER_LENGTH} must be the JSON header's length, at most the body's {body_length} bytes")
+    return int(text)
+
+
+def _object(value: Any, what: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ServingError.invalid_argument(f"'{what}' must be a JSON object")
+    return value
+
+
+def _tensors(inputs: Any, binary: memoryview) -> list[codec.WireTensor]:
+    if not isinstance(inputs, list) or not inputs:
+        raise ServingError.invalid_argument("'inputs' must be a non-empty list of tensors")
+    tensors, at = [], 0
+    for tensor in inputs:
+        if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
+            raise ServingError.invalid_argument("Each input must be an object with a 'name'")
+        name = tensor["name"]
+        datatype, shape = codec.check_header(name, tensor.get("datatype"), tensor.get("shape"))
+        size = _object(tensor.get("parameters"), f"input '{name}' parameters").get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0 or at + size > len(binary):
+                raise ServingError.invalid_argument(
+                    f"input '{name}': binary_data_size {size!r} is past the {len(binary)} bytes after the header")
+            tensors.append(codec.WireTensor(name, datatype, shape, binary[at:at + size], "raw"))
+            at += size
+        elif "data" in tensor:
+            tensors.append(codec.WireTensor(name, datatype, shape, tensor["data"], "json"))
+        else:
+            raise ServingError.invalid_argument(f"input '{name}' has neither 'data' nor binary_data_size")
+    if at != len(binary):
+        raise ServingError.invalid_argument(f"{len(binary) - at} bytes after the header belong to no input")
+    return tensors
+
+
+def _requested(outputs: Any, binary_default: bool) -> dict[str, bool]:
+    """The outputs asked for, each with whether it goes back as binary data."""
+    if outputs is None:
+        return {}
+    if not isinstance(outputs, list):
+        raise ServingError.invalid_argument("'outputs' must be a list")
+    requested: dict[str, bool] = {}
+    for output in outputs:
+        if not isinstance(output, dict) or not isinstance(output.get("name"), str):
+            raise ServingError.invalid_argument("Each requested output must be an object with a 'name'")
+        parameters = _object(output.get("parameters"), f"output '{output['name']}' parameters")
+        requested[output["name"]] = parameters.get("binary_data", binary_default) is True
+    return requested
+
+
+def _response(result: PredictResult, requested: dict[str, bool], binary_default: bool,
+              request_id: Any) -> tuple[bytes, int | None]:
+    """The response body, and the JSON header's length when binary outputs follow it."""
+    body: dict[str, Any] = {"model_name": result.model_name, "model_version": str(result.version)}
+    if isinstance(request_id, str) and request_id:
+        body["id"] = request_id
+    outputs, blobs = [], []
+    for tensor in v2.output_tensors(result.outputs, list(requested)):
+        entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
+        if requested.get(tensor.name, binary_default):
+            blob = codec.to_raw(tensor.array)
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = codec.to_json_data(tensor.array, tensor.name)
+        outputs.append(entry)
+    body["outputs"] = outputs
+    header = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not blobs:
+        return header, None
+    return b"".join([header, *blobs]), len(header)

@@ -1,0 +1,206 @@
+"""The Open Inference Protocol (KServe V2) beside TF Serving's API, on the same two ports, driven
+by Triton's clients (tritonclient: HTTP with JSON and with binary tensors, and gRPC) against TF
+Serving's half_plus_two (version 123) and the tutorial's MNIST export."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+import numpy as np
+import pytest
+import requests
+import tensorflow as tf
+import tritonclient.grpc as triton_grpc
+import tritonclient.http as triton_http
+from support.server import HALF_PLUS_TWO, ServerProcess, model_config
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+from pyserving.mnist.data import load_mnist
+from pyserving.mnist.export import export_mnist
+
+X = np.array([[1.0], [2.0], [5.0]], np.float32)
+BINARY_HEADER = json.dumps({"inputs": [{"name": "x", "shape": [3], "datatype": "FP32",
+                                        "parameters": {"binary_data_size": 12}}]})
+Y = [[2.5], [3.0], [4.5]]
+
+
+@pytest.fixture(scope="module")
+def images(mnist_dir):
+    data = load_mnist(mnist_dir)
+    return data, data.test_images[:16].reshape(16, 784).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, images):
+    root = tmp_path_factory.mktemp("v2")
+    export_mnist(str(root / "mnist"), 1, images[0], training_iteration=100)
+    config = root / "models.config"
+    config.write_text(model_config({"hpt": str(HALF_PLUS_TWO), "mnist": str(root / "mnist")}))
+    server = ServerProcess(f"--model_config_file={config}", log_path=root / "server.log").wait_ready()
+    yield server
+    assert server.stop() == 0
+    assert "Traceback" not in server.log()
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    client = triton_http.InferenceServerClient(f"127.0.0.1:{server.rest_port}")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def grpc_client(server):
+    client = triton_grpc.InferenceServerClient(server.grpc_target)
+    yield client
+    client.close()
+
+
+def _http_input(name: str, array: np.ndarray, binary: bool, datatype: str = "FP32"):
+    tensor = triton_http.InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array, binary_data=binary)
+    return tensor
+
+
+def _grpc_input(name: str, array: np.ndarray, datatype: str = "FP32"):
+    tensor = triton_grpc.InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+# ---- health and metadata ---------------------------------------------------------------------
+
+def test_health_over_both_protocols(server, http, grpc_client):
+    assert http.is_server_live() and http.is_server_ready()
+    assert grpc_client.is_server_live() and grpc_client.is_server_ready()
+    for client in (http, grpc_client):
+        assert client.is_model_ready("hpt") and client.is_model_ready("hpt", "123")
+        assert not client.is_model_ready("hpt", "7")  # a version that isn't served
+    # KServe's REST client reads a JSON body from the health endpoints.
+    assert requests.get(f"{server.rest_url}/v2/health/live", timeout=10).json() == {"live": True}
+    assert requests.get(f"{server.rest_url}/v2/health/ready", timeout=10).json() == {"ready": True}
+    assert requests.get(f"{server.rest_url}/v2/models/hpt/ready", timeout=10).json() == {"name": "hpt", "ready": True}
+
+
+def test_server_and_model_metadata(http, grpc_client):
+    server = http.get_server_metadata()
+    assert server["name"] == "pyserving" and "binary_tensor_data" in server["extensions"]
+    assert grpc_client.get_server_metadata(as_json=True)["extensions"] == server["extensions"]
+    expected = {"name": "hpt", "versions": ["123"], "platform": "tensorflow_savedmodel",
+                "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 1]}],
+                "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 1]}]}
+    assert http.get_model_metadata("hpt") == expected
+    assert http.get_model_metadata("hpt", "123") == expected
+    over_grpc = grpc_client.get_model_metadata("hpt", as_json=True)
+    assert over_grpc["versions"] == ["123"] and over_grpc["inputs"][0] == {
+        "name": "x", "datatype": "FP32", "shape": ["-1", "1"]}  # int64 as JSON strings, protobuf's way
+
+
+# ---- inference -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_infer_half_plus_two_over_http(http, binary):
+    output = triton_http.InferRequestedOutput("y", binary_data=binary)
+    result = http.infer("hpt", [_http_input("x", X, binary)], outputs=[output])
+    assert result.as_numpy("y").tolist() == Y
+    response = result.get_response()
+    assert response["model_name"] == "hpt" and response["model_version"] == "123"
+    assert ("data" in response["outputs"][0]) != binary
+    # No outputs named: all of them, as binary data (tritonclient asks for binary_data_output).
+    assert http.infer("hpt", [_http_input("x", X, binary)], model_version="123").as_numpy("y").tolist() == Y
+
+
+def test_infer_half_plus_two_over_grpc(grpc_client):
+    result = grpc_client.infer("hpt", [_grpc_input("x", X)], request_id="r-1")
+    assert result.as_numpy("y").tolist() == Y
+    response = result.get_response()
+    assert response.model_version == "123" and response.id == "r-1"
+
+
+def test_nested_json_data_and_request_id(server):
+    body = {"id": "abc", "inputs": [{"name": "x", "shape": [3, 1], "datatype": "FP32", "data": [[1], [2], [5]]}]}
+    r = requests.post(f"{server.rest_url}/v2/models/hpt/versions/123/infer", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"model_name": "hpt", "model_version": "123", "id": "abc",
+                        "outputs": [{"name": "y", "datatype": "FP32", "shape": [3, 1], "data": [2.5, 3.0, 4.5]}]}
+
+
+def test_mnist_signature_through_parameters_answers_as_predict(server, http, grpc_client, images):
+    """V2 and TF Serving's Predict reach the same model: the same scores for the same images."""
+    _, batch = images
+    parameters = {"signature_name": "predict_images"}
+    over_http = http.infer("mnist", [_http_input("images", batch, True)], parameters=parameters).as_numpy("scores")
+    over_grpc = grpc_client.infer("mnist", [_grpc_input("images", batch)], parameters=parameters).as_numpy("scores")
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "mnist"
+    request.model_spec.signature_name = "predict_images"
+    request.inputs["images"].CopyFrom(tf.make_tensor_proto(batch))
+    with server.channel() as channel:
+        predicted = tf.make_ndarray(prediction_service_pb2_grpc.PredictionServiceStub(channel)
+                                    .Predict(request, 30).outputs["scores"])
+    assert over_http.shape == (16, 10)
+    np.testing.assert_array_equal(over_http, predicted)
+    np.testing.assert_array_equal(over_grpc, predicted)
+
+
+# ---- bad requests: 4xx and the matching gRPC codes, the server unharmed ----------------------
+
+def test_wrong_datatype_unknown_model_and_unknown_input(http, grpc_client):
+    cases = [  # (model, input name, array, datatype, HTTP status, gRPC code, words)
+        ("hpt", "x", X.astype(np.float64), "FP64", 400, "INVALID_ARGUMENT", "expects FP32"),
+        ("nope", "x", X, "FP32", 404, "NOT_FOUND", "nope"),
+        ("hpt", "z", X, "FP32", 400, "INVALID_ARGUMENT", "Unexpected inference input 'z'"),
+    ]
+    for model, name, array, datatype, status, code, words in cases:
+        with pytest.raises(InferenceServerException) as info:
+            http.infer(model, [_http_input(name, array, False, datatype)])
+        assert info.value.status() == str(status) and words in info.value.message(), info.value
+        with pytest.raises(InferenceServerException) as info:
+            grpc_client.infer(model, [_grpc_input(name, array, datatype)])
+        assert info.value.status() == f"StatusCode.{code}" and words in info.value.message(), info.value
+    with pytest.raises(InferenceServerException) as info:
+        grpc_client.is_model_ready("nope")
+    assert info.value.status() == "StatusCode.NOT_FOUND"
+    assert http.infer("hpt", [_http_input("x", X, True)]).as_numpy("y").tolist() == Y
+
+
+@pytest.mark.parametrize("body,headers,words", [
+    (b"{not json", {}, "JSON"),
+    (json.dumps({"inputs": [{"name": "x", "shape": [3], "datatype": "FP32", "data": [1, 2]}]}), {}, "2 values"),
+    (json.dumps({"inputs": [{"name": "x", "shape": [-3], "datatype": "FP32", "data": []}]}), {}, "negative"),
+    (json.dumps({"inputs": [{"name": "x", "shape": [3], "datatype": "FP33", "data": [1, 2, 3]}]}), {}, "datatype"),
+    (json.dumps({"inputs": [{"name": "x", "shape": [3], "datatype": "FP32", "data": ["a", "b", "c"]}]}), {},
+     "numbers"),
+    (json.dumps({"inputs": [{"name": "x", "shape": [2**40, 2**40], "datatype": "FP32", "data": [1]}]}), {},
+     "too large"),
+    (json.dumps({"inputs": "x"}), {}, "inputs"),
+    (BINARY_HEADER + "short", {"Inference-Header-Content-Length": str(len(BINARY_HEADER))}, "binary_data_size"),
+    (BINARY_HEADER + "x" * 16, {"Inference-Header-Content-Length": str(len(BINARY_HEADER))}, "belong to no input"),
+    (json.dumps({"inputs": [{"name": "x", "shape": [3], "datatype": "FP32", "data": [1, 2, 3]}]}),
+     {"Inference-Header-Content-Length": "99999"}, "Inference-Header-Content-Length"),
+], ids=["json", "count", "negative", "datatype", "strings", "huge", "inputs", "binary-short", "binary-long",
+        "header-length"])
+def test_malformed_infer_bodies_are_400(server, body, headers, words):
+    r = requests.post(f"{server.rest_url}/v2/models/hpt/infer", data=body, timeout=30,
+                      headers={"Content-Type": "application/json", **headers})
+    assert r.status_code == 400, r.text
+    assert words in r.json()["error"]
+
+
+def test_raw_grpc_input_of_the_wrong_size_is_invalid(server):
+    """A raw tensor whose bytes don't match its shape: INVALID_ARGUMENT, before any allocation."""
+    request = triton_grpc.service_pb2.ModelInferRequest(model_name="hpt")
+    request.inputs.add(name="x", datatype="FP32", shape=[3, 1])
+    request.raw_input_contents.append(b"\x00" * 11)
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                    request_serializer=lambda m: m.SerializeToString(),
+                                    response_deserializer=triton_grpc.service_pb2.ModelInferResponse.FromString)
+        with pytest.raises(grpc.RpcError) as info:
+            infer(request, timeout=30)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "11 bytes" in info.value.details()
+        with pytest.raises(grpc.RpcError) as info:
+            channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")(b"\xff\xff garbage", timeout=30)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
