@@ -204,3 +204,68 @@ def test_raw_grpc_input_of_the_wrong_size_is_invalid(server):
         with pytest.raises(grpc.RpcError) as info:
             channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")(b"\xff\xff garbage", timeout=30)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# ---- the model repository extension: index, unload, load ---------------------------------------
+
+def _index(client) -> dict[tuple[str, str], str]:
+    return {(e["name"], e["version"]): e["state"] for e in client.get_model_repository_index()}
+
+
+def test_repository_index_unload_then_load(server, http, grpc_client):
+    """Unload takes every version of a configured model away until a load names it again; load
+    answers once the model serves. Both protocols, one state."""
+    assert _index(http) == {("hpt", "123"): "READY", ("mnist", "1"): "READY"}
+    over_grpc = {(e.name, e.version): e.state for e in grpc_client.get_model_repository_index().models}
+    assert over_grpc == _index(http)
+
+    http.unload_model("hpt")
+    assert not http.is_model_ready("hpt") and not grpc_client.is_model_ready("hpt")
+    assert _index(http)[("hpt", "")] == "UNAVAILABLE"
+    assert [e["name"] for e in http.get_model_repository_index()] == ["hpt", "mnist"]
+    with pytest.raises(InferenceServerException) as info:
+        http.infer("hpt", [_http_input("x", X, True)])
+    assert info.value.status() == "404"
+    assert http.infer("mnist", [_http_input("images", np.zeros((1, 784), np.float32), True)],
+                      parameters={"signature_name": "predict_images"}).as_numpy("scores").shape == (1, 10)
+    with pytest.raises(grpc.RpcError) as error:  # TF Serving's API sees it gone too
+        with server.channel() as channel:
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = "hpt"
+            request.inputs["x"].CopyFrom(tf.make_tensor_proto(X))
+            prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, 30)
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+    grpc_client.load_model("hpt")  # answers once AVAILABLE
+    assert http.is_model_ready("hpt") and _index(http)[("hpt", "123")] == "READY"
+    assert http.infer("hpt", [_http_input("x", X, True)]).as_numpy("y").tolist() == Y
+
+    for client, code in ((http, "404"), (grpc_client, "StatusCode.NOT_FOUND")):
+        with pytest.raises(InferenceServerException) as info:
+            client.load_model("not_configured")
+        assert info.value.status() == code
+
+
+def test_repository_changes_are_locked_by_the_admin_token(tmp_path):
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    token.chmod(0o600)
+    server = ServerProcess("--model_name=hpt", f"--model_base_path={HALF_PLUS_TWO}", f"--admin_token_file={token}",
+                           log_path=tmp_path / "server.log").wait_ready()
+    try:
+        http = triton_http.InferenceServerClient(f"127.0.0.1:{server.rest_port}")
+        grpc_client = triton_grpc.InferenceServerClient(server.grpc_target)
+        assert _index(http) == {("hpt", "123"): "READY"}  # the index changes nothing: open
+        with pytest.raises(InferenceServerException) as info:
+            http.unload_model("hpt")
+        assert info.value.status() == "401" and "control-plane call" in info.value.message()
+        with pytest.raises(InferenceServerException) as info:
+            grpc_client.unload_model("hpt", headers={"authorization": "Bearer wrong"})
+        assert info.value.status() == "StatusCode.UNAUTHENTICATED"
+        assert http.is_model_ready("hpt")
+        grpc_client.unload_model("hpt", headers={"authorization": "Bearer s3cret"})
+        assert not http.is_model_ready("hpt")
+        http.load_model("hpt", headers={"Authorization": "Bearer s3cret"})
+        assert http.infer("hpt", [_http_input("x", X, True)]).as_numpy("y").tolist() == Y
+    finally:
+        assert server.stop() == 0

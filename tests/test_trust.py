@@ -130,7 +130,7 @@ def test_an_admin_token_locks_reloads_and_the_profiler_but_not_inference(tmp_pat
         assert server.post("/v1/models/renamed:predict", json={"instances": [1.0]}).json() == {"predictions": [2.5]}
         log = server.log()
         assert TOKEN not in log
-        assert ("Control plane (config reloads (HandleReloadConfigRequest) and the profiler): "
+        assert ("Control plane (config reloads (HandleReloadConfigRequest), model loads and unloads (the V2 repository API) and the profiler): "
                 "the admin token is required") in log
         assert _listening_address(server.grpc_port) == "127.0.0.1"
         assert _listening_address(server.rest_port) == "127.0.0.1"
@@ -149,7 +149,7 @@ def test_config_reloads_over_rpc_can_be_turned_off(tmp_path):
         assert "--enable_config_reload_rpc=false" in info.value.details()
         assert _serves(server)
         log = server.log()
-        assert "Control plane (the profiler (config reloads over RPC are off)): open to every client" in log
+        assert "Control plane (the profiler (config reloads, model loads and unloads over RPC are off)): open to every client" in log
         assert _listening_address(server.grpc_port) in ("0.0.0.0", "::")  # TF Serving's default stays
     finally:
         assert server.stop() == 0

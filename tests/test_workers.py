@@ -131,6 +131,25 @@ def test_reload_semantics_hold_on_every_worker(server):
     assert [_predict(server) for _ in range(20)] == [4.0] * 20
 
 
+def _v2_ready(server: ServerProcess, model: str) -> int:
+    return requests.get(f"{server.rest_url}/v2/models/{model}/ready", timeout=30,
+                        headers={"Connection": "close"}).status_code
+
+
+def test_repository_unload_and_load_reach_every_worker(server):
+    """The V2 repository API with --num_workers: answered once every worker has applied it."""
+    r = requests.post(f"{server.rest_url}/v2/repository/models/linear/unload", timeout=60)
+    assert r.status_code == 200, r.text
+    assert {_v2_ready(server, "linear") for _ in range(20)} == {503}
+    index = requests.post(f"{server.rest_url}/v2/repository/index", timeout=30, headers={"Connection": "close"})
+    assert {"name": "linear", "version": "", "state": "UNAVAILABLE",
+            "reason": "unloaded through the model repository API"} in index.json()
+    r = requests.post(f"{server.rest_url}/v2/repository/models/linear/load", timeout=60)
+    assert r.status_code == 200, r.text
+    assert {_v2_ready(server, "linear") for _ in range(20)} == {200}
+    assert [_predict(server) for _ in range(20)] == [4.0] * 20
+
+
 def _status(server: ServerProcess, model: str) -> dict[int, int]:
     request = get_model_status_pb2.GetModelStatusRequest()
     request.model_spec.name = model

@@ -28,34 +28,61 @@ class ServerCore:
         self._source = source
         self._on_models = on_models  # told every applied config (the request logger)
         self._lock = asyncio.Lock()
-        self.models: list[ModelConfig] = []
+        self.models: list[ModelConfig] = []  # as the config says
+        self.unloaded: set[str] = set()  # configured, but unloaded through the repository API
 
     async def apply(self, models: list[ModelConfig], initial: bool = False) -> None:
         """Serve exactly these models. As TF Serving's ReloadConfig, but atomic: a config refused
         (a label naming a version not AVAILABLE) changes nothing; once applied, the call returns
         when the new or changed models' versions are AVAILABLE, or raises UNKNOWN naming those
-        that did not become available (the others, and every model the config kept, serve on)."""
+        that did not become available (the others, and every model the config kept, serve on).
+        A model unloaded through the repository API is served again once a config names it."""
         async with self._lock:
             if not initial:
                 self._check_labels(models)
-            changed = [m.name for m in models if m not in self.models]
-            self._source.set_models(models)
-            await self._source.poll_once()
-            await self._manager.wait_until_settled([m.name for m in models])
-            errors = []
-            for model in models:
-                try:
-                    self._manager.set_labels(model.name, dict(model.labels))
-                except ServingError as e:
-                    errors.append(e)
+            changed = [m.name for m in models if m not in self.models or m.name in self.unloaded]
+            self.unloaded -= {m.name for m in models}
             self.models = list(models)
-            if self._on_models is not None:
-                self._on_models(self.models)
-            missing = self._manager.unavailable(changed)
-            if missing:
-                raise not_available(missing)
-            if errors:
-                raise errors[0]
+            await self._serve(changed)
+
+    async def unload(self, name: str) -> None:
+        """The model repository's unload: every version of a configured model goes, and the model
+        stays unloaded until ``load`` or a config names it again."""
+        async with self._lock:
+            self._configured(name)
+            self.unloaded.add(name)
+            await self._serve([])
+
+    async def load(self, name: str) -> None:
+        """The model repository's load: the model by its version policy, answered once AVAILABLE
+        (UNKNOWN naming it if it did not become available)."""
+        async with self._lock:
+            self._configured(name)
+            self.unloaded.discard(name)
+            await self._serve([name])
+
+    def _configured(self, name: str) -> None:
+        if name not in {m.name for m in self.models}:
+            raise ServingError.not_found(f"Model '{name}' is not in the model config")
+
+    async def _serve(self, changed: list[str]) -> None:
+        served = [m for m in self.models if m.name not in self.unloaded]
+        self._source.set_models(served)
+        await self._source.poll_once()
+        await self._manager.wait_until_settled([m.name for m in served])
+        errors = []
+        for model in served:
+            try:
+                self._manager.set_labels(model.name, dict(model.labels))
+            except ServingError as e:
+                errors.append(e)
+        if self._on_models is not None:
+            self._on_models(served)
+        missing = self._manager.unavailable(changed)
+        if missing:
+            raise not_available(missing)
+        if errors:
+            raise errors[0]
 
     def _check_labels(self, models: list[ModelConfig]) -> None:
         """Before anything changes: labels of models served now must name AVAILABLE versions."""

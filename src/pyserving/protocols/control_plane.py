@@ -74,12 +74,15 @@ class ControlPlane:
             raise ServingError(Code.UNAUTHENTICATED, f"{what}: the bearer token is not the admin token")
 
     def authorize_grpc(self, metadata: Iterable[tuple[str, str | bytes]] | None, what: str) -> None:
-        value = None
-        for key, item in metadata or ():
-            if key == "authorization":
-                value = item.decode("latin-1") if isinstance(item, bytes) else item
-                break
-        self.authorize(value, what)
+        self.authorize(grpc_authorization(metadata), what)
+
+    def check_change(self, authorization: str | None, what: str) -> None:
+        """A model load or unload over RPC (the repository API): turned off with config reloads
+        (--enable_config_reload_rpc=false), locked by the token."""
+        if not self.reloads_enabled:
+            raise ServingError(Code.UNIMPLEMENTED, f"{what} is turned off on this server, as config reloads "
+                                                   "over RPC are (--enable_config_reload_rpc=false)")
+        self.authorize(authorization, what)
 
     def check_reload(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> None:
         if not self.reloads_enabled:
@@ -89,13 +92,22 @@ class ControlPlane:
 
     def describe(self, grpc_address: str) -> str:
         """The start-up line: what the control plane exposes, and to whom."""
-        calls = "config reloads (HandleReloadConfigRequest) and the profiler" if self.reloads_enabled \
-            else "the profiler (config reloads over RPC are off)"
+        calls = ("config reloads (HandleReloadConfigRequest), model loads and unloads (the V2 repository "
+                 "API) and the profiler") if self.reloads_enabled \
+            else "the profiler (config reloads, model loads and unloads over RPC are off)"
         if self.locked:
             return f"Control plane ({calls}): the admin token is required (--admin_token_file)"
         where = "this machine only" if _loopback(grpc_address) else "every client that reaches the gRPC port"
         return (f"Control plane ({calls}): open to {where}, as in TF Serving; set --admin_token_file "
                 "to require a token (docs/security.md)")
+
+
+def grpc_authorization(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+    """The ``authorization`` value of a call's metadata, if it has one."""
+    for key, item in metadata or ():
+        if key == "authorization":
+            return item.decode("latin-1") if isinstance(item, bytes) else item
+    return None
 
 
 def _loopback(address: str) -> bool:

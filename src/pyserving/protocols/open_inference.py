@@ -11,7 +11,7 @@ docs/open_inference.md has the whole mapping.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -24,9 +24,21 @@ from pyserving.runtime.servable import Signature
 from pyserving.serving.dataplane import DataPlane, Decoder, ModelSpec
 
 SERVER_NAME = "pyserving"
-EXTENSIONS = ("binary_tensor_data", "parameters")
+EXTENSIONS = ("binary_tensor_data", "parameters", "model_repository")
 SIGNATURE_PARAMETER = "signature_name"
 PLATFORMS = {"tflite": "tensorflow_tflite"}  # by runtime kind; SavedModels otherwise
+
+
+class Repository(Protocol):
+    """The model-repository extension (server.repository.ModelRepository): control-plane calls."""
+
+    def unloaded(self) -> set[str]: ...
+
+    async def index(self) -> list[dict[str, str]]: ...
+
+    async def load(self, name: str) -> None: ...
+
+    async def unload(self, name: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -66,9 +78,11 @@ def server_ready(dataplane: DataPlane) -> bool:
     return all(dataplane.readiness().values())
 
 
-def model_ready(dataplane: DataPlane, name: str, version: str | None) -> bool:
+def model_ready(dataplane: DataPlane, name: str, version: str | None, repository: Repository | None = None) -> bool:
     """Whether the model (or that version) serves now; NOT_FOUND for a model not configured."""
     spec = model_spec(name, version)
+    if repository is not None and name in repository.unloaded():
+        return False
     if name not in dataplane.readiness():
         raise ServingError.not_found(f"Model '{name}' is not configured")
     try:
@@ -132,3 +146,7 @@ def output_tensors(outputs: Mapping[str, np.ndarray], requested: Sequence[str]) 
 
 def _enum(array: np.ndarray) -> int:
     return from_numpy_dtype(array.dtype).enum
+
+
+def index_filter(entries: list[dict[str, str]], ready_only: bool) -> list[dict[str, str]]:
+    return [e for e in entries if e["state"] == "READY"] if ready_only else entries

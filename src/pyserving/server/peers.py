@@ -48,14 +48,18 @@ _REFUSED = (Code.INVALID_ARGUMENT, Code.FAILED_PRECONDITION, Code.UNIMPLEMENTED,
 class PeerService:
     """This worker's side: answers its siblings from local state only."""
 
-    def __init__(self, status: LocalStatus, apply_config: ApplyConfig, metrics: MetricsView) -> None:
+    def __init__(self, status: LocalStatus, apply_config: ApplyConfig, metrics: MetricsView,
+                 apply_repository: ApplyConfig) -> None:
         self._status = status
         self._apply_config = apply_config
         self._metrics = metrics
+        self._apply_repository = apply_repository
 
     def handler(self) -> grpc.GenericRpcHandler:
-        # Raw bytes in and out (no serializers): JSON for status and metrics, the config proto as is.
-        methods = {"Status": self._on_status, "Reload": self._on_reload, "Metrics": self._on_metrics}
+        # Raw bytes in and out (no serializers): JSON for status, metrics and repository changes,
+        # the config proto as is.
+        methods = {"Status": self._on_status, "Reload": self._on_reload, "Metrics": self._on_metrics,
+                   "Repository": self._on_repository}
         return grpc.method_handlers_generic_handler(
             SERVICE, {name: grpc.unary_unary_rpc_method_handler(fn) for name, fn in methods.items()})
 
@@ -67,11 +71,10 @@ class PeerService:
             return _dump({"error": [int(e.code), e.message]})
 
     async def _on_reload(self, request: bytes, _context) -> bytes:
-        try:
-            await self._apply_config(request)
-        except ServingError as e:
-            return _dump({"error": [int(e.code), e.message]})
-        return _dump({})
+        return await _applied(self._apply_config, request)
+
+    async def _on_repository(self, request: bytes, _context) -> bytes:
+        return await _applied(self._apply_repository, request)
 
     async def _on_metrics(self, _request: bytes, _context) -> bytes:
         families, versions = self._metrics()
@@ -102,20 +105,42 @@ class Peers:
         return ([a["families"] for a in answers],
                 [[_decode(v) for v in a["versions"]] for a in answers])
 
-    async def reload(self, config: bytes, apply_local: ApplyConfig) -> None:
-        """Apply a config in every worker (this one included), then answer; the first error wins."""
+    async def reload(self, config: bytes, apply_local: ApplyConfig, unloaded: Callable[[], set[str]]) -> None:
+        """Apply a config in every worker (this one included), then answer; the first error wins.
+        ``unloaded``: this worker's unloaded models once the config is applied."""
         async with self._reload_lock():
-            local, answers = await asyncio.gather(
-                apply_local(config), self._call_all("Reload", config, None), return_exceptions=True)
-            errors = [e for e in (local, answers) if isinstance(e, BaseException)]
-            if not isinstance(answers, BaseException):
-                errors += [ServingError(Code(a["error"][0]), a["error"][1]) for a in answers if "error" in a]
+            errors = await self._everywhere("Reload", config, apply_local)
             # A refused config changed nothing: a worker started later must not apply it. One
             # applied with models that did not become available is what the workers now serve.
             if not any(isinstance(e, ServingError) and e.code in _REFUSED for e in errors):
                 _write_atomically(self._slot.config_path, config)
+                _write_atomically(self._slot.unloaded_path, _dump(sorted(unloaded())))
         if errors:
             raise errors[0]
+
+    async def repository(self, change: bytes, apply_local: ApplyConfig, unloaded: Callable[[], set[str]]) -> None:
+        """A model repository load or unload (JSON ``{"action", "model"}``) in every worker."""
+        async with self._reload_lock():
+            errors = await self._everywhere("Repository", change, apply_local)
+            _write_atomically(self._slot.unloaded_path, _dump(sorted(unloaded())))
+        if errors:
+            raise errors[0]
+
+    def unloaded_models(self) -> list[str]:
+        """The models unloaded through the repository API before this worker started."""
+        try:
+            with open(self._slot.unloaded_path, "rb") as f:
+                return list(json.loads(f.read()))
+        except (FileNotFoundError, ValueError):
+            return []
+
+    async def _everywhere(self, method: str, payload: bytes, apply_local: ApplyConfig) -> list[BaseException]:
+        local, answers = await asyncio.gather(
+            apply_local(payload), self._call_all(method, payload, None), return_exceptions=True)
+        errors = [e for e in (local, answers) if isinstance(e, BaseException)]
+        if not isinstance(answers, BaseException):
+            errors += [ServingError(Code(a["error"][0]), a["error"][1]) for a in answers if "error" in a]
+        return errors
 
     def reloaded_config(self) -> bytes | None:
         """The config of the last reload, if a sibling applied one before this worker started."""
@@ -125,14 +150,16 @@ class Peers:
         except FileNotFoundError:
             return None
 
-    async def catch_up(self, started_with: bytes | None, apply_local: ApplyConfig) -> None:
-        """Once this worker's peer socket is open (reloads reach it from then on): apply a reload
-        that happened while it was starting."""
+    async def catch_up(self, started_with: bytes | None, apply_local: ApplyConfig,
+                       unload: Callable[[list[str]], Awaitable[None]]) -> None:
+        """Once this worker's peer socket is open (reloads reach it from then on): apply a reload,
+        and the repository's unloads, that happened while it was starting."""
         async with self._reload_lock():
             latest = self.reloaded_config()
             if latest is not None and latest != started_with:
                 log.info("Applying the model config reloaded while this worker was starting")
                 await apply_local(latest)
+            await unload(self.unloaded_models())
 
     @contextlib.asynccontextmanager
     async def _reload_lock(self) -> AsyncIterator[None]:
@@ -185,6 +212,14 @@ def merge_status(views: Sequence[list[VersionStatus] | ServingError]) -> list[Ve
         else:
             merged.append(min(known, key=lambda s: (s.state, s.error is None)))
     return merged
+
+
+async def _applied(apply: ApplyConfig, request: bytes) -> bytes:
+    try:
+        await apply(request)
+    except ServingError as e:
+        return _dump({"error": [int(e.code), e.message]})
+    return _dump({})
 
 
 def _encode(s: VersionStatus) -> list:

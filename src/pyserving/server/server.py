@@ -45,6 +45,7 @@ from pyserving.storage.files import VersionCache
 
 from .loading import VersionLoader
 from .peers import Peers, PeerService, merge_status
+from .repository import ModelRepository
 from .supervisor import WorkerSlot
 from .tls import TlsConfig
 
@@ -103,6 +104,7 @@ class Server:
                                    metrics=self.metrics, admission=self.admission, inline=InlinePolicy(),
                                    peers=self._peers, access_log=options.access_log,
                                    request_logger=self.request_log)
+        self.repository = ModelRepository(self.core, self.dataplane.listed_status, self._peers)
         self._grpc: grpc.aio.Server | None = None
         self._rest: web.AppRunner | None = None
         self._rest_listener: asyncio.AbstractServer | None = None
@@ -151,7 +153,7 @@ class Server:
                 log.error("The reloaded model config, applied by this restarted worker: %s", e.message)
         if self._peers:
             await self._start_peer_server()
-            await self._peers.catch_up(reloaded, self._apply_serialized)
+            await self._peers.catch_up(reloaded, self._apply_serialized, self.repository.unload_all)
         self._background.append(asyncio.create_task(self.source.run()))
         if o.model_config_file and o.model_config_file_poll_wait_seconds > 0:
             self._background.append(asyncio.create_task(self.core.watch_config_file(
@@ -174,7 +176,7 @@ class Server:
         if self._peers is None:
             await self.core.apply(self._models_of(config))
         else:
-            await self._peers.reload(config.SerializeToString(), self._apply_serialized)
+            await self._peers.reload(config.SerializeToString(), self._apply_serialized, self.repository.unloaded)
 
     async def _apply_serialized(self, config: bytes) -> None:
         await self.core.apply(self._models_of(config))
@@ -205,7 +207,7 @@ class Server:
     async def _start_peer_server(self) -> None:
         assert self._slot is not None and self._peers is not None
         service = PeerService(self.dataplane.local_status, self._apply_serialized,
-                              lambda: (self.metrics.families(), self.manager.snapshot()))
+                              lambda: (self.metrics.families(), self.manager.snapshot()), self.repository.apply)
         self._peer_server = grpc.aio.server()
         self._peer_server.add_generic_rpc_handlers((service.handler(),))
         self._peer_server.add_insecure_port(f"unix:{self._slot.socket_path(self._slot.index)}")
@@ -217,7 +219,8 @@ class Server:
                                    o.enable_serialization_as_tensor_content,
                                    reuse_port=self._slot is not None, reload_config=self.reload,
                                    profiler=ProfilerServicer(Profiler(), o.profiler_log_dir) if o.enable_profiler else None,
-                                   control=self.control, gate=self._grpc_gate, max_pending=self.admission.limit)
+                                   control=self.control, gate=self._grpc_gate, max_pending=self.admission.limit,
+                                   repository=self.repository)
         if self._health:
             self._health.register(self._grpc)
         address = _host_port(o.grpc_bind_address, o.port)
@@ -249,7 +252,8 @@ class Server:
         service = RestService(self.dataplane, o.rest_api_timeout_in_ms, o.rest_api_enable_cors_support,
                               o.rest_api_max_request_bytes, metrics_route,
                               StatusPage(self.dataplane, self._metric_views),
-                              max_decompressed_bytes=o.rest_api_max_decompressed_bytes)
+                              max_decompressed_bytes=o.rest_api_max_decompressed_bytes,
+                              repository=self.repository, control=self.control)
         app = service.app()
         # Read timeouts (protocols/rest/timeouts.py): the tracker outermost, the body deadline inside CORS.
         body_ms = o.rest_api_timeout_in_ms if o.rest_api_body_timeout_in_ms < 0 else o.rest_api_body_timeout_in_ms

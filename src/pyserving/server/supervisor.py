@@ -50,6 +50,11 @@ class WorkerSlot:
         return os.path.join(self.run_dir, "reloaded-config.pb")
 
     @property
+    def unloaded_path(self) -> str:
+        """The models unloaded through the repository API, for a worker that restarts after it."""
+        return os.path.join(self.run_dir, "unloaded-models.json")
+
+    @property
     def lock_path(self) -> str:
         return os.path.join(self.run_dir, "reload.lock")
 

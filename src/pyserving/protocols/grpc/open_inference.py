@@ -13,7 +13,8 @@ from typing import Any
 import grpc
 
 from pyserving.codecs import open_inference as codec
-from pyserving.errors import ServingError
+from pyserving.errors import Code, ServingError
+from pyserving.protocols.control_plane import ControlPlane, grpc_authorization
 from pyserving.serving.dataplane import DataPlane, PredictResult
 
 from .. import open_inference as v2
@@ -21,7 +22,8 @@ from .gate import GrpcGate
 from .handlers import caller_of, service_handler
 from .open_inference_protos import CLASSES, METHODS, SERVICE
 
-_IMPLEMENTED = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer")
+_IMPLEMENTED = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer",
+                "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload")
 
 
 def _parameters(parameters) -> dict[str, Any]:
@@ -53,8 +55,11 @@ def _tensors(request) -> list[codec.WireTensor]:
 class OpenInferenceServicer:
     """ServingErrors raised here become gRPC statuses in handlers._guarded."""
 
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, repository: v2.Repository | None = None,
+                 control: ControlPlane | None = None) -> None:
         self._dataplane = dataplane
+        self._repository = repository
+        self._control = control or ControlPlane()
 
     async def ServerLive(self, request, context):
         return CLASSES["ServerLiveResponse"](live=True)
@@ -63,7 +68,8 @@ class OpenInferenceServicer:
         return CLASSES["ServerReadyResponse"](ready=v2.server_ready(self._dataplane))
 
     async def ModelReady(self, request, context):
-        return CLASSES["ModelReadyResponse"](ready=v2.model_ready(self._dataplane, request.name, request.version))
+        ready = v2.model_ready(self._dataplane, request.name, request.version, self._repository)
+        return CLASSES["ModelReadyResponse"](ready=ready)
 
     async def ServerMetadata(self, request, context):
         return CLASSES["ServerMetadataResponse"](**v2.server_metadata())
@@ -96,6 +102,30 @@ class OpenInferenceServicer:
                                              caller_of(self._dataplane, context), api="infer")
 
 
-def handler(dataplane: DataPlane, gate: GrpcGate | None = None) -> grpc.GenericRpcHandler:
+    async def RepositoryIndex(self, request, context):
+        entries = v2.index_filter(await self._repo(context, "").index(), request.ready)
+        return CLASSES["RepositoryIndexResponse"](models=entries)
+
+    async def RepositoryModelLoad(self, request, context):
+        await self._repo(context, "RepositoryModelLoad").load(request.model_name)
+        return CLASSES["RepositoryModelLoadResponse"]()
+
+    async def RepositoryModelUnload(self, request, context):
+        await self._repo(context, "RepositoryModelUnload").unload(request.model_name)
+        return CLASSES["RepositoryModelUnloadResponse"]()
+
+    def _repo(self, context, what: str) -> v2.Repository:
+        """The repository, once the control plane lets this caller in (``what``: the change it makes;
+        "" for the index, which changes nothing and is open as model status is)."""
+        if self._repository is None:
+            raise ServingError(Code.UNIMPLEMENTED, "This server has no model repository API")
+        if what:
+            self._control.check_change(grpc_authorization(context.invocation_metadata()), what)
+        return self._repository
+
+
+def handler(dataplane: DataPlane, gate: GrpcGate | None = None, repository: v2.Repository | None = None,
+            control: ControlPlane | None = None) -> grpc.GenericRpcHandler:
     methods = {name: (CLASSES[METHODS[name][0]], CLASSES[METHODS[name][1]]) for name in _IMPLEMENTED}
-    return service_handler(SERVICE, OpenInferenceServicer(dataplane), methods, dataplane=dataplane, gate=gate)
+    servicer = OpenInferenceServicer(dataplane, repository, control)
+    return service_handler(SERVICE, servicer, methods, dataplane=dataplane, gate=gate)

@@ -23,6 +23,7 @@ from tensorflow_serving.config import model_server_config_pb2
 from pyserving.codecs import tensor_proto
 from pyserving.codecs.examples import serialize_input
 from pyserving.errors import Code, ServingError
+from pyserving.protocols import open_inference as v2
 from pyserving.protocols.control_plane import ControlPlane
 from pyserving.serving.dataplane import DataPlane, InferenceTask, ModelSpec, PredictResult, fill_model_spec
 from pyserving.serving.responses import status_response
@@ -142,7 +143,7 @@ def create_server(dataplane: DataPlane, channel_arguments: str = "", max_message
                   reload_config: ReloadConfig | None = None,
                   profiler: ProfilerServicer | None = None,
                   control: ControlPlane | None = None, gate: GrpcGate | None = None,
-                  max_pending: int = 0) -> grpc.aio.Server:
+                  max_pending: int = 0, repository: v2.Repository | None = None) -> grpc.aio.Server:
     options: dict[str, int | str] = dict(BASE_OPTIONS)
     options["grpc.max_receive_message_length"] = max_message_bytes
     options["grpc.so_reuseport"] = int(reuse_port)  # --num_workers: sibling processes share ports
@@ -163,7 +164,8 @@ def create_server(dataplane: DataPlane, channel_arguments: str = "", max_message
         service_handler("tensorflow.serving.ModelService", models,
                          methods_of(model_service_pb2.DESCRIPTOR.services_by_name["ModelService"]), gate=gate),
     ))
-    server.add_generic_rpc_handlers((open_inference.handler(dataplane, gate),))  # V2 on the same port
+    # The Open Inference Protocol on the same port.
+    server.add_generic_rpc_handlers((open_inference.handler(dataplane, gate, repository, control),))
     if profiler is not None:
         server.add_generic_rpc_handlers((service_handler(profiler_service.SERVICE, profiler,
                                                           profiler_service.METHODS, control, gate=gate),))

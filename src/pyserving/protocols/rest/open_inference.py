@@ -4,7 +4,8 @@ JSON tensors (flat or nested data) and Triton's binary tensor extension: a body 
 ``Inference-Header-Content-Length`` bytes are the JSON request, followed by the raw bytes of each
 input that declares ``binary_data_size``, in order; outputs asked for with ``binary_data`` (or
 the request's ``binary_data_output``) come back the same way. Errors are the spec's
-``{"error": ...}`` with 400 / 404 (service.py's _guard, shared with /v1).
+``{"error": ...}`` with 400 / 404 (service.py's _guard, shared with /v1). The model-repository
+extension's index, load and unload are control-plane calls (protocols/control_plane.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from aiohttp import web
 
 from pyserving.codecs import json_codec
 from pyserving.codecs import open_inference as codec
-from pyserving.errors import ServingError
+from pyserving.errors import Code, ServingError
+from pyserving.protocols.control_plane import ControlPlane
 from pyserving.serving.dataplane import Caller, DataPlane, PredictResult
 
 from .. import open_inference as v2
@@ -32,10 +34,13 @@ def _json(body: Any, status: int = 200) -> web.Response:
 
 
 class OpenInferenceRest:
-    def __init__(self, dataplane: DataPlane, read_body: ReadBody, guard: Guard) -> None:
+    def __init__(self, dataplane: DataPlane, read_body: ReadBody, guard: Guard,
+                 repository: v2.Repository | None = None, control: ControlPlane | None = None) -> None:
         self._dataplane = dataplane
         self._read_body = read_body
         self._guard = guard
+        self._repository = repository
+        self._control = control or ControlPlane()
 
     def add_routes(self, app: web.Application) -> None:
         r = app.router
@@ -46,6 +51,9 @@ class OpenInferenceRest:
             r.add_get(prefix, self._model_metadata)
             r.add_get(prefix + "/ready", self._model_ready)
             r.add_post(prefix + "/infer", self._infer)
+        r.add_post("/v2/repository/index", self._index)
+        r.add_post("/v2/repository/models/{name}/load", self._load)
+        r.add_post("/v2/repository/models/{name}/unload", self._unload)
 
     async def _server_metadata(self, request: web.Request) -> web.Response:
         return _json(v2.server_metadata())
@@ -68,9 +76,42 @@ class OpenInferenceRest:
         name, version = request.match_info["name"], request.match_info.get("version")
 
         async def answer() -> web.Response:
-            ready = v2.model_ready(self._dataplane, name, version)
+            ready = v2.model_ready(self._dataplane, name, version, self._repository)
             return _json({"name": name, "ready": ready}, 200 if ready else 503)
         return await self._guard(request, "ready", name, answer)
+
+    async def _index(self, request: web.Request) -> web.Response:
+        async def answer() -> web.Response:
+            repository = self._repo(request, "")
+            raw, _ = await self._read_body(request)
+            body = _object(json_codec.parse_json(raw) if raw.strip() else {}, "request body")
+            return _json(v2.index_filter(await repository.index(), body.get("ready") is True))
+        return await self._guard(request, "repository_index", "", answer)
+
+    async def _load(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+
+        async def answer() -> web.Response:
+            await self._repo(request, "POST /v2/repository/models/{name}/load").load(name)
+            return _json({"name": name, "load": True})
+        return await self._guard(request, "repository_load", name, answer)
+
+    async def _unload(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+
+        async def answer() -> web.Response:
+            await self._repo(request, "POST /v2/repository/models/{name}/unload").unload(name)
+            return _json({"name": name, "unload": True})
+        return await self._guard(request, "repository_unload", name, answer)
+
+    def _repo(self, request: web.Request, what: str) -> v2.Repository:
+        """The repository, once the control plane lets this caller in (``what``: the change it makes;
+        "" for the index, which changes nothing and is open as model status is)."""
+        if self._repository is None:
+            raise ServingError(Code.UNIMPLEMENTED, "This server has no model repository API")
+        if what:
+            self._control.check_change(request.headers.get("Authorization"), what)
+        return self._repository
 
     async def _infer(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]

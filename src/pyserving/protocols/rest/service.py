@@ -19,6 +19,8 @@ from yarl import URL
 from pyserving.codecs import json_codec
 from pyserving.codecs.examples import examples_from_json
 from pyserving.errors import Code, ServingError, http_status
+from pyserving.protocols import open_inference as v2
+from pyserving.protocols.control_plane import ControlPlane
 from pyserving.serving.dataplane import Caller, DataPlane, ModelSpec, PredictResult
 from pyserving.serving.inline import SMALL_REQUEST_BYTES
 from pyserving.serving.responses import SIGNATURE_DEF_FIELD, metadata_json, status_response, to_json_dict
@@ -87,8 +89,10 @@ class RestService:
                  max_body_bytes: int = 1 << 30,
                  metrics_route: tuple[str, Callable[[], Awaitable[bytes]]] | None = None,
                  status: status_page.StatusPage | None = None,
-                 max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES) -> None:
+                 max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES,
+                 repository: v2.Repository | None = None, control: ControlPlane | None = None) -> None:
         self._dataplane = dataplane
+        self._open_inference = OpenInferenceRest(dataplane, self.read_body, self._guard, repository, control)
         self._status_page = status or status_page.StatusPage(dataplane)
         self._metrics_route = metrics_route
         self._max_body_bytes = max_body_bytes
@@ -114,7 +118,7 @@ class RestService:
         app.router.add_get("/v1/openapi.json", self._openapi)
         app.router.add_get("/", self._page)
         app.router.add_get(status_page.JSON_PATH, self._status_summary)
-        OpenInferenceRest(self._dataplane, self.read_body, self._guard).add_routes(app)
+        self._open_inference.add_routes(app)
         # [\s\S]: a path with a newline (%0A) still gets the API's JSON error, not aiohttp's text 404.
         app.router.add_route("*", "/{tail:[\\s\\S]*}", self.dispatch, expect_handler=self._expect)
         return app
