@@ -45,6 +45,7 @@ class OpenInferenceRest:
     def add_routes(self, app: web.Application) -> None:
         r = app.router
         r.add_get("/v2", self._server_metadata)
+        r.add_get("/v2/", self._server_metadata)
         r.add_get("/v2/health/live", self._live)
         r.add_get("/v2/health/ready", self._ready)
         for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
@@ -63,7 +64,7 @@ class OpenInferenceRest:
 
     async def _ready(self, request: web.Request) -> web.Response:
         ready = v2.server_ready(self._dataplane)
-        return _json({"ready": ready}, 200 if ready else 503)
+        return _json({"ready": ready}, 200 if ready else 400)
 
     async def _model_metadata(self, request: web.Request) -> web.Response:
         name, version = request.match_info["name"], request.match_info.get("version")
@@ -77,7 +78,7 @@ class OpenInferenceRest:
 
         async def answer() -> web.Response:
             ready = v2.model_ready(self._dataplane, name, version, self._repository)
-            return _json({"name": name, "ready": ready}, 200 if ready else 503)
+            return _json({"name": name, "ready": ready}, 200 if ready else 400)
         return await self._guard(request, "ready", name, answer)
 
     async def _index(self, request: web.Request) -> web.Response:
