@@ -1,4 +1,5 @@
-"""What a 224x224x3 float32 Predict costs beyond the model's own run, over gRPC and REST.
+"""What a 224x224x3 float32 Predict costs beyond the model's own run, over gRPC and REST, with
+TF Serving's API and with the Open Inference Protocol (V2: raw gRPC contents; REST binary tensors).
 
     python benchmarks/big_tensor.py [--requests 200]
 
@@ -6,7 +7,8 @@ The model averages each image (y = mean(x, [1, 2, 3])), so nearly all of a reque
 transport and codecs. Bodies are encoded once, before timing: the gRPC request as its
 serialized bytes (tensor_content, as tf.make_tensor_proto builds it) sent through a raw-bytes
 stub, the REST request as JSON bytes (`{"instances": [...]}`), so the client's own encoding is
-not what is measured. The model's run time is measured in-process, through the same Session
+not what is measured; the V2 REST body is Triton's binary extension (a JSON header, then the
+image's 602 KB as they are, the output asked for as binary too). The model's run time is measured in-process, through the same Session
 runtime the server uses. Loopback, one request at a time, p50 and p99 reported.
 """
 
@@ -36,6 +38,7 @@ from _common import (  # benchmarks/ is on sys.path when run as a script
 )
 from tensorflow_serving.apis import predict_pb2
 
+from pyserving.protocols.grpc.open_inference_protos import ModelInferRequest
 from pyserving.runtime.loader import RuntimeSettings, session_config
 from pyserving.runtime.session import load_session
 
@@ -70,6 +73,14 @@ def main() -> None:
     request.inputs["x"].CopyFrom(tf.make_tensor_proto(image))
     grpc_body = request.SerializeToString()
     rest_body = orjson.dumps({"instances": image.tolist()})
+    v2_grpc = ModelInferRequest(model_name="m")
+    v2_grpc.inputs.add(name="x", datatype="FP32", shape=SHAPE)
+    v2_grpc.raw_input_contents.append(image.tobytes())
+    v2_grpc_body = v2_grpc.SerializeToString()
+    header = orjson.dumps({"inputs": [{"name": "x", "shape": SHAPE, "datatype": "FP32",
+                                       "parameters": {"binary_data_size": image.nbytes}}],
+                           "outputs": [{"name": "y", "parameters": {"binary_data": True}}]})
+    v2_rest_body = header + image.tobytes()
 
     port, rest_port = free_port(), free_port()
     server = subprocess.Popen(
@@ -81,16 +92,25 @@ def main() -> None:
         with grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", -1)]) as ch:
             predict = ch.unary_unary("/tensorflow.serving.PredictionService/Predict")
             grpc_samples = time_calls(lambda: predict(grpc_body, timeout=30), args.requests, warmup=10)
+            infer = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+            v2_grpc_samples = time_calls(lambda: infer(v2_grpc_body, timeout=30), args.requests, warmup=10)
         url = f"http://127.0.0.1:{rest_port}/v1/models/m:predict"
+        v2_url = f"http://127.0.0.1:{rest_port}/v2/models/m/infer"
+        v2_headers = {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"}
         with requests.Session() as http:
             rest_samples = time_calls(lambda: http.post(url, data=rest_body, timeout=30).raise_for_status(),
                                       args.requests, warmup=10)
+            v2_rest_samples = time_calls(
+                lambda: http.post(v2_url, data=v2_rest_body, headers=v2_headers, timeout=30).raise_for_status(),
+                args.requests, warmup=10)
     finally:
         stop(server)
     base = statistics.median(model) * 1000
     print(f"model run (in-process Session call): p50 {base:.2f} ms")
     for name, samples, size in (("gRPC tensor_content", grpc_samples, len(grpc_body)),
-                                ("REST JSON", rest_samples, len(rest_body))):
+                                ("REST JSON", rest_samples, len(rest_body)),
+                                ("V2 gRPC raw", v2_grpc_samples, len(v2_grpc_body)),
+                                ("V2 REST binary", v2_rest_samples, len(v2_rest_body))):
         print(f"{name:<20} body {size / 1024:.0f} KiB: p50 {ms(samples, 0.5):.2f} ms, p99 {ms(samples, 0.99):.2f} ms"
               f" -> {ms(samples, 0.5) - base:.2f} ms over the model's run (p50)")
 

@@ -1,7 +1,11 @@
 """pyserving vs MLServer vs a bare reference server: batch-1 Predict on TF Serving's half_plus_two.
 
 Usage: make bench    (or: python benchmarks/compare_mlserver.py [--seconds 5] [--rounds 3]
-                      [--concurrency 1,4,16,64] [--pyserving-flags=--num_workers=2] [--model DIR])
+                      [--concurrency 1,4,16,64] [--pyserving-flags=--num_workers=2] [--model DIR] [--v2])
+
+--v2: pyserving is measured on the Open Inference Protocol too, with MLServer's very request bytes
+(gRPC GRPCInferenceService/ModelInfer, REST POST /v2/models/half_plus_two/infer): the same protocol,
+the same bytes, both servers. Results then go to compare_mlserver_v2.json / .png.
 
 Three servers serve the same SavedModel (saved_model_half_plus_two_cpu, serving_default, x=[[1.0]]
 -> 2.5) on loopback; all are started once, and only the one measured gets traffic:
@@ -43,6 +47,8 @@ from typing import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import grpc
+import numpy as np
 import requests
 from _common import Load, free_port, grpc_frame, h2load, stop_group, wait_ready, wrk  # benchmarks/ is on sys.path
 from bare_reference import version_dir
@@ -135,6 +141,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--mlserver-venv", default=str(Path.home() / ".cache/pyserving-bench/mlserver-venv"))
     parser.add_argument("--python", default="python3.11", help="interpreter for a new MLServer venv")
     parser.add_argument("--out", default=str(HERE / "results"), help="folder for the JSON and PNG")
+    parser.add_argument("--v2", action="store_true", help="pyserving on the Open Inference Protocol, MLServer's bytes")
     args = parser.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     return args
@@ -214,6 +221,28 @@ def start_bare(args: argparse.Namespace, work: Path, _: Path) -> Server:
                   f"http://127.0.0.1:{rest_port}/v1/models/{NAME}:predict", b'{"instances": [1.0]}',
                   lambda answer: answer["predictions"], (sys.executable, PREDICT_PROBE),
                   settings={"command": cmd, "processes": os.cpu_count()})
+
+
+def switch_to_v2(ours: Server, mlserver: Server) -> None:
+    """pyserving on the Open Inference Protocol: MLServer's request bytes, sent to our V2 endpoints."""
+    grpc_port = ours.grpc_url.removeprefix("http://127.0.0.1:").split("/", 1)[0]
+    rest_port = ours.rest_url.removeprefix("http://127.0.0.1:").split("/", 1)[0]
+    ours.grpc_url = f"http://127.0.0.1:{grpc_port}/inference.GRPCInferenceService/ModelInfer"
+    ours.rest_url = f"http://127.0.0.1:{rest_port}/v2/models/{NAME}/infer"
+    ours.rest_body, ours.rest_answer = mlserver.rest_body, mlserver.rest_answer
+    ours.grpc_request = mlserver.grpc_request
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        raw = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")(ours.grpc_request, timeout=30)
+    from pyserving.protocols.grpc.open_inference_protos import ModelInferResponse  # protobuf only, no TensorFlow
+
+    answer = ModelInferResponse.FromString(raw)
+    y = np.frombuffer(answer.raw_output_contents[0], "<f4").tolist()
+    rest = requests.post(ours.rest_url, data=ours.rest_body, headers={"Content-Type": "application/json"}, timeout=30)
+    if y != [2.5] or not rest.ok or ours.rest_answer(rest.json()) != [2.5]:
+        raise SystemExit(f"pyserving V2 answered gRPC {y}, REST {rest.text[:200]}; expected 2.5")
+    ours.grpc_response_bytes = len(raw)
+    ours.settings["protocol"] = "Open Inference Protocol (V2), MLServer's request bytes"
+    print(f"pyserving: V2 gRPC and REST answer 2.5 to MLServer's requests (gRPC answer {len(raw)} bytes)", flush=True)
 
 
 def wait_until_ready(server: Server, timeout: float = 120) -> None:
@@ -375,6 +404,8 @@ def main() -> None:
         for server in servers.values():
             wait_until_ready(server)
             check_answers(server)
+        if args.v2:
+            switch_to_v2(servers["pyserving"], servers["MLServer"])
         started = time.time()
         raw = run_rounds(servers, args, work)
     except BaseException:
@@ -390,12 +421,13 @@ def main() -> None:
               "measured_seconds": round(time.time() - started), "machine": machine(),
               "versions": versions(mlserver_python), "flags": vars(args),
               "servers": {s.name: s.settings for s in servers.values()}, "raw": raw, "table": text}
-    (out / "compare_mlserver.json").write_text(json.dumps(result, indent=1) + "\n")
+    stem = "compare_mlserver_v2" if args.v2 else "compare_mlserver"
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
     workers = servers["MLServer"].settings["effective settings"]["parallel_workers"]
-    plot(raw, args.concurrency, out / "compare_mlserver.png",
+    plot(raw, args.concurrency, out / f"{stem}.png",
          f"pyserving {args.pyserving_flags or '(default flags)'}; MLServer parallel_workers={workers}; "
          f"bare {os.cpu_count()} processes; {args.rounds} rounds x {args.seconds} s")
-    print(f"\nwrote {out / 'compare_mlserver.json'} and {out / 'compare_mlserver.png'}")
+    print(f"\nwrote {out / (stem + '.json')} and {out / (stem + '.png')}")
 
 
 if __name__ == "__main__":
