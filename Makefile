@@ -22,9 +22,12 @@ demo: venv
 # the README test runs curl, the gRPC flood test h2load (nghttp2-client);
 # the benchmarks drive load with h2load (nghttp2-client) and wrk. The Azure tests run Azurite,
 # installed with npm into .tools/npm when missing (3.35.0: the last release that runs on Node 20).
+# KServe's Python clients run from a venv of their own (.tools/kserve-venv): its protobuf pin
+# can't share the server's venv.
 test-packages:
 	tools/ensure-debian-packages.sh chromium fonts-dejavu-core:- npm curl nghttp2-client:h2load
 	tools/ensure-npm-tools.sh azurite@3.35.0:azurite-blob
+	tools/ensure-python-client.sh $(PYTHON) kserve kserve==0.21.0
 
 bench-packages:
 	tools/ensure-debian-packages.sh nghttp2-client:h2load wrk

@@ -3,9 +3,10 @@
 Usage: make bench    (or: python benchmarks/compare_mlserver.py [--seconds 5] [--rounds 3]
                       [--concurrency 1,4,16,64] [--pyserving-flags=--num_workers=2] [--model DIR] [--v2])
 
---v2: pyserving is measured on the Open Inference Protocol too, with MLServer's very request bytes
-(gRPC GRPCInferenceService/ModelInfer, REST POST /v2/models/half_plus_two/infer): the same protocol,
-the same bytes, both servers. Results then go to compare_mlserver_v2.json / .png.
+--v2: the same pyserving process is measured a second time, as "pyserving-v2", on the Open Inference
+Protocol with MLServer's very request bytes (gRPC GRPCInferenceService/ModelInfer, REST POST
+/v2/models/half_plus_two/infer): the same protocol and bytes for both servers, and V2 against TF
+Serving's API on one server. Results then go to compare_mlserver_v2.json / .png.
 
 Three servers serve the same SavedModel (saved_model_half_plus_two_cpu, serving_default, x=[[1.0]]
 -> 2.5) on loopback; all are started once, and only the one measured gets traffic:
@@ -28,6 +29,7 @@ The load generator shares the machine's cores with the server measured: compare 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -55,7 +57,9 @@ from bare_reference import version_dir
 
 HERE = Path(__file__).resolve().parent
 NAME = "half_plus_two"
-SERVERS = ("pyserving", "MLServer", "bare")
+SERVERS = ("pyserving", "MLServer", "bare")  # with --v2, "pyserving-v2" after "pyserving"
+V2 = "pyserving-v2"
+COLORS = {"pyserving": "tab:blue", V2: "tab:green", "MLServer": "tab:orange", "bare": "tab:gray"}
 PROTOCOLS = ("grpc", "rest")
 # tensorflow-cpu: what pip resolves with mlserver 1.7.1 (Python 3.11); uvloop 0.22+ crash-loops its
 # inference workers ("There is no current event loop", SeldonIO/MLServer#2286), so the last that works.
@@ -223,8 +227,9 @@ def start_bare(args: argparse.Namespace, work: Path, _: Path) -> Server:
                   settings={"command": cmd, "processes": os.cpu_count()})
 
 
-def switch_to_v2(ours: Server, mlserver: Server) -> None:
-    """pyserving on the Open Inference Protocol: MLServer's request bytes, sent to our V2 endpoints."""
+def v2_twin(pyserving: Server, mlserver: Server) -> Server:
+    """The pyserving process again, on the Open Inference Protocol with MLServer's request bytes."""
+    ours = dataclasses.replace(pyserving, name=V2, settings=dict(pyserving.settings))
     grpc_port = ours.grpc_url.removeprefix("http://127.0.0.1:").split("/", 1)[0]
     rest_port = ours.rest_url.removeprefix("http://127.0.0.1:").split("/", 1)[0]
     ours.grpc_url = f"http://127.0.0.1:{grpc_port}/inference.GRPCInferenceService/ModelInfer"
@@ -242,7 +247,8 @@ def switch_to_v2(ours: Server, mlserver: Server) -> None:
         raise SystemExit(f"pyserving V2 answered gRPC {y}, REST {rest.text[:200]}; expected 2.5")
     ours.grpc_response_bytes = len(raw)
     ours.settings["protocol"] = "Open Inference Protocol (V2), MLServer's request bytes"
-    print(f"pyserving: V2 gRPC and REST answer 2.5 to MLServer's requests (gRPC answer {len(raw)} bytes)", flush=True)
+    print(f"{V2}: gRPC and REST answer 2.5 to MLServer's requests (gRPC answer {len(raw)} bytes)", flush=True)
+    return ours
 
 
 def wait_until_ready(server: Server, timeout: float = 120) -> None:
@@ -289,7 +295,8 @@ def run_rounds(servers: dict[str, Server], args: argparse.Namespace, work: Path)
     """Every round: each protocol x concurrency, the servers one after another (order reversed each round)."""
     raw = []
     for round_ in range(args.rounds):
-        order = SERVERS if round_ % 2 == 0 else SERVERS[::-1]
+        names = list(servers)
+        order = names if round_ % 2 == 0 else names[::-1]
         print(f"round {round_ + 1}/{args.rounds}: {' '.join(order)}", flush=True)
         for protocol in PROTOCOLS:
             for connections in args.concurrency:
@@ -314,12 +321,12 @@ def spread(values: list[float]) -> tuple[float, float, float]:
     return min(values), statistics.median(values), max(values)
 
 
-def report(raw: list[dict], concurrency: list[int]) -> str:
+def report(raw: list[dict], concurrency: list[int], names: list[str]) -> str:
     """The table (median [min-max] over rounds) and the pyserving/MLServer, pyserving/bare throughput ratios."""
     lines = [f"{'server':9s} {'proto':5s} {'conc':>4s} {'req/s median [min-max]':>26s} {'p50 ms':>8s} {'p99 ms':>8s} errors"]
     for protocol in PROTOCOLS:
         for connections in concurrency:
-            for name in SERVERS:
+            for name in names:
                 lo, mid, hi = spread(series(raw, name, protocol, connections, "rps"))
                 p50 = statistics.median(series(raw, name, protocol, connections, "p50_ms"))
                 p99 = statistics.median(series(raw, name, protocol, connections, "p99_ms"))
@@ -329,17 +336,20 @@ def report(raw: list[dict], concurrency: list[int]) -> str:
     lines.append("\nThroughput ratios, median of per-round ratios [min-max]  (* = headline, concurrency 16)")
     for protocol in PROTOCOLS:
         for connections in concurrency:
-            mine = series(raw, "pyserving", protocol, connections, "rps")
             parts = []
-            for other in ("MLServer", "bare"):
+            pairs = [("pyserving", "MLServer"), ("pyserving", "bare")]
+            if V2 in names:
+                pairs += [(V2, "MLServer"), (V2, "pyserving")]
+            for ours, other in pairs:
+                mine = series(raw, ours, protocol, connections, "rps")
                 ratios = [a / b if b else float("inf") for a, b in zip(mine, series(raw, other, protocol, connections, "rps"))]
                 lo, mid, hi = spread(ratios)
-                parts.append(f"pyserving/{other} {mid:5.2f}x [{lo:.2f}-{hi:.2f}]")
+                parts.append(f"{ours}/{other} {mid:5.2f}x [{lo:.2f}-{hi:.2f}]")
             lines.append(f"{'*' if connections == 16 else ' '} {protocol:4s} c={connections:<3d} " + "   ".join(parts))
     return "\n".join(lines)
 
 
-def plot(raw: list[dict], concurrency: list[int], path: Path, subtitle: str) -> None:
+def plot(raw: list[dict], concurrency: list[int], path: Path, subtitle: str, names: list[str]) -> None:
     """2x2: throughput and p50/p99 latency against concurrency, gRPC on top, REST below; min-max bars."""
     import matplotlib
     matplotlib.use("Agg")
@@ -347,7 +357,7 @@ def plot(raw: list[dict], concurrency: list[int], path: Path, subtitle: str) -> 
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), constrained_layout=True)
     for row, protocol in enumerate(PROTOCOLS):
-        for name, color in zip(SERVERS, ("tab:blue", "tab:orange", "tab:gray")):
+        for name, color in ((n, COLORS[n]) for n in names):
             rps = [spread(series(raw, name, protocol, c, "rps")) for c in concurrency]
             mids = [m for _, m, _ in rps]
             axes[row][0].errorbar(concurrency, mids, yerr=[[m - lo for lo, m, _ in rps], [hi - m for _, m, hi in rps]],
@@ -405,17 +415,20 @@ def main() -> None:
             wait_until_ready(server)
             check_answers(server)
         if args.v2:
-            switch_to_v2(servers["pyserving"], servers["MLServer"])
+            twin = v2_twin(servers["pyserving"], servers["MLServer"])
+            servers = {"pyserving": servers["pyserving"], V2: twin,
+                       **{n: servers[n] for n in servers if n != "pyserving"}}
         started = time.time()
         raw = run_rounds(servers, args, work)
     except BaseException:
         print(f"server logs kept in {work}", file=sys.stderr)
         raise
     finally:
-        for server in servers.values():
+        for server in {id(s.proc): s for s in servers.values()}.values():  # the V2 twin shares a process
             stop_group(server.proc)
     shutil.rmtree(work, ignore_errors=True)
-    text = report(raw, args.concurrency)
+    names = list(servers)
+    text = report(raw, args.concurrency, names)
     print("\n" + text)
     result = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
               "measured_seconds": round(time.time() - started), "machine": machine(),
@@ -426,7 +439,7 @@ def main() -> None:
     workers = servers["MLServer"].settings["effective settings"]["parallel_workers"]
     plot(raw, args.concurrency, out / f"{stem}.png",
          f"pyserving {args.pyserving_flags or '(default flags)'}; MLServer parallel_workers={workers}; "
-         f"bare {os.cpu_count()} processes; {args.rounds} rounds x {args.seconds} s")
+         f"bare {os.cpu_count()} processes; {args.rounds} rounds x {args.seconds} s", names)
     print(f"\nwrote {out / (stem + '.json')} and {out / (stem + '.png')}")
 
 

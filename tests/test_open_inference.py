@@ -5,6 +5,8 @@ Serving's half_plus_two (version 123) and the tutorial's MNIST export."""
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -20,6 +22,7 @@ from tritonclient.utils import InferenceServerException
 from pyserving.mnist.data import load_mnist
 from pyserving.mnist.export import export_mnist
 
+KSERVE_PYTHON = Path(__file__).resolve().parents[1] / ".tools" / "kserve-venv" / "bin" / "python"
 X = np.array([[1.0], [2.0], [5.0]], np.float32)
 BINARY_HEADER = json.dumps({"inputs": [{"name": "x", "shape": [3], "datatype": "FP32",
                                         "parameters": {"binary_data_size": 12}}]})
@@ -143,6 +146,24 @@ def test_mnist_signature_through_parameters_answers_as_predict(server, http, grp
     assert over_http.shape == (16, 10)
     np.testing.assert_array_equal(over_http, predicted)
     np.testing.assert_array_equal(over_grpc, predicted)
+
+
+def test_kserve_clients(server):
+    """KServe's InferenceRESTClient and InferenceGRPCClient: health, readiness, JSON and binary
+    infer, the MNIST signature through parameters, a wrong datatype and an unknown model."""
+    assert KSERVE_PYTHON.exists(), "KServe's clients are missing: `make test` installs them (tools/ensure-python-client.sh)"
+    script = Path(__file__).resolve().parent / "support" / "kserve_client.py"
+    out = subprocess.run([str(KSERVE_PYTHON), str(script), server.rest_url, server.grpc_target],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    found = json.loads(out.stdout.splitlines()[-1])
+    assert found["rest_live"] is True and found["rest_ready"] is True and found["rest_model_ready"] is True
+    assert found["rest_unknown_model_ready"] is False
+    assert found["rest_infer_binary_False"] == Y and found["rest_infer_binary_True"] == Y
+    assert found["rest_mnist_scores_shape"] == [2, 10] and found["grpc_mnist_scores_shape"] == [2, 10]
+    assert found["rest_wrong_datatype"][0] == 400 and "expects FP32" in found["rest_wrong_datatype"][1]
+    assert found["grpc_live"] is True and found["grpc_ready"] is True and found["grpc_model_ready"] is True
+    assert found["grpc_infer"] == Y and found["grpc_unknown_model"] == "NOT_FOUND"
 
 
 # ---- bad requests: 4xx and the matching gRPC codes, the server unharmed ----------------------

@@ -85,8 +85,13 @@ class OpenInferenceRest:
         async def answer() -> web.Response:
             repository = self._repo(request, "")
             raw, _ = await self._read_body(request)
-            body = _object(json_codec.parse_json(raw) if raw.strip() else {}, "request body")
-            return _json(v2.index_filter(await repository.index(), body.get("ready") is True))
+            body = json_codec.parse_json(raw) if raw.strip() else {}  # no body: the whole index
+            if not isinstance(body, dict):
+                raise ServingError.invalid_argument("The request body must be a JSON object")
+            ready = body.get("ready", False)
+            if not isinstance(ready, bool):
+                raise ServingError.invalid_argument("'ready' must be true or false")
+            return _json(v2.index_filter(await repository.index(), ready))
         return await self._guard(request, "repository_index", "", answer)
 
     async def _load(self, request: web.Request) -> web.Response:
@@ -124,13 +129,15 @@ class OpenInferenceRest:
         body = json_codec.parse_json(raw[:header_length] if header_length is not None else raw)
         if not isinstance(body, dict):
             raise ServingError.invalid_argument("The request body must be a JSON object")
-        parameters = _object(body.get("parameters"), "parameters")
+        parameters = _object(body, "parameters", "parameters")
         spec = v2.model_spec(name, request.match_info.get("version"), parameters)
         binary = memoryview(raw)[header_length:] if header_length is not None else memoryview(b"")
         tensors = _tensors(body.get("inputs"), binary)
         binary_default = parameters.get("binary_data_output", False) is True
-        outputs = _requested(body.get("outputs"), binary_default)
-        request_id = body.get("id")
+        outputs = _requested(body.get("outputs", ()), binary_default)
+        request_id = body.get("id", "")
+        if not isinstance(request_id, str):
+            raise ServingError.invalid_argument("'id' must be a string")
 
         def encode(result: PredictResult) -> tuple[bytes, int | None]:
             return _response(result, outputs, binary_default, request_id)
@@ -153,9 +160,9 @@ def _header_length(request: web.Request, body_length: int) -> int | None:
     return int(text)
 
 
-def _object(value: Any, what: str) -> dict:
-    if value is None:
-        return {}
+def _object(holder: dict, key: str, what: str) -> dict:
+    """``holder[key]``, a JSON object ({} when the key is absent; null is not an object)."""
+    value = holder.get(key, {})
     if not isinstance(value, dict):
         raise ServingError.invalid_argument(f"'{what}' must be a JSON object")
     return value
@@ -170,7 +177,7 @@ def _tensors(inputs: Any, binary: memoryview) -> list[codec.WireTensor]:
             raise ServingError.invalid_argument("Each input must be an object with a 'name'")
         name = tensor["name"]
         datatype, shape = codec.check_header(name, tensor.get("datatype"), tensor.get("shape"))
-        size = _object(tensor.get("parameters"), f"input '{name}' parameters").get("binary_data_size")
+        size = _object(tensor, "parameters", f"input '{name}' parameters").get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0 or at + size > len(binary):
                 raise ServingError.invalid_argument(
@@ -188,15 +195,13 @@ def _tensors(inputs: Any, binary: memoryview) -> list[codec.WireTensor]:
 
 def _requested(outputs: Any, binary_default: bool) -> dict[str, bool]:
     """The outputs asked for, each with whether it goes back as binary data."""
-    if outputs is None:
-        return {}
-    if not isinstance(outputs, list):
+    if not isinstance(outputs, (list, tuple)):
         raise ServingError.invalid_argument("'outputs' must be a list")
     requested: dict[str, bool] = {}
     for output in outputs:
         if not isinstance(output, dict) or not isinstance(output.get("name"), str):
             raise ServingError.invalid_argument("Each requested output must be an object with a 'name'")
-        parameters = _object(output.get("parameters"), f"output '{output['name']}' parameters")
+        parameters = _object(output, "parameters", f"output '{output['name']}' parameters")
         requested[output["name"]] = parameters.get("binary_data", binary_default) is True
     return requested
 

@@ -1,7 +1,8 @@
 """The REST API as an OpenAPI 3 document, served at GET /v1/openapi.json.
 
-TF Serving's REST API (status, metadata, predict, classify, regress; by version or label) plus
-pyserving's own routes (model list, readiness, health, status page). Schemas describe the JSON envelopes; the
+TF Serving's REST API (status, metadata, predict, classify, regress; by version or label), the
+Open Inference Protocol's (openapi_v2.py) and pyserving's own routes (model list, readiness,
+health, status page). Schemas describe the JSON envelopes; the
 tensors inside are as TF Serving's REST API documents them (rows or columns of any depth).
 """
 
@@ -10,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from pyserving import __version__
+
+from . import openapi_v2
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _SELECTORS = {"": [], "/versions/{version}": ["version"], "/labels/{label}": ["label"]}
@@ -166,7 +169,9 @@ def document() -> dict[str, Any]:
                                             "content": {"text/html": {"schema": {"type": "string"}}}}}}},
         "/v1/status": {"get": {"summary": "What the status page shows, as JSON", "responses": {
             "200": _json({"$ref": "#/components/schemas/StatusSummary"}, "Every model's state and traffic")}}},
+        **openapi_v2.paths(),
     }
     return {"openapi": "3.0.3",
-            "info": {"title": "pyserving REST API (TensorFlow Serving compatible)", "version": __version__},
-            "paths": paths, "components": {"schemas": _schemas()}}
+            "info": {"title": "pyserving REST API (TensorFlow Serving compatible, and the Open Inference Protocol)",
+                     "version": __version__},
+            "paths": paths, "components": {"schemas": {**_schemas(), **openapi_v2.schemas()}}}
