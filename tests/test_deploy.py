@@ -272,8 +272,8 @@ def test_the_served_deployment_takes_reloads_only_with_its_token(served):
         with pytest.raises(grpc.RpcError) as info:
             stub.HandleReloadConfigRequest(request, 30, metadata=(("authorization", "Bearer wrong"),))
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert ("Control plane (config reloads (HandleReloadConfigRequest), model loads and unloads (the V2 repository API) and the profiler): "
-            "the admin token is required") \
+    assert ("Control plane (config reloads (HandleReloadConfigRequest), model loads and unloads (the V2 "
+            "repository API) and the profiler): the admin token is required") \
         in served.log.read_text()
     assert served.token not in served.log.read_text()
 

@@ -9,12 +9,15 @@ import subprocess
 from pathlib import Path
 
 import grpc
+import ml_dtypes
 import numpy as np
 import pytest
 import requests
 import tensorflow as tf
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
+from prometheus_client.parser import text_string_to_metric_families
+from support import models
 from support.server import HALF_PLUS_TWO, ServerProcess, model_config
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from tritonclient.utils import InferenceServerException
@@ -39,9 +42,14 @@ def images(mnist_dir):
 def server(tmp_path_factory, images):
     root = tmp_path_factory.mktemp("v2")
     export_mnist(str(root / "mnist"), 1, images[0], training_iteration=100)
+    models.export_dtypes(str(root / "dtypes" / "1"))
     config = root / "models.config"
-    config.write_text(model_config({"hpt": str(HALF_PLUS_TWO), "mnist": str(root / "mnist")}))
-    server = ServerProcess(f"--model_config_file={config}", log_path=root / "server.log").wait_ready()
+    config.write_text(model_config({"hpt": str(HALF_PLUS_TWO), "mnist": str(root / "mnist"),
+                                    "dtypes": str(root / "dtypes")}))
+    (root / "monitoring.config").write_text('prometheus_config { enable: true path: "/metrics" }')
+    server = ServerProcess(f"--model_config_file={config}", "--access_log",
+                           f"--monitoring_config_file={root / 'monitoring.config'}",
+                           log_path=root / "server.log").wait_ready()
     yield server
     assert server.stop() == 0
     assert "Traceback" not in server.log()
@@ -77,6 +85,7 @@ def _grpc_input(name: str, array: np.ndarray, datatype: str = "FP32"):
 
 def test_health_over_both_protocols(server, http, grpc_client):
     assert http.is_server_live() and http.is_server_ready()
+    assert http.get_model_repository_index()  # (an index listing: open, like model status)
     assert grpc_client.is_server_live() and grpc_client.is_server_ready()
     for client in (http, grpc_client):
         assert client.is_model_ready("hpt") and client.is_model_ready("hpt", "123")
@@ -166,6 +175,59 @@ def test_kserve_clients(server):
     assert found["grpc_infer"] == Y and found["grpc_unknown_model"] == "NOT_FOUND"
 
 
+# Every V2 datatype through a model that echoes it (support.models.export_dtypes: id_<dtype>).
+DATATYPES = {"BOOL": ("bool", np.array([True, False])), "UINT8": ("uint8", np.array([0, 255], np.uint8)),
+             "UINT16": ("uint16", np.array([0, 65535], np.uint16)),
+             "UINT32": ("uint32", np.array([0, 2**32 - 1], np.uint32)),
+             "UINT64": ("uint64", np.array([0, 2**64 - 1], np.uint64)),
+             "INT8": ("int8", np.array([-128, 127], np.int8)), "INT16": ("int16", np.array([-3, 32767], np.int16)),
+             "INT32": ("int32", np.array([-2**31, 7], np.int32)), "INT64": ("int64", np.array([-2**63, 2**62], np.int64)),
+             "FP16": ("half", np.array([1.5, -2.25], np.float16)), "FP32": ("float", np.array([1.5, -2.5], np.float32)),
+             "FP64": ("double", np.array([1e300, -2.5], np.float64)),
+             "BF16": ("bfloat16", np.array([1.0, -2.5], ml_dtypes.bfloat16)),
+             "BYTES": ("string", np.array([b"caf\xc3\xa9", b""], dtype=object))}
+
+
+@pytest.mark.parametrize("datatype", list(DATATYPES))
+def test_every_datatype_round_trips(http, grpc_client, datatype):
+    signature, array = DATATYPES[datatype]
+    parameters = {"signature_name": f"id_{signature}"}
+    answers = []
+    for binary in (True, False):
+        if not binary and datatype in ("BF16",):  # tritonclient writes BF16 only as binary
+            continue
+        tensor = _http_input("x", array, binary, datatype)
+        result = http.infer("dtypes", [tensor], parameters=parameters,
+                            outputs=[triton_http.InferRequestedOutput("y", binary_data=binary)])
+        answers.append(result.as_numpy("y"))
+        assert result.get_response()["outputs"][0]["datatype"] == datatype
+    result = grpc_client.infer("dtypes", [_grpc_input("x", array, datatype)], parameters=parameters)
+    answers.append(result.as_numpy("y"))
+    assert result.get_response().outputs[0].datatype == datatype
+    for answer in answers:  # (tritonclient gives JSON BYTES back as str)
+        assert [v.encode() if isinstance(v, str) else v for v in answer.tolist()] == array.tolist(), (datatype, answer)
+
+
+def test_metadata_leaves_out_types_v2_cannot_carry(http):
+    signatures = http.get_model_metadata("dtypes")  # serving_default is absent: no tensors described
+    assert signatures["platform"] == "tensorflow_savedmodel" and signatures["inputs"] == []
+    with pytest.raises(InferenceServerException) as info:
+        http.infer("dtypes", [_http_input("x", X, True)], parameters={"signature_name": "id_complex64"})
+    assert info.value.status() == "400"
+
+
+def test_v2_calls_are_in_the_metrics_and_the_access_log(server, http, grpc_client):
+    http.infer("hpt", [_http_input("x", X, True)])
+    grpc_client.infer("hpt", [_grpc_input("x", X)])
+    text = requests.get(f"{server.rest_url}/metrics", timeout=30).text
+    counted = {s.labels["entrypoint"]: s.value for family in text_string_to_metric_families(text)
+               for s in family.samples if s.name == ":tensorflow:serving:request_latency_count"
+               and s.labels.get("model_name") == "hpt" and s.labels.get("API") == "infer"}
+    assert counted.get("GRPC", 0) >= 1 and counted.get("REST", 0) >= 1, counted
+    log = server.log()
+    assert "REST infer model=hpt version=123 status=OK" in log and "GRPC infer model=hpt version=123 status=OK" in log
+
+
 # ---- bad requests: 4xx and the matching gRPC codes, the server unharmed ----------------------
 
 def test_wrong_datatype_unknown_model_and_unknown_input(http, grpc_client):
@@ -236,14 +298,14 @@ def _index(client) -> dict[tuple[str, str], str]:
 def test_repository_index_unload_then_load(server, http, grpc_client):
     """Unload takes every version of a configured model away until a load names it again; load
     answers once the model serves. Both protocols, one state."""
-    assert _index(http) == {("hpt", "123"): "READY", ("mnist", "1"): "READY"}
+    assert _index(http) == {("hpt", "123"): "READY", ("mnist", "1"): "READY", ("dtypes", "1"): "READY"}
     over_grpc = {(e.name, e.version): e.state for e in grpc_client.get_model_repository_index().models}
     assert over_grpc == _index(http)
 
     http.unload_model("hpt")
     assert not http.is_model_ready("hpt") and not grpc_client.is_model_ready("hpt")
     assert _index(http)[("hpt", "")] == "UNAVAILABLE"
-    assert [e["name"] for e in http.get_model_repository_index()] == ["hpt", "mnist"]
+    assert [e["name"] for e in http.get_model_repository_index()] == ["dtypes", "hpt", "mnist"]
     with pytest.raises(InferenceServerException) as info:
         http.infer("hpt", [_http_input("x", X, True)])
     assert info.value.status() == "404"

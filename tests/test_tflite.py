@@ -15,6 +15,7 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+import tritonclient.http as triton_http
 from google.protobuf import text_format
 from support.server import ServerProcess, model_config
 from tensorflow.core.example import example_pb2
@@ -300,3 +301,14 @@ def test_concurrent_requests_each_get_their_own_answer(stub):
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(call, range(48)))
     assert results == [True] * 48
+
+
+def test_open_inference_protocol_serves_tflite(lite):
+    """V2 reaches TFLite models as it reaches SavedModels: metadata says the platform, infer runs."""
+    client = triton_http.InferenceServerClient(f"127.0.0.1:{lite.rest_port}")
+    metadata = client.get_model_metadata("half_plus_two")
+    assert metadata["platform"] == "tensorflow_tflite" and metadata["versions"] == [str(VERSION)]
+    x = triton_http.InferInput("x", [1, 1], "FP32")
+    x.set_data_from_numpy(np.array([[1.0]], np.float32))
+    assert client.infer("half_plus_two", [x]).as_numpy("y").tolist() == [[2.5]]
+    client.close()

@@ -130,8 +130,8 @@ def test_an_admin_token_locks_reloads_and_the_profiler_but_not_inference(tmp_pat
         assert server.post("/v1/models/renamed:predict", json={"instances": [1.0]}).json() == {"predictions": [2.5]}
         log = server.log()
         assert TOKEN not in log
-        assert ("Control plane (config reloads (HandleReloadConfigRequest), model loads and unloads (the V2 repository API) and the profiler): "
-                "the admin token is required") in log
+        assert ("Control plane (config reloads (HandleReloadConfigRequest), model loads and unloads (the V2 "
+                "repository API) and the profiler): the admin token is required") in log
         assert _listening_address(server.grpc_port) == "127.0.0.1"
         assert _listening_address(server.rest_port) == "127.0.0.1"
     finally:
@@ -147,9 +147,14 @@ def test_config_reloads_over_rpc_can_be_turned_off(tmp_path):
                     _reload_request(HALF_PLUS_TWO, "renamed"), 30)
         assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
         assert "--enable_config_reload_rpc=false" in info.value.details()
+        # The Open Inference Protocol's unload is turned off with reloads (and the index stays open).
+        r = server.post("/v2/repository/models/hp2/unload")
+        assert r.status_code == 501 and "--enable_config_reload_rpc=false" in r.json()["error"]
+        assert server.post("/v2/repository/index").status_code == 200
         assert _serves(server)
         log = server.log()
-        assert "Control plane (the profiler (config reloads, model loads and unloads over RPC are off)): open to every client" in log
+        assert ("Control plane (the profiler (config reloads, model loads and unloads over RPC are off)): "
+                "open to every client") in log
         assert _listening_address(server.grpc_port) in ("0.0.0.0", "::")  # TF Serving's default stays
     finally:
         assert server.stop() == 0

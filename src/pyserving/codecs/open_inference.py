@@ -122,6 +122,9 @@ def _from_json(data: Any, datatype: str, shape: tuple[int, ...], count: int, wha
         if kind != "b":
             raise ServingError.invalid_argument(f"{what}: BOOL data must be true or false")
     elif dtype.kind in "iu":
+        if kind not in "iu" and all(type(v) is int for v in flat):
+            # Integers past int64 (numpy probes them as float64 or objects): converted exactly, or refused
+            return _cast(flat, datatype, what).reshape(shape)
         if kind not in "iu":
             raise ServingError.invalid_argument(f"{what}: {datatype} data must be integers")
         info = np.iinfo(dtype)
