@@ -219,7 +219,7 @@ class Server:
                                    o.enable_serialization_as_tensor_content,
                                    reuse_port=self._slot is not None, reload_config=self.reload,
                                    profiler=ProfilerServicer(Profiler(), o.profiler_log_dir) if o.enable_profiler else None,
-                                   control=self.control, gate=self._grpc_gate, max_pending=self.admission.limit,
+                                   control=self.control, gate=self._grpc_gate,
                                    repository=self.repository)
         if self._health:
             self._health.register(self._grpc)

@@ -16,9 +16,7 @@ under, nothing when the core is empty). Refusing a share shortens what every cal
 waits, but a refusal is not free: grpc.aio's own work for any call (about 105 µs here, against
 about 310 µs to serve half_plus_two) is spent whatever the answer. So refusals hold the wait
 for an overload of up to about three times capacity; the share stops at ``MAX_REFUSED`` so that
-a tenth of the calls are still served, whatever the flood. Past ``--max_pending_requests`` calls
-waiting in the core, the core itself refuses them (grpc's
-``grpc.server.max_pending_requests``), which costs Python nothing. The model-management, health
+a tenth of the calls are still served, whatever the flood. The model-management, health
 and profiler services are never refused here, nor is a call with a deadline: it waits its
 turn, as in TF Serving, and the core drops it at no cost to Python if its deadline passes first.
 """

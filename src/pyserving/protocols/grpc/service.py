@@ -143,15 +143,10 @@ def create_server(dataplane: DataPlane, channel_arguments: str = "", max_message
                   reload_config: ReloadConfig | None = None,
                   profiler: ProfilerServicer | None = None,
                   control: ControlPlane | None = None, gate: GrpcGate | None = None,
-                  max_pending: int = 0, repository: v2.Repository | None = None) -> grpc.aio.Server:
+                  repository: v2.Repository | None = None) -> grpc.aio.Server:
     options: dict[str, int | str] = dict(BASE_OPTIONS)
     options["grpc.max_receive_message_length"] = max_message_bytes
     options["grpc.so_reuseport"] = int(reuse_port)  # --num_workers: sibling processes share ports
-    if max_pending > 0:
-        # --max_pending_requests for calls not yet taken from the core: past it the core refuses
-        # them (randomly up to twice the bound, then all), before Python spends anything on them.
-        options["grpc.server.max_pending_requests"] = max_pending
-        options["grpc.server.max_pending_requests_hard_limit"] = 2 * max_pending
     options.update(parse_channel_arguments(channel_arguments))
     server = grpc.aio.server(options=list(options.items()))
     prediction = PredictionServicer(dataplane, tensor_content)
