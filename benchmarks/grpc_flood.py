@@ -9,10 +9,12 @@ tutorial's MNIST export (one image a call; served in worker threads) and measure
    streams), far more than the server answers at once;
 3. an open-loop flood: calls arriving at twice the capacity of step 1 (h2load --rps), whatever
    the answers, as independent clients do;
-4. during each flood a probe: one call every 20 ms from a separate client, each one's status and latency.
+4. during each flood a probe: one call every 20 ms from a separate client (with a 10 s deadline,
+   so never shed: it waits its turn as TF Serving's clients do), each one's status and latency.
 h2load can't read gRPC's status (a trailer), so it gives the counts (an OK answer carries DATA, a
-refusal none) and the probe gives the latency of accepted and refused calls. Three servers in one
-run: shipped defaults, --queue_delay_target_in_ms=5, and no admission control (TF Serving's).
+refusal none; its calls carry no deadline, so they are the ones shed) and the probe gives the
+latency of a call that waits its turn. Four servers in one run: shipped defaults,
+--queue_delay_target_in_ms=5, no admission control (TF Serving's), and HTTP/2's stream limit.
 """
 
 from __future__ import annotations
