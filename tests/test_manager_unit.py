@@ -6,6 +6,7 @@ import asyncio
 import os
 import shutil
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -697,3 +698,28 @@ def test_versions_wait_in_start_for_a_load_slot():
 
     run(body, loader, max_concurrent_loads=1)
 
+
+
+def test_a_version_aspired_again_while_it_unloads_loads_afresh():
+    """Unload then load at once (the V2 repository, a config dropping and re-adding a model):
+    the version comes back AVAILABLE once its unload is done, never stuck at END."""
+    async def scenario():
+        closing, loop = asyncio.Event(), asyncio.get_running_loop()
+
+        class Slow:
+            def close(self):  # the unload takes a while (a big model's memory going back)
+                loop.call_soon_threadsafe(closing.set)
+                time.sleep(0.3)
+
+        manager = ModelManager(loader=lambda path: Slow(), executor=ThreadPoolExecutor(2))
+        manager.add_model("m", "/base")
+        manager.set_aspired("m", {1: "/base/1"})
+        await manager.wait_until_settled(["m"], timeout=10)
+        manager.set_aspired("m", {})
+        await asyncio.wait_for(closing.wait(), 10)  # unloading now
+        manager.set_aspired("m", {1: "/base/1"})
+        await manager.wait_until_settled(["m"], timeout=10)
+        assert manager.unavailable(["m"]) == []
+        assert [s.state for s in manager.status("m")] == [VersionState.AVAILABLE]
+        await manager.stop()
+    asyncio.run(scenario())

@@ -17,8 +17,8 @@ import pytest
 import schemathesis
 import yaml
 from hypothesis import HealthCheck, settings
-from hypothesis import strategies as st
 from schemathesis.checks import content_type_conformance, negative_data_rejection, response_schema_conformance
+from support.fuzz import aimed
 from support.server import HALF_PLUS_TWO, ServerProcess, model_config
 
 SPEC = Path(__file__).resolve().parents[2] / "shared" / "open-inference-protocol" / "open_inference_rest.yaml"
@@ -39,21 +39,10 @@ def server(tmp_path_factory):
 
 @pytest.fixture
 def api_schema(server, request):
-    if not hasattr(request.node, "_nodeid"):  # as in test_schemathesis.py (schemathesis 4.32, pytest 9.2)
-        request.node._nodeid = request.node.nodeid
     document = yaml.safe_load(SPEC.read_text().replace("${", "{"))
     schema = schemathesis.openapi.from_dict(document)
     schema.config.update(base_url=server.rest_url)
-
-    @schema.hook
-    def flatmap_path_parameters(context, parameters):
-        """Half the generated paths name the served model and version, so fuzzing reaches it."""
-        if not parameters:
-            return st.just(parameters)
-        served = {k: SERVED.get(k, v) if type(v) is str else v for k, v in parameters.items()}
-        return st.sampled_from([parameters, served])
-
-    return schema
+    return aimed(schema, request, SERVED)
 
 
 schema = schemathesis.pytest.from_fixture("api_schema")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from hypothesis import strategies as st
 from schemathesis.checks import (
     content_type_conformance,
     negative_data_rejection,
@@ -23,6 +22,7 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from support.fuzz import aimed
 from support.server import HALF_PLUS_TWO, ServerProcess, model_config
 
 SERVED = {"model_name": "half_plus_two", "label": "stable", "model_version": "123"}
@@ -55,22 +55,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture
 def api_schema(server, request):
-    # schemathesis 4.32's lazy schema renames the test node through `_nodeid`, which pytest 9.2's
-    # nodes no longer have; giving it one keeps the per-operation subtests working.
-    if not hasattr(request.node, "_nodeid"):
-        request.node._nodeid = request.node.nodeid
-    schema = schemathesis.openapi.from_url(server.rest_url + "/v1/openapi.json")
-
-    @schema.hook
-    def flatmap_path_parameters(context, parameters):
-        """Half the generated names are the served model's and label, so fuzzing reaches the model;
-        a value schemathesis made invalid on purpose (not a string) is left as it is."""
-        if not parameters:
-            return st.just(parameters)
-        served = {k: SERVED.get(k, v) if type(v) is str else v for k, v in parameters.items()}
-        return st.sampled_from([parameters, served])
-
-    return schema
+    return aimed(schemathesis.openapi.from_url(server.rest_url + "/v1/openapi.json"), request, SERVED)
 
 
 schema = schemathesis.pytest.from_fixture("api_schema")

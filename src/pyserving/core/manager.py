@@ -314,6 +314,10 @@ class ModelManager:
         record.state = VersionState.END
         log.info("Unloaded servable version {name: %s version: %d}", model.name, record.number)
         _forget_old_versions(model)
+        if record.number in model.aspired:
+            # Aspired again while it unloaded (a model unloaded and loaded back, a config dropping
+            # and re-adding it): load it afresh, before waiters see END and take it for a failed load.
+            self._reconcile(model)
         await self._notify()
 
     async def _notify(self) -> None:

@@ -95,20 +95,19 @@ class OpenInferenceRest:
         return await self._guard(request, "repository_index", "", answer)
 
     async def _load(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-
-        async def answer() -> web.Response:
-            await self._repo(request, "POST /v2/repository/models/{name}/load").load(name)
-            return _json({"name": name, "load": True})
-        return await self._guard(request, "repository_load", name, answer)
+        return await self._change(request, "load")
 
     async def _unload(self, request: web.Request) -> web.Response:
+        return await self._change(request, "unload")
+
+    async def _change(self, request: web.Request, action: str) -> web.Response:
         name = request.match_info["name"]
 
         async def answer() -> web.Response:
-            await self._repo(request, "POST /v2/repository/models/{name}/unload").unload(name)
-            return _json({"name": name, "unload": True})
-        return await self._guard(request, "repository_unload", name, answer)
+            repository = self._repo(request, f"POST /v2/repository/models/{{name}}/{action}")
+            await (repository.load(name) if action == "load" else repository.unload(name))
+            return _json({"name": name, action: True})
+        return await self._guard(request, f"repository_{action}", name, answer)
 
     def _repo(self, request: web.Request, what: str) -> v2.Repository:
         """The repository, once the control plane lets this caller in (``what``: the change it makes;
