@@ -15,3 +15,7 @@ The package reads as the server's diagram, each layer importing only the ones be
 """
 
 __version__ = "0.1.0"
+
+from .errors import InvalidInput  # noqa: E402  (for model.py: `from pyserving import InvalidInput`)
+
+__all__ = ["InvalidInput", "__version__"]

@@ -9,6 +9,11 @@ from __future__ import annotations
 import enum
 
 
+class InvalidInput(ValueError):
+    """Raised by a Python model's code (model.py) for a request it can't take: answered
+    INVALID_ARGUMENT / 400 with this message. Exported as ``pyserving.InvalidInput``."""
+
+
 class Code(enum.IntEnum):
     """gRPC status codes (the same numbers TensorFlow's error codes use)."""
 

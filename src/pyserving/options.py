@@ -105,6 +105,9 @@ class ServerOptions:
             "interval (100 ms or 4 targets), new requests that would wait longer get UNAVAILABLE / 503 "
             "at once, until the queue drains (0 = off; off with --enable_batching, whose queue has "
             "its own bound)")
+    enable_python_models: bool = _flag(
+        False, "pyserving: serve version folders holding a model.py (Python around or instead of a "
+               "SavedModel); it runs that code in the server, so only for folders you trust")
     log_format: str = _flag("text", "pyserving: text, or json for one JSON object a line")
     access_log: bool = _flag(
         False, "pyserving: log one line per inference request (protocol, API, model, version, status, "
@@ -160,7 +163,8 @@ FLAG_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Models and config", (
         "model_name", "model_base_path", "model_config_file", "model_config_file_poll_wait_seconds",
         "file_system_poll_wait_seconds", "allow_version_labels_for_unavailable_models", "saved_model_tags",
-        "enable_signature_method_name_check", "remove_unused_fields_from_bundle_metagraph", "model_cache_dir")),
+        "enable_signature_method_name_check", "remove_unused_fields_from_bundle_metagraph", "model_cache_dir",
+        "enable_python_models")),
     ("Loading and warmup", (
         "num_load_threads", "max_num_load_retries", "load_retry_interval_micros", "enable_model_warmup",
         "num_request_iterations_for_warmup")),

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ServingError
+from .python_model import MODEL_FILE, has_python_model, load_python_model
 from .servable import Servable
 
 log = logging.getLogger("pyserving.runtime")
@@ -41,6 +42,7 @@ class RuntimeSettings:
     prefer_tflite: bool = False
     tflite_pools: int = 1
     tflite_interpreters_per_pool: int = 1
+    python_models: bool = False  # --enable_python_models: a folder's model.py may run
 
 
 def session_config(settings: RuntimeSettings) -> Any:
@@ -115,6 +117,11 @@ def has_tflite_model(path: str) -> bool:
     return os.path.isfile(os.path.join(path, TFLITE_FILE))
 
 
+def has_model_file(path: str) -> bool:
+    """A SavedModel or a TFLite model (beside a model.py, the model it wraps)."""
+    return any(os.path.isfile(os.path.join(path, f)) for f in ("saved_model.pb", "saved_model.pbtxt", TFLITE_FILE))
+
+
 class ServableLoader:
     """Loads version folders; made once per server, called from the load threads."""
 
@@ -129,6 +136,15 @@ class ServableLoader:
             pywrap_tfe.TF_SetTfXlaCpuGlobalJit(True)
 
     def load(self, path: str) -> Servable:
+        if has_python_model(path):
+            if not self.settings.python_models:  # refused before anything in the folder is read
+                raise ServingError.failed_precondition(
+                    f"{path} holds a Python model ({MODEL_FILE}); this server runs model code only with "
+                    "--enable_python_models")
+            return load_python_model(path, self._load_model if has_model_file(path) else None)
+        return self._load_model(path)
+
+    def _load_model(self, path: str) -> Servable:
         s = self.settings
         if s.prefer_tflite and has_tflite_model(path):
             from .tflite import load_tflite

@@ -90,4 +90,5 @@ def runtime_settings(o: ServerOptions) -> RuntimeSettings:
         keep_full_meta_graph=not o.remove_unused_fields_from_bundle_metagraph,
         prefer_tflite=o.prefer_tflite_model or o.use_tflite_model,
         tflite_pools=o.num_tflite_pools,
-        tflite_interpreters_per_pool=o.num_tflite_interpreters_per_pool or o.num_tflite_interpreters)
+        tflite_interpreters_per_pool=o.num_tflite_interpreters_per_pool or o.num_tflite_interpreters,
+        python_models=o.enable_python_models)

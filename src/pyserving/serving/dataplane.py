@@ -149,7 +149,9 @@ class DataPlane:
                     if accepting is not None and not accepting():
                         raise overloaded("The batch scheduling queue to which this task was submitted is full")
                     key = (spec.name, version, api, spec.signature_name)
-                    if accepting is None and self._inline.inline(key, caller.small):
+                    # A Python model's code may take any time: never on the event loop.
+                    if accepting is None and getattr(servable, "runs_inline", True) and \
+                            self._inline.inline(key, caller.small):
                         result = self._timed(key, work, version, servable, time.perf_counter, True)
                     else:
                         result = await asyncio.get_running_loop().run_in_executor(

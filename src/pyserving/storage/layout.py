@@ -6,7 +6,7 @@ import os
 
 # What a complete version holds. A local numbered folder without one is still offered, as TF
 # Serving does (its load fails, visibly in status); a remote one is offered once it has one.
-MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt", "model.tflite")
+MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt", "model.tflite", "model.py")
 # TF Serving parses version folder names as int64; a larger number is not a version.
 MAX_VERSION = 2**63 - 1
 
