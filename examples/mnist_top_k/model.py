@@ -19,6 +19,8 @@ class Model:
         "outputs": {"digits": ("string", [-1, K]), "scores": ("float32", [-1, K])}}}
 
     def __init__(self, path: str, saved_model=None):
+        if saved_model is None:
+            raise ValueError(f"{path} holds no SavedModel: put `pyserving mnist export`'s version folder here")
         self._mnist = saved_model  # the folder's SavedModel, run by pyserving's runtime
 
     def predict(self, inputs: dict, signature_name: str) -> dict:
