@@ -160,6 +160,22 @@ def test_top_k_post_processes_the_saved_model_scores(server, mnist_dir):
     with pytest.raises(grpc.RpcError) as info:
         _predict(server, "mnist", {"images": images[:, :700]})
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "[n, 784]" in info.value.details()
+    r = server.post("/v1/models/mnist:predict", json={"instances": images[:1].tolist()})
+    assert r.status_code == 200 and r.json()["predictions"][0]["digits"] == [d.decode() for d in digits[0]]
+    grpc_client = triton_grpc.InferenceServerClient(server.grpc_target)
+    x = triton_grpc.InferInput("images", [2, 784], "FP32")
+    x.set_data_from_numpy(images[:2])
+    assert grpc_client.infer("mnist", [x]).as_numpy("digits").tolist() == digits[:2].tolist()
+
+
+def test_python_models_are_in_the_status_page_and_metrics(server):
+    assert server.post("/v1/models/iris:predict", json={"instances": [SETOSA]}).status_code == 200
+    summary = server.get("/v1/status").json()
+    iris = next(m for m in summary["models"] if m["name"] == "iris")
+    assert iris["served_version"] == 1
+    assert [s["name"] for s in iris["signatures"]] == ["serving_default"]
+    assert {t["alias"] for t in iris["signatures"][0]["outputs"]} == {"species", "probabilities"}
+    assert iris["requests"]["total"] >= 1
 
 
 # ---- versions: swaps under traffic, a crashing __init__ --------------------------------------
