@@ -16,16 +16,19 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
 from ..errors import Code, ServingError
-from .states import VersionState, VersionStatus
+from .residency import Residency
+from .states import VersionState, VersionStatus, describe_versions
 
 log = logging.getLogger("pyserving.manager")
 
 Loader = Callable[[str], Any]  # version path -> servable (blocking; run in a thread)
+loop_time = time.perf_counter
 
 
 @dataclass
@@ -57,8 +60,12 @@ class RetryPolicy:
 
 class ModelManager:
     def __init__(self, loader: Loader, executor: Executor, retry: RetryPolicy = RetryPolicy(),
-                 allow_labels_for_unavailable: bool = False, max_concurrent_loads: int = 2) -> None:
+                 allow_labels_for_unavailable: bool = False, max_concurrent_loads: int = 2,
+                 residency: Residency | None = None,
+                 on_residency: Callable[[str, str, float], None] | None = None) -> None:
         self._loader = loader
+        self._residency = residency  # --max_loaded_models: models load on first request, LRU evicted
+        self._on_residency = on_residency or (lambda model, event, seconds: None)  # ("load"|"evict")
         self._executor = executor
         # A version waits in START for a free load slot, then shows LOADING while it loads.
         self._load_slots = asyncio.Semaphore(max(1, max_concurrent_loads))
@@ -83,6 +90,8 @@ class ModelManager:
     def remove_model(self, name: str) -> None:
         """Stop serving it: its versions unload, and status reports them END."""
         self._models[name].configured = False
+        if self._residency is not None:
+            self._residency.forget(name)
         self.set_aspired(name, {})
 
     def check_labels(self, name: str, labels: Mapping[str, int]) -> None:
@@ -111,6 +120,8 @@ class ModelManager:
         listed: it serves nothing, and its status says why."""
         missing = []
         for name in names:
+            if not self._resident(name):
+                continue  # loads on its first request (--max_loaded_models)
             model = self._models.get(name)
             for number in [max(model.aspired)] if model is not None and model.aspired else ():
                 record = model.versions.get(number)
@@ -194,13 +205,7 @@ class ModelManager:
     def _describe(model: _Model) -> str:
         if not model.versions:
             return f"no version folders found under {model.base_path}{model.why_empty}"
-        parts = []
-        for v in sorted(model.versions.values(), key=lambda v: v.number):
-            text = f"version {v.number}: {v.state.name}"
-            if v.error:
-                text += f" ({v.error.message})"
-            parts.append(text)
-        return "; ".join(parts)
+        return describe_versions([VersionStatus(model.name, v.number, v.state, v.error) for v in model.versions.values()])
 
     def status(self, name: str, version: int | None = None) -> list[VersionStatus]:
         model = self._models.get(name)
@@ -218,14 +223,51 @@ class ModelManager:
         return [VersionStatus(name, v.number, v.state, v.error) for v in records]
 
     def readiness(self) -> dict[str, bool]:
-        """Each configured model: does it have an AVAILABLE version to serve?"""
+        """Each configured model: does it have an AVAILABLE version to serve? (With
+        --max_loaded_models, one not loaded is ready when it has versions to load on demand.)"""
         return {name: any(v.state == VersionState.AVAILABLE for v in model.versions.values())
+                or (not self._resident(name) and bool(model.aspired))
                 for name, model in self._models.items() if model.configured}
+
+    def _resident(self, name: str) -> bool:
+        return self._residency is None or self._residency.is_resident(name)
+
+    async def ensure_resident(self, name: str, timeout: float | None) -> None:
+        """With --max_loaded_models: load a model not loaded (evicting the least recently used
+        idle ones to make room) and wait for it within ``timeout``; UNAVAILABLE, never a hang."""
+        model = self._models.get(name)
+        if self._residency is None or model is None or not model.configured or not model.aspired:
+            return  # nothing to load: handle() answers as without a budget
+        if self._residency.is_resident(name):
+            self._residency.touch(name)
+        else:
+            for other in self._residency.admit(name, self._busy):
+                self._reconcile(self._models[other])  # no longer resident: its versions unload
+                self._on_residency(other, "evict", 0.0)
+            started = loop_time()
+            self._reconcile(model)
+            self._spawn(self._timed_settle(name, started))
+        if not any(v.state == VersionState.AVAILABLE for v in model.versions.values()):
+            try:
+                await self.wait_until_settled([name], timeout)
+            except asyncio.TimeoutError:
+                raise ServingError.unavailable(
+                    f"Model {name} is loading (it loads on its first request: --max_loaded_models); "
+                    "retry") from None
+
+    def _busy(self, name: str) -> bool:
+        model = self._models.get(name)
+        return model is not None and any(
+            v.in_flight or v.state in (VersionState.START, VersionState.LOADING) for v in model.versions.values())
 
     def snapshot(self) -> list[VersionStatus]:
         """Every version of every configured model (for metrics)."""
         return [VersionStatus(m.name, v.number, v.state, v.error)
                 for m in self._models.values() if m.configured for v in m.versions.values()]
+
+    async def _timed_settle(self, name: str, started: float) -> None:  # a cold start, for the metrics
+        await self.wait_until_settled([name])
+        self._on_residency(name, "load", loop_time() - started)
 
     async def wait_until_settled(self, names: list[str], timeout: float | None = None) -> None:
         """Until no aspired version of these models is still loading."""
@@ -236,7 +278,7 @@ class ModelManager:
 
     def _settled(self, name: str) -> bool:
         model = self._models.get(name)
-        if model is None:
+        if model is None or not self._resident(name):
             return True
         return all(model.versions.get(v) is not None
                    and model.versions[v].state in (VersionState.AVAILABLE, VersionState.END)
@@ -245,6 +287,12 @@ class ModelManager:
     # ---- loading and unloading -------------------------------------------------
 
     def _reconcile(self, model: _Model) -> None:
+        if not self._resident(model.name):  # evicted, or never asked for: nothing stays loaded
+            for record in list(model.versions.values()):
+                if record.state == VersionState.AVAILABLE:
+                    record.state = VersionState.UNLOADING
+                    self._spawn(self._unload(model, record))
+            return
         for number in sorted(model.aspired):
             record = model.versions.get(number)
             if record is None or (record.state == VersionState.END and record.error is None):

@@ -25,3 +25,11 @@ class VersionStatus:
     version: int
     state: VersionState
     error: ServingError | None = None
+
+
+def describe_versions(versions: list[VersionStatus]) -> str:
+    """One line for a model's versions and their states (and load errors), for error messages."""
+    parts = []
+    for v in sorted(versions, key=lambda v: v.version):
+        parts.append(f"version {v.version}: {v.state.name}" + (f" ({v.error.message})" if v.error else ""))
+    return "; ".join(parts)

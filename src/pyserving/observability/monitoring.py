@@ -105,6 +105,12 @@ class Metrics:
         self.shed = Counter(
             ":pyserving:rest_requests_shed", "REST requests refused at the connection by load shedding "
             "(--queue_delay_target_in_ms), before their model was read.", registry=r)
+        self.residency = Counter(
+            ":pyserving:model_residency_count", "With --max_loaded_models: models loaded on their first "
+            "request (load) and unloaded to make room (evict).", ["model_name", "event"], registry=r)
+        self.cold_start_latency = Histogram(
+            ":pyserving:cold_start_latency", "With --max_loaded_models: microseconds from a model's first "
+            "request to its versions being available.", ["model_name"], buckets=LATENCY_BUCKETS_US, registry=r)
         self.grpc_shed = Counter(
             ":pyserving:grpc_requests_shed", "gRPC inference calls refused UNAVAILABLE by load shedding "
             "(--queue_delay_target_in_ms) as they were taken, before their request was decoded.", registry=r)
@@ -173,6 +179,11 @@ class Metrics:
 
     def record_warmup(self, path: str, seconds: float, ok: bool) -> None:
         self.warmup_latency.labels(self._path(path), "OK" if ok else "ERROR").observe(seconds * 1e6)
+
+    def record_residency(self, model: str, event: str, seconds: float) -> None:
+        self._child(self.residency, model, event).inc()
+        if event == "load":
+            self._child(self.cold_start_latency, model).observe(seconds * 1e6)
 
     def record_request_log(self, model: str, status: str) -> None:
         self._child(self.request_log, model, status).inc()

@@ -94,7 +94,9 @@ def model_ready(dataplane: DataPlane, name: str, version: str | None, repository
 
 async def model_metadata(dataplane: DataPlane, name: str, version: str | None) -> dict[str, Any]:
     """Name, AVAILABLE versions, platform, and the default signature's inputs and outputs."""
-    served, signature, runtime = dataplane.signature(model_spec(name, version))
+    spec = model_spec(name, version)
+    await dataplane.ensure_loaded(spec)
+    served, signature, runtime = dataplane.signature(spec)
     statuses = await dataplane.status(ModelSpec(name))
     versions = sorted(s.version for s in statuses if s.state == VersionState.AVAILABLE)
     return {"name": name, "versions": [str(v) for v in versions or [served]],

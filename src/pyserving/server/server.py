@@ -22,6 +22,7 @@ from pyserving.config.model_config import (
     read_model_config_file,
 )
 from pyserving.core.manager import ModelManager, RetryPolicy
+from pyserving.core.residency import Residency
 from pyserving.core.server_core import ServerCore
 from pyserving.core.source import FileSystemSource
 from pyserving.errors import ServingError
@@ -90,7 +91,8 @@ class Server:
             retry=RetryPolicy(options.max_num_load_retries,
                               options.load_retry_interval_micros / 1e6),
             allow_labels_for_unavailable=options.allow_version_labels_for_unavailable_models,
-            max_concurrent_loads=options.num_load_threads or 2)
+            max_concurrent_loads=options.num_load_threads or 2,
+            residency=residency(options), on_residency=self.metrics.record_residency)
         self.source = FileSystemSource(self.manager, options.file_system_poll_wait_seconds, self._cache)
         self.request_log = RequestLogger(options.tags, options.request_log_max_file_bytes,
                                          on_record=self.metrics.record_request_log,
@@ -364,3 +366,10 @@ class Server:
 
 def _host_port(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def residency(o: ServerOptions) -> Residency | None:
+    """--max_loaded_models: each worker keeps the budget for itself (each loads its own copies)."""
+    if o.max_loaded_models <= 0:
+        return None
+    return Residency(o.max_loaded_models, frozenset(filter(None, (n.strip() for n in o.preload_models.split(",")))))

@@ -141,6 +141,7 @@ class DataPlane:
                 raise ServingError.invalid_argument("Missing ModelSpec: the request names no model")
             token = self._admission.admit(caller.deadline)
             try:
+                await self._manager.ensure_resident(spec.name, caller.deadline)  # --max_loaded_models
                 with self._manager.handle(spec.name, self._version_of(spec)) as (version, servable):
                     served = version
                     # Only a BatchingServable queues: a full queue refuses here, on the event loop,
@@ -303,6 +304,10 @@ class DataPlane:
         """The version a request with this spec would be served by (ServingError if none)."""
         with self._manager.handle(spec.name, self._version_of(spec)) as (version, _):
             return version
+
+    async def ensure_loaded(self, spec: ModelSpec, deadline: float | None = None) -> None:
+        """With --max_loaded_models, a metadata request loads its model as an inference does."""
+        await self._manager.ensure_resident(spec.name, deadline)
 
     def signature(self, spec: ModelSpec) -> tuple[int, Signature | None, str]:
         """The version a spec resolves to, its named (or default) signature if it has one, and

@@ -89,7 +89,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     async def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
                                context) -> get_model_metadata_pb2.GetModelMetadataResponse:
-        return self._dataplane.metadata(spec_from_proto(request.model_spec), list(request.metadata_field))
+        spec = spec_from_proto(request.model_spec)
+        await self._dataplane.ensure_loaded(spec, context.time_remaining())
+        return self._dataplane.metadata(spec, list(request.metadata_field))
 
 
 ReloadConfig = Callable[[model_server_config_pb2.ModelServerConfig], Awaitable[None]]

@@ -218,7 +218,7 @@ class RestService:
 
     async def _get(self, spec: ModelSpec, suffix: str | None) -> web.Response:
         if suffix == "metadata":
-            return self._metadata(spec)
+            return await self._metadata(spec)
         if suffix == "ready":
             return self._ready(spec)
         return await self._status(spec)
@@ -267,7 +267,8 @@ class RestService:
     async def _status(self, spec: ModelSpec) -> web.Response:
         return web.json_response(to_json_dict(status_response(await self._dataplane.status(spec))))
 
-    def _metadata(self, spec: ModelSpec) -> web.Response:
+    async def _metadata(self, spec: ModelSpec) -> web.Response:
+        await self._dataplane.ensure_loaded(spec, self._timeout)
         response = self._dataplane.metadata(spec, [SIGNATURE_DEF_FIELD])
         return web.json_response(metadata_json(response))
 

@@ -1,0 +1,106 @@
+"""--max_loaded_models: 200 configured models (TF Serving's half_plus_two, linked 200 times) on a
+budget of 10: each loads on its first request, the least recently used idle ones make room, and
+every request is answered right, over the official gRPC stub and REST."""
+
+from __future__ import annotations
+
+import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from prometheus_client.parser import text_string_to_metric_families
+from support.server import HALF_PLUS_TWO, ServerProcess, model_config
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+MODELS = 200
+BUDGET = 10
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("budget")
+    for i in range(MODELS):  # a link per model: 200 base paths, one SavedModel on disk
+        (root / f"m{i:03d}").symlink_to(HALF_PLUS_TWO, target_is_directory=True)
+    config = root / "models.config"
+    config.write_text(model_config({f"m{i:03d}": str(root / f"m{i:03d}") for i in range(MODELS)}))
+    (root / "monitoring.config").write_text('prometheus_config { enable: true path: "/metrics" }')
+    server = ServerProcess(f"--model_config_file={config}", f"--max_loaded_models={BUDGET}", "--preload_models=m000",
+                           f"--monitoring_config_file={root / 'monitoring.config'}",
+                           log_path=root / "server.log").wait_ready()
+    yield server
+    assert server.stop() == 0
+    assert "Traceback" not in server.log()
+
+
+def _loaded(server: ServerProcess) -> set[str]:
+    """The models with an AVAILABLE version, from the server's own status (GET /v1/models)."""
+    listing = server.get("/v1/models").json()["model_version_status"]
+    return {name for name, versions in listing.items() if any(v["state"] == "AVAILABLE" for v in versions)}
+
+
+def _residency(server: ServerProcess) -> dict[str, float]:
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(server.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == ":pyserving:model_residency_count_total":
+                counts[sample.labels["event"]] = counts.get(sample.labels["event"], 0) + sample.value
+    return counts
+
+
+def test_only_preloaded_models_load_at_start_and_all_are_ready(server):
+    assert _loaded(server) == {"m000"}
+    assert server.get("/readyz").status_code == 200  # the others load on demand: ready
+    assert server.get("/v2/health/ready").status_code == 200
+
+
+def test_random_traffic_over_200_models_stays_within_the_budget(server):
+    rng = random.Random(7)
+    order = [f"m{rng.randrange(MODELS):03d}" for _ in range(400)]
+    stop, peaks, errors = threading.Event(), [], []
+
+    def watch():  # the budget, as status shows it, while the traffic runs
+        while not stop.is_set():
+            peaks.append(len(_loaded(server)))
+
+    def call(i_model):
+        i, model = i_model
+        try:
+            if i % 2:
+                with server.channel() as channel:
+                    request = predict_pb2.PredictRequest()
+                    request.model_spec.name = model
+                    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([[1.0], [3.0]], np.float32)))
+                    y = tf.make_ndarray(prediction_service_pb2_grpc.PredictionServiceStub(channel)
+                                        .Predict(request, 60).outputs["y"]).tolist()
+                assert y == [[2.5], [3.5]], y
+            else:
+                r = server.post(f"/v1/models/{model}:predict", json={"instances": [1.0, 3.0]})
+                assert r.status_code == 200 and r.json() == {"predictions": [2.5, 3.5]}, r.text
+        except (AssertionError, grpc.RpcError) as e:
+            errors.append((model, repr(e)[:300]))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(call, enumerate(order)))
+    finally:
+        stop.set()
+        watcher.join(30)
+    assert not errors, errors[:5]
+    assert peaks and max(peaks) <= BUDGET, max(peaks)
+    assert len(_loaded(server)) <= BUDGET and "m000" in _loaded(server)  # preloaded: never evicted
+    counts = _residency(server)
+    distinct = len(set(order) - {"m000"})
+    assert counts.get("load", 0) >= distinct and counts.get("evict", 0) >= distinct - (BUDGET - 1), counts
+
+
+def test_metadata_loads_a_model_and_status_lists_every_model(server):
+    r = server.get("/v1/models/m150/metadata")
+    assert r.status_code == 200 and "serving_default" in r.text
+    assert "m150" in _loaded(server)
+    assert len(server.get("/v1/models").json()["models"]) == MODELS
