@@ -104,3 +104,18 @@ def test_metadata_loads_a_model_and_status_lists_every_model(server):
     assert r.status_code == 200 and "serving_default" in r.text
     assert "m150" in _loaded(server)
     assert len(server.get("/v1/models").json()["models"]) == MODELS
+
+
+def test_status_and_the_v2_repository_say_not_loaded_and_a_v2_load_loads(server):
+    # A model never asked for has no versions yet, and its status says why (one loaded and evicted
+    # since shows its version END, as TF Serving shows unloaded versions).
+    name = next(f"m{i:03d}" for i in range(MODELS - 1, 0, -1)
+                if server.get(f"/v1/models/m{i:03d}").status_code == 404)
+    r = server.get(f"/v1/models/{name}")
+    assert "not loaded: version 123 loads on its first request" in r.json()["error"]
+    index = {e["name"]: e for e in server.post("/v2/repository/index").json()}
+    assert len(index) == MODELS and index[name]["state"] == "UNAVAILABLE" and "not loaded" in index[name]["reason"]
+    r = server.post(f"/v2/repository/models/{name}/load")
+    assert r.status_code == 200, r.text
+    assert name in _loaded(server) and len(_loaded(server)) <= BUDGET
+    assert {e["name"]: e for e in server.post("/v2/repository/index").json()}[name]["state"] == "READY"

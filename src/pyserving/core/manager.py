@@ -1,13 +1,11 @@
 """The model manager: loads and unloads versions, and hands out servables.
 
-Sources tell the manager which versions each model aspires to. The manager
-loads new versions off the request path (in a loader thread pool), retries
-failed loads, and unloads a version only once an aspired version is
-AVAILABLE, so a model that had something to serve always does. Requests take
-a handle that keeps its version loaded until the request finishes.
-
-Everything here runs on the event loop thread, so no locks are needed; only
-the loader itself runs in threads.
+Sources tell the manager which versions each model aspires to. The manager loads new versions off
+the request path (in a loader thread pool), retries failed loads, and unloads a version only once
+an aspired version is AVAILABLE, so a model that had something to serve always does. Requests take
+a handle that keeps its version loaded until the request finishes. With --max_loaded_models only
+resident models (residency.py) load. Everything here runs on the event loop thread, so no locks
+are needed; only the loader itself runs in threads.
 """
 
 from __future__ import annotations
@@ -105,9 +103,8 @@ class ModelManager:
             unchanged = model is not None and model.configured and model.labels.get(label) == number
             if not unchanged and (record is None or record.state != VersionState.AVAILABLE):
                 raise ServingError.failed_precondition(
-                    f"Request to assign label {label} to version {number} of model {name}, which "
-                    "is not currently available for inference "
-                    "(--allow_version_labels_for_unavailable_models lifts this)")
+                    f"Request to assign label {label} to version {number} of model {name}, which is not currently "
+                    "available for inference (--allow_version_labels_for_unavailable_models lifts this)")
 
     def set_labels(self, name: str, labels: Mapping[str, int]) -> None:
         """Point version labels; each must name an AVAILABLE version unless allowed otherwise."""
@@ -115,9 +112,8 @@ class ModelManager:
         self._models[name].labels = dict(labels)
 
     def unavailable(self, names: list[str]) -> list[tuple[str, int, str]]:
-        """(model, version, why) for each of these models whose latest aspired version is not
-        AVAILABLE (what TF Serving waits for: Latest(name)). A model with no versions is not
-        listed: it serves nothing, and its status says why."""
+        """(model, version, why) for each of these models whose latest aspired version is not AVAILABLE
+        (what TF Serving waits for: Latest(name)); a model with no versions serves nothing (its status says why)."""
         missing = []
         for name in names:
             if not self._resident(name):
@@ -201,8 +197,9 @@ class ModelManager:
             f"Servable not found for request: Latest({name}): no version is available yet "
             f"({self._describe(model)})")
 
-    @staticmethod
-    def _describe(model: _Model) -> str:
+    def _describe(self, model: _Model) -> str:
+        if self.not_loaded(model.name):
+            return f"not loaded: version {max(model.aspired)} loads on its first request (--max_loaded_models)"
         if not model.versions:
             return f"no version folders found under {model.base_path}{model.why_empty}"
         return describe_versions([VersionStatus(model.name, v.number, v.state, v.error) for v in model.versions.values()])
@@ -223,14 +220,18 @@ class ModelManager:
         return [VersionStatus(name, v.number, v.state, v.error) for v in records]
 
     def readiness(self) -> dict[str, bool]:
-        """Each configured model: does it have an AVAILABLE version to serve? (With
-        --max_loaded_models, one not loaded is ready when it has versions to load on demand.)"""
-        return {name: any(v.state == VersionState.AVAILABLE for v in model.versions.values())
-                or (not self._resident(name) and bool(model.aspired))
-                for name, model in self._models.items() if model.configured}
+        """Each configured model: can it serve? (an AVAILABLE version, or one to load on demand)"""
+        return {name: _serving(model) or self.not_loaded(name) for name, model in self._models.items()
+                if model.configured}
 
     def _resident(self, name: str) -> bool:
         return self._residency is None or self._residency.is_resident(name)
+
+    def not_loaded(self, name: str) -> bool:
+        """With --max_loaded_models: a configured model with versions to load, not loaded now."""
+        model = self._models.get(name)
+        return (model is not None and model.configured and bool(model.aspired) and not self._resident(name)
+                and not _serving(model))
 
     async def ensure_resident(self, name: str, timeout: float | None) -> None:
         """With --max_loaded_models: load a model not loaded (evicting the least recently used
@@ -247,13 +248,12 @@ class ModelManager:
             started = loop_time()
             self._reconcile(model)
             self._spawn(self._timed_settle(name, started))
-        if not any(v.state == VersionState.AVAILABLE for v in model.versions.values()):
-            try:
+        try:
+            if not _serving(model):
                 await self.wait_until_settled([name], timeout)
-            except asyncio.TimeoutError:
-                raise ServingError.unavailable(
-                    f"Model {name} is loading (it loads on its first request: --max_loaded_models); "
-                    "retry") from None
+        except asyncio.TimeoutError:
+            raise ServingError.unavailable(f"Model {name} is loading (on its first request: "
+                                           "--max_loaded_models); retry") from None
 
     def _busy(self, name: str) -> bool:
         model = self._models.get(name)
@@ -394,3 +394,7 @@ def _forget_old_versions(model: _Model) -> None:
                    if v.state == VersionState.END and n not in model.aspired)
     for number in ended[:max(0, len(ended) - MAX_ENDED_VERSIONS)]:
         del model.versions[number]
+
+
+def _serving(model: _Model) -> bool:
+    return any(v.state == VersionState.AVAILABLE for v in model.versions.values())

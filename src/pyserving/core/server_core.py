@@ -60,6 +60,10 @@ class ServerCore:
             self._configured(name)
             self.unloaded.discard(name)
             await self._serve([name])
+            await self._manager.ensure_resident(name, None)  # --max_loaded_models: loaded now, as asked
+
+    def not_loaded(self, name: str) -> bool:
+        return self._manager.not_loaded(name)
 
     def _configured(self, name: str) -> None:
         if name not in {m.name for m in self.models}:

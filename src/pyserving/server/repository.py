@@ -16,6 +16,7 @@ from .peers import Peers
 _STATES = {VersionState.START: "LOADING", VersionState.LOADING: "LOADING", VersionState.AVAILABLE: "READY",
            VersionState.UNLOADING: "UNLOADING", VersionState.END: "UNAVAILABLE"}
 UNLOADED_REASON = "unloaded through the model repository API"
+NOT_LOADED_REASON = "not loaded: loads on its first request or a load (--max_loaded_models)"
 
 
 class ModelRepository:
@@ -33,6 +34,9 @@ class ModelRepository:
         for name in sorted({m.name for m in self._core.models}):
             if name in self._core.unloaded:
                 entries.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": UNLOADED_REASON})
+                continue
+            if self._core.not_loaded(name):
+                entries.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": NOT_LOADED_REASON})
                 continue
             statuses = await self._status(name)
             if not statuses:
