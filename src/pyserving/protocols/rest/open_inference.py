@@ -15,13 +15,13 @@ from typing import Any, Awaitable, Callable
 import orjson
 from aiohttp import web
 
-from pyserving.codecs import json_codec
 from pyserving.codecs import open_inference as codec
 from pyserving.errors import Code, ServingError
 from pyserving.protocols.control_plane import ControlPlane
 from pyserving.serving.dataplane import Caller, DataPlane, PredictResult
 
 from .. import open_inference as v2
+from .bodies import parse_json
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 ReadBody = Callable[[web.Request], Awaitable[tuple[bytes, Caller]]]
@@ -85,7 +85,7 @@ class OpenInferenceRest:
         async def answer() -> web.Response:
             repository = self._repo(request, "")
             raw, _ = await self._read_body(request)
-            body = json_codec.parse_json(raw) if raw.strip() else {}  # no body: the whole index
+            body = await parse_json(raw) if raw.strip() else {}  # no body: the whole index
             if not isinstance(body, dict):
                 raise ServingError.invalid_argument("The request body must be a JSON object")
             ready = body.get("ready", False)
@@ -125,7 +125,7 @@ class OpenInferenceRest:
     async def _run(self, request: web.Request, name: str) -> web.Response:
         raw, caller = await self._read_body(request)
         header_length = _header_length(request, len(raw))
-        body = json_codec.parse_json(raw[:header_length] if header_length is not None else raw)
+        body = await parse_json(raw[:header_length] if header_length is not None else raw)
         if not isinstance(body, dict):
             raise ServingError.invalid_argument("The request body must be a JSON object")
         parameters = _object(body, "parameters", "parameters")

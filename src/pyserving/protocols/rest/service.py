@@ -6,7 +6,6 @@ import asyncio
 import logging
 import re
 import time
-import zlib
 from dataclasses import dataclass
 from functools import cached_property, partial
 from typing import Any, Awaitable, Callable, Mapping, cast
@@ -26,6 +25,14 @@ from pyserving.serving.inline import SMALL_REQUEST_BYTES
 from pyserving.serving.responses import SIGNATURE_DEF_FIELD, metadata_json, status_response, to_json_dict
 
 from . import openapi, status_page
+from .bodies import (
+    DEFAULT_MAX_DECOMPRESSED_BYTES,
+    INLINE_INFLATE_BYTES,
+    BodyTooLarge,
+    body_too_large,
+    decompress,
+    parse_json,
+)
 from .open_inference import OpenInferenceRest
 
 _PATH = re.compile(
@@ -66,22 +73,6 @@ def _error(code: Code, message: str, retry_after: int | None = None) -> web.Resp
     log.debug("REST answered %s: %s", code.name, message)  # a client's mistake: DEBUG, never louder
     headers = {"Retry-After": str(retry_after)} if retry_after else None
     return web.json_response({"error": message}, status=http_status(code), headers=headers)
-
-
-# TF Serving's cap on an inflated request body (net_http); pyserving's --rest_api_max_decompressed_bytes.
-DEFAULT_MAX_DECOMPRESSED_BYTES = 100 << 20
-# A compressed body up to this size is inflated on the event loop (at most a few MB, < 1 ms of
-# work); a larger one in a thread, as its inflation can take seconds.
-INLINE_INFLATE_BYTES = 8 * 1024
-
-
-class BodyTooLarge(Exception):
-    """A request body over one of the limits (413), with the flag that sets it."""
-
-    def __init__(self, limit: int, flag: str = "rest_api_max_request_bytes",
-                 what: str = "Request body is larger than") -> None:
-        super().__init__(f"{what} the limit of {limit} bytes (--{flag})")
-        self.message = str(self)
 
 
 class RestService:
@@ -275,8 +266,7 @@ class RestService:
     async def _body(self, request: web.Request) -> tuple[Any, Caller]:
         """The parsed JSON body, and the caller as the data plane sees it."""
         raw, caller = await self.read_body(request)
-        # Parse big bodies off the event loop; small ones are cheaper inline.
-        return (json_codec.parse_json(raw) if caller.small else await asyncio.to_thread(json_codec.parse_json, raw)), caller
+        return await parse_json(raw), caller
 
     async def read_body(self, request: web.Request) -> tuple[bytes, Caller]:
         """The body's bytes, inflated within the limits, and the caller as the data plane sees it."""
@@ -284,9 +274,9 @@ class RestService:
         encoding = request.headers.get("Content-Encoding", "").strip().lower()
         if encoding not in ("", "identity"):
             if len(raw) > INLINE_INFLATE_BYTES:  # never seconds of inflating on the event loop
-                raw = await asyncio.to_thread(_decompress, raw, encoding, *self._inflated_limit)
+                raw = await asyncio.to_thread(decompress, raw, encoding, *self._inflated_limit)
             else:
-                raw = _decompress(raw, encoding, *self._inflated_limit)
+                raw = decompress(raw, encoding, *self._inflated_limit)
         small = len(raw) <= SMALL_REQUEST_BYTES
         return raw, Caller("REST", self._timeout, small, _peer(request) if self._dataplane.access_log else "")
 
@@ -364,36 +354,8 @@ def _version(text: str | None) -> int | None:
     raise ServingError.invalid_argument(f"Failed to convert version: {shown} to numeric.")
 
 
-def body_too_large(limit: int) -> web.Response:
-    return web.json_response({"error": BodyTooLarge(limit).message}, status=413)
-
-
 def _results_json(result, verb: str) -> list:
     if verb == "classify":
         return [[[c.label, c.score] for c in classification.classes]
                 for classification in result.classifications]
     return [r.value for r in result.regressions]
-
-
-def _decompress(raw: bytes, encoding: str, limit: int, flag: str = "rest_api_max_decompressed_bytes") -> bytes:
-    """The body inflated, never past ``limit`` bytes: a small bomb is refused (413) once it has
-    produced the limit, not after it has filled memory."""
-    encoding = encoding.strip().lower()
-    if not encoding or encoding == "identity":
-        return raw
-    if encoding not in ("gzip", "x-gzip", "deflate"):
-        raise ServingError.invalid_argument(f"Unsupported Content-Encoding: {encoding}")
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if "gzip" in encoding else zlib.MAX_WBITS)
-    try:
-        body = inflater.decompress(raw, limit + 1)
-    except zlib.error as e:
-        raise ServingError.invalid_argument(f"Request body is not valid {encoding}: {e}") from None
-    if len(body) > limit:
-        del body  # a traceback must not keep the inflated bytes alive until the next GC
-        raise BodyTooLarge(limit, flag, "Request body inflates to more than")
-    if not inflater.eof:
-        raise ServingError.invalid_argument(f"Request body is not valid {encoding}: it ends early")
-    return body
-
-
-__all__ = ["RestAnswer", "RestService"]

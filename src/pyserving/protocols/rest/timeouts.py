@@ -31,8 +31,8 @@ from aiohttp import http_exceptions, web
 
 from pyserving.serving.admission import Token
 
+from .bodies import body_too_large
 from .gate import RestGate
-from .service import body_too_large
 
 log = logging.getLogger("pyserving.rest")
 
