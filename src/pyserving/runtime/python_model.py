@@ -150,7 +150,17 @@ def load_python_model(path: str, load_inner: Callable[[str], Servable] | None) -
         raise
 
 
+# sys.path and sys.modules are the process's: two versions loading at once in the load threads
+# must not see each other's folder first on sys.path (each would import the other's helpers).
+_IMPORT_LOCK = threading.Lock()
+
+
 def _import(path: str) -> Any:
+    with _IMPORT_LOCK:
+        return _import_alone(path)
+
+
+def _import_alone(path: str) -> Any:
     file = os.path.join(path, MODEL_FILE)
     name = f"pyserving_model_{abs(hash(os.path.abspath(path)))}"
     spec = importlib.util.spec_from_file_location(name, file)
