@@ -70,6 +70,7 @@ class ModelRepository:
 
     async def unload_all(self, names: list[str]) -> None:
         """A restarted worker's catch-up: the models its siblings have unloaded."""
+        configured = {m.name for m in self._core.models}
         for name in names:
-            if name in {m.name for m in self._core.models}:
+            if name in configured:
                 await self._core.unload(name)

@@ -206,10 +206,10 @@ def _requested(outputs: Any, binary_default: bool) -> dict[str, bool]:
 
 
 def _response(result: PredictResult, requested: dict[str, bool], binary_default: bool,
-              request_id: Any) -> tuple[bytes, int | None]:
+              request_id: str) -> tuple[bytes, int | None]:
     """The response body, and the JSON header's length when binary outputs follow it."""
     body: dict[str, Any] = {"model_name": result.model_name, "model_version": str(result.version)}
-    if isinstance(request_id, str) and request_id:
+    if request_id:  # a string: _run refused anything else
         body["id"] = request_id
     outputs, blobs = [], []
     for tensor in v2.output_tensors(result.outputs, list(requested)):
