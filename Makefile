@@ -23,11 +23,13 @@ demo: venv
 # the benchmarks drive load with h2load (nghttp2-client) and wrk. The Azure tests run Azurite,
 # installed with npm into .tools/npm when missing (3.35.0: the last release that runs on Node 20).
 # KServe's Python clients run from a venv of their own (.tools/kserve-venv): its protobuf pin
-# can't share the server's venv.
-test-packages:
+# can't share the server's venv. scikit-learn (the iris example's) is a folder on that test server's
+# PYTHONPATH (.tools/sklearn), not in the venv: installed there, every TensorFlow import loads it.
+test-packages: venv
 	tools/ensure-debian-packages.sh chromium fonts-dejavu-core:- npm curl nghttp2-client:h2load
 	tools/ensure-npm-tools.sh azurite@3.35.0:azurite-blob
 	tools/ensure-python-client.sh $(PYTHON) kserve kserve==0.21.0
+	tools/ensure-python-client.sh --path $(PY) sklearn scikit-learn==1.9.1 scipy==1.17.1 joblib==1.6.0 threadpoolctl==3.8.0
 
 bench-packages:
 	tools/ensure-debian-packages.sh nghttp2-client:h2load wrk

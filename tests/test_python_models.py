@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import importlib.util
 import io
+import sys
 import threading
 from pathlib import Path
 
@@ -25,6 +26,9 @@ from pyserving.mnist.data import load_mnist
 from pyserving.mnist.export import export_mnist
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+# scikit-learn is not in the venv (TensorFlow's import would load it in every process): `make test`
+# installs it here, and the iris model finds it on its server's PYTHONPATH, as a model's own library.
+SKLEARN = Path(__file__).resolve().parents[1] / ".tools" / "sklearn"
 SETOSA, VIRGINICA = [5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]
 
 
@@ -81,6 +85,8 @@ class Model:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, mnist_dir):
     root = tmp_path_factory.mktemp("python-models")
+    assert (SKLEARN / "sklearn").is_dir(), f"scikit-learn is not in {SKLEARN}: `make test` installs it"
+    sys.path.append(str(SKLEARN))  # to train it here
     _example("sklearn_iris", "train.py").write_version(str(root / "iris" / "1"))
     _example("image_classifier", "export.py").write_version(str(root / "images" / "1"))
     export_mnist(str(root / "mnist"), 1, load_mnist(mnist_dir), training_iteration=100)  # writes mnist/1
@@ -92,7 +98,8 @@ def server(tmp_path_factory, mnist_dir):
     config.write_text(model_config({n: str(root / n) for n in ("iris", "images", "mnist", "linear", "broken")}))
     # No load retries: a version whose __init__ fails is END at once, not after 5 minutes of retries.
     server = ServerProcess(f"--model_config_file={config}", "--enable_python_models", "--max_num_load_retries=0",
-                           "--file_system_poll_wait_seconds=1", log_path=root / "server.log").wait_ready()
+                           "--file_system_poll_wait_seconds=1", log_path=root / "server.log",
+                           env={"PYTHONPATH": str(SKLEARN)}).wait_ready()
     server.root = root
     yield server
     assert server.stop() == 0

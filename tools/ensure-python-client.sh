@@ -1,22 +1,40 @@
 #!/bin/sh
-# A client library the tests run in a venv of its own under .tools/ (git-ignored), installed only
-# when missing or pinned differently. For clients whose dependencies can't share the server's venv:
-# KServe's Python package pins protobuf below 7, which the server's grpcio-health-checking can't use.
-# Usage: tools/ensure-python-client.sh PYTHON NAME REQUIREMENT...
-#   tools/ensure-python-client.sh python3.11 kserve kserve==0.21.0   -> .tools/kserve-venv
+# Python packages the tests use that can't share the server's venv, under .tools/ (git-ignored),
+# installed only when missing or pinned differently. Two kinds:
+#   a client in a venv of its own: KServe's Python package pins protobuf below 7, which the
+#     server's grpcio-health-checking can't use.
+#     tools/ensure-python-client.sh python3.11 kserve kserve==0.21.0        -> .tools/kserve-venv
+#   --path: a folder of packages for the servers' PYTHONPATH (a Python model's own libraries), for
+#     libraries that would slow every server's start if installed in the venv (TensorFlow's import
+#     loads Keras, which imports scikit-learn whenever it is installed: 0.8 s of every start).
+#     Installed without dependencies: list them, at versions the venv's numpy can run.
+#     tools/ensure-python-client.sh --path .venv/bin/python sklearn scikit-learn==1.9.1 scipy==...
+#                                                                            -> .tools/sklearn
+# Usage: tools/ensure-python-client.sh [--path] PYTHON NAME REQUIREMENT...
 set -eu
 
+path_only=false
+if [ "$1" = "--path" ]; then
+    path_only=true
+    shift
+fi
 python=$1
 name=$2
 shift 2
-venv="$(cd "$(dirname "$0")/.." && pwd)/.tools/$name-venv"
-marker="$venv/.installed"
+tools="$(cd "$(dirname "$0")/.." && pwd)/.tools"
+if $path_only; then target="$tools/$name"; else target="$tools/$name-venv"; fi
+marker="$target/.installed"
 [ -f "$marker" ] && [ "$(cat "$marker")" = "$*" ] && exit 0
 
-echo "ensure-python-client: installing $* into $venv"
-rm -rf "$venv"
-"$python" -m venv "$venv"
-"$venv/bin/python" -m pip install --quiet --upgrade pip
-# shellcheck disable=SC2068  # one word per requirement
-"$venv/bin/python" -m pip install --quiet $@
+echo "ensure-python-client: installing $* into $target"
+rm -rf "$target"
+if $path_only; then
+    # shellcheck disable=SC2068  # one word per requirement
+    "$python" -m pip install --quiet --no-deps --target "$target" $@
+else
+    "$python" -m venv "$target"
+    "$target/bin/python" -m pip install --quiet --upgrade pip
+    # shellcheck disable=SC2068
+    "$target/bin/python" -m pip install --quiet $@
+fi
 echo "$*" > "$marker"
