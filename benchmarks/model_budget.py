@@ -34,14 +34,14 @@ HERE = Path(__file__).resolve().parent
 HALF_PLUS_TWO = HERE.parent.parent / "shared" / "tfs-testdata" / "saved_model_half_plus_two_cpu"
 
 
-def _start(config: Path, *flags: str) -> tuple[subprocess.Popen, int]:
+def _start(config: Path, *flags: str) -> tuple[subprocess.Popen, int, int]:
     port, rest = free_port(), free_port()
     proc = subprocess.Popen([str(Path(sys.executable).parent / "tensorflow_model_server"), f"--port={port}",
                              f"--rest_api_port={rest}", f"--model_config_file={config}", *flags],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=dict(os.environ, PYSERVING_LOG_LEVEL="WARNING"))
     wait_ready(f"http://127.0.0.1:{rest}/readyz", proc)
-    return proc, port
+    return proc, port, rest
 
 
 def _timed(stub, models: list[str]) -> list[float]:
@@ -76,7 +76,7 @@ def main() -> None:
     config.write_text("model_config_list {\n" + "".join(
         f'  config {{ name: "{n}" base_path: "{work / n}" model_platform: "tensorflow" }}\n' for n in names) + "}\n")
     results = {}
-    budget, budget_port = _start(config, f"--max_loaded_models={args.budget}")
+    budget, budget_port, _ = _start(config, f"--max_loaded_models={args.budget}")
     try:
         with grpc.insecure_channel(f"127.0.0.1:{budget_port}") as channel:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
@@ -87,7 +87,7 @@ def main() -> None:
             warm_budget = _timed(stub, names[:1] * args.requests)
     finally:
         stop(budget)
-    full, full_port = _start(config)
+    full, full_port, _ = _start(config)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{full_port}") as channel:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)

@@ -1,6 +1,7 @@
-"""--max_loaded_models: 200 configured models (TF Serving's half_plus_two, linked 200 times) on a
-budget of 10: each loads on its first request, the least recently used idle ones make room, and
-every request is answered right, over the official gRPC stub and REST."""
+"""Budgets of loaded models. --max_loaded_models: 200 configured models (TF Serving's half_plus_two,
+linked 200 times) on a budget of 10: each loads on its first request, the least recently used idle
+ones make room, and every request is answered right, over the official gRPC stub and REST.
+--max_loaded_model_memory_mb: models of 8 MB of weights under 20 MiB."""
 
 from __future__ import annotations
 
@@ -49,6 +50,11 @@ def _residency(server: ServerProcess) -> dict[str, float]:
             if sample.name == ":pyserving:model_residency_count_total":
                 counts[sample.labels["event"]] = counts.get(sample.labels["event"], 0) + sample.value
     return counts
+
+
+def _memory(server: ServerProcess) -> dict[str, float]:
+    return {s.labels["model_name"]: s.value for f in text_string_to_metric_families(server.get("/metrics").text)
+            for s in f.samples if s.name == ":pyserving:model_memory_bytes"}
 
 
 def test_only_preloaded_models_load_at_start_and_all_are_ready(server):
@@ -113,9 +119,52 @@ def test_status_and_the_v2_repository_say_not_loaded_and_a_v2_load_loads(server)
                 if server.get(f"/v1/models/m{i:03d}").status_code == 404)
     r = server.get(f"/v1/models/{name}")
     assert "not loaded: version 123 loads on its first request" in r.json()["error"]
+    assert server.get("/v1/models").json()["model_state"][name] == "UNLOADED"
+    summary = {m["name"]: m for m in server.get("/v1/status").json()["models"]}
+    assert summary[name]["state"] == "UNLOADED" and summary["m000"]["state"] == "LOADED"
     index = {e["name"]: e for e in server.post("/v2/repository/index").json()}
     assert len(index) == MODELS and index[name]["state"] == "UNAVAILABLE" and "not loaded" in index[name]["reason"]
     r = server.post(f"/v2/repository/models/{name}/load")
     assert r.status_code == 200, r.text
     assert name in _loaded(server) and len(_loaded(server)) <= BUDGET
     assert {e["name"]: e for e in server.post("/v2/repository/index").json()}[name]["state"] == "READY"
+    assert server.get("/v1/models").json()["model_state"][name] == "LOADED"
+    assert 0.5 * 2**20 < _memory(server)[name] < 2 * 2**20  # its 24 KB of files and 1 MiB a version
+
+
+def _export_weights(path: str, megabytes: int) -> None:
+    """y = x + w[0], with ``megabytes`` of random float32 weights (all restored at load)."""
+    module = tf.Module()
+    module.w = tf.Variable(np.random.default_rng(megabytes).random(megabytes << 18, dtype=np.float32))
+    module.serve = tf.function(lambda x: {"y": x + module.w[0]},
+                               input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+    tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
+
+
+def test_a_memory_budget_unloads_the_least_recently_used_to_stay_within_it(tmp_path):
+    _export_weights(str(tmp_path / "w8" / "1"), 8)  # ~9 MiB each as estimated: two fit in 20 MiB
+    _export_weights(str(tmp_path / "huge" / "1"), 24)
+    for name in ("a", "b", "c"):
+        (tmp_path / name).symlink_to(tmp_path / "w8", target_is_directory=True)
+    config = tmp_path / "models.config"
+    config.write_text(model_config({n: str(tmp_path / n) for n in ("a", "b", "c", "huge")}))
+    (tmp_path / "monitoring.config").write_text('prometheus_config { enable: true path: "/metrics" }')
+    server = ServerProcess(f"--model_config_file={config}", "--max_loaded_model_memory_mb=20",
+                           f"--monitoring_config_file={tmp_path / 'monitoring.config'}",
+                           log_path=tmp_path / "server.log").wait_ready()
+    try:
+        first = server.post("/v1/models/a:predict", json={"instances": [1.0]}).json()["predictions"][0]
+        for name in ("b", "c", "a"):  # c evicts a (least recently used), then a evicts b
+            r = server.post(f"/v1/models/{name}:predict", json={"instances": [1.0]})
+            assert r.status_code == 200 and r.json()["predictions"] == [first], r.text
+        states = server.get("/v1/models").json()["model_state"]
+        assert states == {"a": "LOADED", "b": "UNLOADED", "c": "LOADED", "huge": "UNLOADED"}, states
+        memory = _memory(server)
+        assert set(memory) == {"a", "c"} and all(8 << 20 < v < 10 << 20 for v in memory.values()), memory
+        r = server.post("/v1/models/huge:predict", json={"instances": [1.0]})
+        assert r.status_code == 400 and "more than --max_loaded_model_memory_mb (20 MiB)" in r.json()["error"], r.text
+        assert server.get("/v1/models").json()["model_state"] == states  # the refusal unloaded nothing
+        assert "oneDNN kernels off" in server.log()  # so an unloaded model's memory goes back
+    finally:
+        assert server.stop() == 0
+    assert "Traceback" not in server.log()

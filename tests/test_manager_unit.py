@@ -664,7 +664,7 @@ def test_poll_once_new_version_replaces_old_and_removed_model_unloads(tmp_path):
 
 
 def test_unloaded_versions_are_kept_for_status_but_bounded():
-    from pyserving.core import manager as manager_module
+    from pyserving.core import records as manager_module
 
     loader = FakeLoader()
 

@@ -220,6 +220,9 @@ class _FakeDataPlane:
     def version_labels(self, name):
         return {}
 
+    def model_state(self, name, statuses):
+        return "UNAVAILABLE"
+
     def metadata(self, spec, fields):
         raise ServingError.unavailable("nothing loaded")
 

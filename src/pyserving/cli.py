@@ -115,6 +115,9 @@ def serve(options: ServerOptions) -> int:
         print(f"TensorFlow ModelServer: pyserving-{__version__}")
         return 0
     quiet_tensorflow = _setup_logging(options)
+    from .runtime.quiet import claim_allocator
+
+    claim_allocator(options.max_loaded_models > 0 or options.max_loaded_model_memory_mb > 0)  # before the import too
     log = logging.getLogger("pyserving")
     try:
         check_options(options)

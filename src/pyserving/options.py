@@ -109,9 +109,13 @@ class ServerOptions:
         0, "pyserving: at most this many models loaded at once (0 = no limit, every model loaded at "
            "start); with a limit models load on their first request and the least recently used idle "
            "ones are unloaded to make room")
+    max_loaded_model_memory_mb: int = _flag(
+        0, "pyserving: at most this much memory (MiB) in loaded models, as estimated from their version "
+           "folders' bytes (docs/model_budget.md; 0 = no limit); like --max_loaded_models, models load on "
+           "their first request and the least recently used idle ones are unloaded to make room")
     preload_models: str = _flag(
-        "", "pyserving: with --max_loaded_models, comma-separated models loaded at start and never "
-            "unloaded for room")
+        "", "pyserving: with a budget (--max_loaded_models, --max_loaded_model_memory_mb), comma-separated "
+            "models loaded at start and never unloaded for room")
     enable_python_models: bool = _flag(
         False, "pyserving: serve version folders holding a model.py (Python around or instead of a "
                "SavedModel); it runs that code in the server, so only for folders you trust")
@@ -171,7 +175,7 @@ FLAG_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "model_name", "model_base_path", "model_config_file", "model_config_file_poll_wait_seconds",
         "file_system_poll_wait_seconds", "allow_version_labels_for_unavailable_models", "saved_model_tags",
         "enable_signature_method_name_check", "remove_unused_fields_from_bundle_metagraph", "model_cache_dir",
-        "enable_python_models", "max_loaded_models", "preload_models")),
+        "enable_python_models", "max_loaded_models", "max_loaded_model_memory_mb", "preload_models")),
     ("Loading and warmup", (
         "num_load_threads", "max_num_load_retries", "load_retry_interval_micros", "enable_model_warmup",
         "num_request_iterations_for_warmup")),

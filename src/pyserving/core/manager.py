@@ -16,10 +16,10 @@ import logging
 import os
 import time
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
 from ..errors import Code, ServingError
+from .records import ModelRecord, RetryPolicy, VersionRecord, forget_old_versions, serving
 from .residency import Residency
 from .states import VersionState, VersionStatus, describe_versions
 
@@ -29,47 +29,21 @@ Loader = Callable[[str], Any]  # version path -> servable (blocking; run in a th
 loop_time = time.perf_counter
 
 
-@dataclass
-class _Version:
-    number: int
-    state: VersionState = VersionState.START
-    error: ServingError | None = None
-    servable: Any = None
-    in_flight: int = 0
-    drained: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-@dataclass
-class _Model:
-    name: str
-    base_path: str
-    labels: dict[str, int] = field(default_factory=dict)
-    aspired: dict[int, str] = field(default_factory=dict)  # version -> folder
-    versions: dict[int, _Version] = field(default_factory=dict)
-    configured: bool = True  # False once a config reload dropped it
-    why_empty: str = ""  # with no versions: why, as the source found it when it last looked
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    max_retries: int = 5
-    interval_seconds: float = 60.0
-
-
 class ModelManager:
     def __init__(self, loader: Loader, executor: Executor, retry: RetryPolicy = RetryPolicy(),
                  allow_labels_for_unavailable: bool = False, max_concurrent_loads: int = 2,
                  residency: Residency | None = None,
-                 on_residency: Callable[[str, str, float], None] | None = None) -> None:
+                 on_residency: Callable[[str, str, float, int], None] | None = None) -> None:
         self._loader = loader
         self._residency = residency  # --max_loaded_models: models load on first request, LRU evicted
-        self._on_residency = on_residency or (lambda model, event, seconds: None)  # ("load"|"evict")
+        # ("load"|"evict", cold start seconds, estimated bytes): for the metrics
+        self._on_residency = on_residency or (lambda model, event, seconds, size: None)
         self._executor = executor
         # A version waits in START for a free load slot, then shows LOADING while it loads.
         self._load_slots = asyncio.Semaphore(max(1, max_concurrent_loads))
         self._retry = retry
         self._allow_unavailable_labels = allow_labels_for_unavailable
-        self._models: dict[str, _Model] = {}
+        self._models: dict[str, ModelRecord] = {}
         self._tasks: set[asyncio.Task] = set()
         self._changed = asyncio.Condition()
 
@@ -79,7 +53,7 @@ class ModelManager:
         """Serve this model (again); ``labels`` None keeps the current ones."""
         model = self._models.get(name)
         if model is None:
-            self._models[name] = _Model(name, base_path, dict(labels or {}))
+            self._models[name] = ModelRecord(name, base_path, dict(labels or {}))
             return
         model.base_path, model.configured = base_path, True
         if labels is not None:
@@ -177,7 +151,7 @@ class ModelManager:
             if record.in_flight == 0:
                 record.drained.set()
 
-    def _pick(self, name: str, version: int | None) -> _Version:
+    def _pick(self, name: str, version: int | None) -> VersionRecord:
         model = self._models.get(name)
         if model is not None and not model.configured:
             model = None
@@ -197,9 +171,9 @@ class ModelManager:
             f"Servable not found for request: Latest({name}): no version is available yet "
             f"({self._describe(model)})")
 
-    def _describe(self, model: _Model) -> str:
+    def _describe(self, model: ModelRecord) -> str:
         if self.not_loaded(model.name):
-            return f"not loaded: version {max(model.aspired)} loads on its first request (--max_loaded_models)"
+            return f"not loaded: version {max(model.aspired)} loads on its first request (a budget of loaded models)"
         if not model.versions:
             return f"no version folders found under {model.base_path}{model.why_empty}"
         return describe_versions([VersionStatus(model.name, v.number, v.state, v.error) for v in model.versions.values()])
@@ -221,7 +195,7 @@ class ModelManager:
 
     def readiness(self) -> dict[str, bool]:
         """Each configured model: can it serve? (an AVAILABLE version, or one to load on demand)"""
-        return {name: _serving(model) or self.not_loaded(name) for name, model in self._models.items()
+        return {name: serving(model) or self.not_loaded(name) for name, model in self._models.items()
                 if model.configured}
 
     def _resident(self, name: str) -> bool:
@@ -231,29 +205,38 @@ class ModelManager:
         """With --max_loaded_models: a configured model with versions to load, not loaded now."""
         model = self._models.get(name)
         return (model is not None and model.configured and bool(model.aspired) and not self._resident(name)
-                and not _serving(model))
+                and not serving(model))
 
     async def ensure_resident(self, name: str, timeout: float | None) -> None:
-        """With --max_loaded_models: load a model not loaded (evicting the least recently used
+        """With a budget (residency.py): load a model not loaded (evicting the least recently used
         idle ones to make room) and wait for it within ``timeout``; UNAVAILABLE, never a hang."""
         model = self._models.get(name)
         if self._residency is None or model is None or not model.configured or not model.aspired:
             return  # nothing to load: handle() answers as without a budget
-        if self._residency.is_resident(name):
+        if not self._residency.is_resident(name):
+            await self._measure([name, *self._residency.preload])  # in a load thread: reads folders
+        if self._residency.is_resident(name):  # (or became so while measured, for another request)
             self._residency.touch(name)
-        else:
+        elif model.configured and model.aspired:
             for other in self._residency.admit(name, self._busy):
                 self._reconcile(self._models[other])  # no longer resident: its versions unload
-                self._on_residency(other, "evict", 0.0)
+                self._on_residency(other, "evict", 0.0, 0)
             started = loop_time()
             self._reconcile(model)
             self._spawn(self._timed_settle(name, started))
         try:
-            if not _serving(model):
+            if not serving(model):
                 await self.wait_until_settled([name], timeout)
         except asyncio.TimeoutError:
-            raise ServingError.unavailable(f"Model {name} is loading (on its first request: "
-                                           "--max_loaded_models); retry") from None
+            raise ServingError.unavailable(f"Model {name} is loading (on its first request, under a "
+                                           "budget of loaded models); retry") from None
+
+    async def _measure(self, names: list[str]) -> None:
+        residency, loop = self._residency, asyncio.get_running_loop()
+        for name in names:
+            folders = list(self._models[name].aspired.values()) if name in self._models else []
+            if folders and residency.unsized(name, folders):
+                residency.sized(name, folders, await loop.run_in_executor(self._executor, residency.measure, folders))
 
     def _busy(self, name: str) -> bool:
         model = self._models.get(name)
@@ -267,7 +250,7 @@ class ModelManager:
 
     async def _timed_settle(self, name: str, started: float) -> None:  # a cold start, for the metrics
         await self.wait_until_settled([name])
-        self._on_residency(name, "load", loop_time() - started)
+        self._on_residency(name, "load", loop_time() - started, self._residency.bytes_of(name))
 
     async def wait_until_settled(self, names: list[str], timeout: float | None = None) -> None:
         """Until no aspired version of these models is still loading."""
@@ -286,7 +269,7 @@ class ModelManager:
 
     # ---- loading and unloading -------------------------------------------------
 
-    def _reconcile(self, model: _Model) -> None:
+    def _reconcile(self, model: ModelRecord) -> None:
         if not self._resident(model.name):  # evicted, or never asked for: nothing stays loaded
             for record in list(model.versions.values()):
                 if record.state == VersionState.AVAILABLE:
@@ -307,8 +290,8 @@ class ModelManager:
                 record.state = VersionState.UNLOADING
                 self._spawn(self._unload(model, record))
 
-    def _start(self, model: _Model, number: int) -> None:
-        record = _Version(number, VersionState.START)
+    def _start(self, model: ModelRecord, number: int) -> None:
+        record = VersionRecord(number, VersionState.START)
         model.versions[number] = record
         self._spawn(self._load(model, record))
 
@@ -317,7 +300,7 @@ class ModelManager:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _load(self, model: _Model, record: _Version) -> None:
+    async def _load(self, model: ModelRecord, record: VersionRecord) -> None:
         path = model.aspired.get(record.number) or os.path.join(model.base_path, str(record.number))
         loop = asyncio.get_running_loop()
         attempts = self._retry.max_retries + 1
@@ -349,7 +332,7 @@ class ModelManager:
         await self._notify()
         self._reconcile(model)
 
-    async def _unload(self, model: _Model, record: _Version) -> None:
+    async def _unload(self, model: ModelRecord, record: VersionRecord) -> None:
         record.state = VersionState.UNLOADING
         await self._notify()
         if record.in_flight:
@@ -361,7 +344,7 @@ class ModelManager:
             await asyncio.get_running_loop().run_in_executor(self._executor, close)
         record.state = VersionState.END
         log.info("Unloaded servable version {name: %s version: %d}", model.name, record.number)
-        _forget_old_versions(model)
+        forget_old_versions(model)
         if record.number in model.aspired:
             # Aspired again while it unloaded (a model unloaded and loaded back, a config dropping
             # and re-adding it): load it afresh, before waiters see END and take it for a failed load.
@@ -382,19 +365,3 @@ class ModelManager:
             for record in list(model.versions.values()):
                 if record.state == VersionState.AVAILABLE:
                     await self._unload(model, record)
-
-
-# Status keeps unloaded versions (END) as TF Serving does, but not without bound:
-# a model that gets a new version every few minutes would otherwise grow forever.
-MAX_ENDED_VERSIONS = 20
-
-
-def _forget_old_versions(model: _Model) -> None:
-    ended = sorted(n for n, v in model.versions.items()
-                   if v.state == VersionState.END and n not in model.aspired)
-    for number in ended[:max(0, len(ended) - MAX_ENDED_VERSIONS)]:
-        del model.versions[number]
-
-
-def _serving(model: _Model) -> bool:
-    return any(v.state == VersionState.AVAILABLE for v in model.versions.values())

@@ -33,3 +33,18 @@ def describe_versions(versions: list[VersionStatus]) -> str:
     for v in sorted(versions, key=lambda v: v.version):
         parts.append(f"version {v.version}: {v.state.name}" + (f" ({v.error.message})" if v.error else ""))
     return "; ".join(parts)
+
+
+# A model's state as a whole, for listings (GET /v1/models, the status page).
+MODEL_STATES = ("LOADED", "LOADING", "UNLOADED", "UNAVAILABLE")
+
+
+def model_state(versions: list[VersionStatus], not_loaded: bool) -> str:
+    """LOADED (a version serves), LOADING, UNLOADED (under a budget of loaded models: not loaded
+    now, loads on its first request) or UNAVAILABLE (its versions failed to load, or none found)."""
+    states = {v.state for v in versions}
+    if VersionState.AVAILABLE in states:
+        return "LOADED"
+    if states & {VersionState.START, VersionState.LOADING}:
+        return "LOADING"
+    return "UNLOADED" if not_loaded else "UNAVAILABLE"

@@ -111,6 +111,10 @@ class Metrics:
         self.cold_start_latency = Histogram(
             ":pyserving:cold_start_latency", "With --max_loaded_models: microseconds from a model's first "
             "request to its versions being available.", ["model_name"], buckets=LATENCY_BUCKETS_US, registry=r)
+        self.model_memory = Gauge(
+            ":pyserving:model_memory_bytes", "With a budget of loaded models: each loaded model's memory, as "
+            "estimated from its version folders (docs/model_budget.md); summed over workers, each with "
+            "its own copy.", ["model_name"], registry=r)
         self.grpc_shed = Counter(
             ":pyserving:grpc_requests_shed", "gRPC inference calls refused UNAVAILABLE by load shedding "
             "(--queue_delay_target_in_ms) as they were taken, before their request was decoded.", registry=r)
@@ -180,10 +184,13 @@ class Metrics:
     def record_warmup(self, path: str, seconds: float, ok: bool) -> None:
         self.warmup_latency.labels(self._path(path), "OK" if ok else "ERROR").observe(seconds * 1e6)
 
-    def record_residency(self, model: str, event: str, seconds: float) -> None:
+    def record_residency(self, model: str, event: str, seconds: float, size: int) -> None:
         self._child(self.residency, model, event).inc()
         if event == "load":
             self._child(self.cold_start_latency, model).observe(seconds * 1e6)
+            self._child(self.model_memory, model).set(size)
+        elif self._children.pop((id(self.model_memory), (model,)), None) is not None:
+            self.model_memory.remove(model)  # a thousand models don't leave a thousand zeros
 
     def record_request_log(self, model: str, status: str) -> None:
         self._child(self.request_log, model, status).inc()

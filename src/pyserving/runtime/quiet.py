@@ -1,14 +1,16 @@
-"""TensorFlow's start-up without its C++ start-up noise.
+"""TensorFlow's start-up: the environment it reads at import, and the import without its C++ noise.
 
 Importing TensorFlow and probing for GPUs prints lines on every CPU machine (oneDNN's notice, "Could
 not find cuda drivers", and an E-level "failed call to cuInit" that trips log alerts) before absl's
 logging is set up, so TF_CPP_MIN_LOG_LEVEL can't silence them. Here the import and the device probe
 run with the process's stderr (fd 2) pointed at a temporary file; what was written is replayed if
-either fails. A user who set TF_CPP_MIN_LOG_LEVEL asked for TensorFlow's logs and gets them.
+either fails. A user who set TF_CPP_MIN_LOG_LEVEL asked for TensorFlow's logs and gets them (and
+one who set TF_ENABLE_ONEDNN_OPTS, the kernels asked for).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
@@ -20,6 +22,20 @@ def claim_log_level() -> bool:
     quiet = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return quiet
+
+
+def claim_allocator(budget: bool) -> None:
+    """With a budget of loaded models, turn oneDNN's kernels off unless the user chose
+    (TF_ENABLE_ONEDNN_OPTS), before anything imports TensorFlow: with them on, TensorFlow's CPU
+    tensors come from oneDNN's pooling allocator, which keeps the high-water mark of big tensors
+    for good, so an evicted model's memory never went back (docs/model_budget.md: +100 MiB for
+    good over 1,000 load/unload cycles of a 100 MB model, flat with them off). TF Serving's own
+    builds run without oneDNN too."""
+    if budget and "TF_ENABLE_ONEDNN_OPTS" not in os.environ:
+        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
+        logging.getLogger("pyserving.runtime").info(
+            "oneDNN kernels off (TF_ENABLE_ONEDNN_OPTS=0) under a budget of loaded models, so an unloaded "
+            "model's memory goes back to the system; set TF_ENABLE_ONEDNN_OPTS=1 to keep them")
 
 
 def import_tensorflow(quiet: bool, probe_devices: bool = True) -> None:

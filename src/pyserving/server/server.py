@@ -42,7 +42,7 @@ from pyserving.runtime.profiler import Profiler
 from pyserving.serving.admission import Admission, default_limit
 from pyserving.serving.dataplane import DataPlane
 from pyserving.serving.inline import InlinePolicy
-from pyserving.storage.files import VersionCache
+from pyserving.storage.files import VersionCache, folder_bytes
 
 from .loading import VersionLoader
 from .peers import Peers, PeerService, merge_status
@@ -369,7 +369,10 @@ def _host_port(address: str, port: int) -> str:
 
 
 def residency(o: ServerOptions) -> Residency | None:
-    """--max_loaded_models: each worker keeps the budget for itself (each loads its own copies)."""
-    if o.max_loaded_models <= 0:
+    """--max_loaded_models, --max_loaded_model_memory_mb: each worker keeps the budgets for itself
+    (each loads its own copies: N workers take N times the memory)."""
+    if o.max_loaded_models <= 0 and o.max_loaded_model_memory_mb <= 0:
         return None
-    return Residency(o.max_loaded_models, frozenset(filter(None, (n.strip() for n in o.preload_models.split(",")))))
+    preload = frozenset(filter(None, (n.strip() for n in o.preload_models.split(","))))
+    return Residency(max(0, o.max_loaded_models), max(0, o.max_loaded_model_memory_mb) << 20, preload,
+                     measure=folder_bytes)

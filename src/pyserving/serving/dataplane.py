@@ -20,7 +20,7 @@ from tensorflow_serving.apis import classification_pb2, get_model_metadata_pb2, 
 
 from pyserving.codecs import limits
 from pyserving.core.manager import ModelManager
-from pyserving.core.states import VersionStatus
+from pyserving.core.states import VersionStatus, model_state
 from pyserving.errors import Code, ServingError, http_status
 from pyserving.observability.monitoring import Metrics
 from pyserving.observability.request_log import RequestLogger, examples_log, multi_inference_log, predict_log
@@ -288,6 +288,10 @@ class DataPlane:
             return await self.status(ModelSpec(name))
         except ServingError:
             return []
+
+    def model_state(self, name: str, statuses: list[VersionStatus]) -> str:
+        """The model as a whole (core/states.py), from its versions as listed_status gave them."""
+        return model_state(statuses, self._manager.not_loaded(name))
 
     def local_status(self, name: str, version: int | None = None, label: str | None = None
                      ) -> list[VersionStatus]:

@@ -63,6 +63,22 @@ def filesystem(path: str) -> Any:
                            f"pip install 'pyserving[{extra}]' ({e})") from None
 
 
+def folder_bytes(folders: list[str]) -> int:
+    """The bytes of the files under these folders, local or remote (0 for one that can't be read:
+    its load fails with the reason). Symbolic links inside are not followed."""
+    total = 0
+    for folder in folders:
+        try:
+            if is_remote(folder):
+                total += int(filesystem(folder).du(folder, total=True))
+                continue
+            for parent, _dirs, files in os.walk(folder):
+                total += sum(os.lstat(os.path.join(parent, f)).st_size for f in files)
+        except (OSError, ValueError):
+            continue
+    return total
+
+
 def _store_options(protocol: str) -> dict[str, Any]:
     if protocol != "s3":
         return {}  # gcsfs and adlfs read their standard variables (STORAGE_EMULATOR_HOST, AZURE_*)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from pyserving import __version__
+from pyserving.core.states import MODEL_STATES
 
 from . import openapi_v2
 
@@ -80,7 +81,13 @@ def _model_paths() -> dict[str, Any]:
     return paths
 
 
+MODEL_STATE = {"type": "string", "enum": list(MODEL_STATES), "description": (
+    "The model as a whole: LOADED (a version serves), LOADING, UNLOADED (under a budget of loaded "
+    "models: loads on its first request) or UNAVAILABLE (its versions failed to load, or none found)")}
+
+
 def _schemas() -> dict[str, Any]:
+    model_state = MODEL_STATE
     tensor: dict = {"description": "A tensor as nested JSON arrays (or a scalar); "
                                    "binary strings as {\"b64\": ...}"}
     return {
@@ -96,7 +103,8 @@ def _schemas() -> dict[str, Any]:
         "ModelList": {"type": "object", "required": ["models"], "properties": {
             "models": {"type": "array", "items": {"type": "string"}},
             "model_version_status": {"type": "object",
-                                     "additionalProperties": {"type": "array", "items": {"type": "object"}}}}},
+                                     "additionalProperties": {"type": "array", "items": {"type": "object"}}},
+            "model_state": {"type": "object", "additionalProperties": model_state}}},
         "StatusSummary": _status_summary(),
         "Metadata": {"type": "object", "required": ["model_spec", "metadata"], "properties": {
             "model_spec": {"type": "object", "required": ["name", "version"], "properties": {
@@ -126,6 +134,7 @@ def _status_summary() -> dict[str, Any]:
     def obj(required: list[str], **properties) -> dict:
         return {"type": "object", "required": required, "properties": properties}
     integer, number, string = {"type": "integer"}, {"type": "number"}, {"type": "string"}
+    model_state = MODEL_STATE
     # OpenAPI 3.0's "nullable" is no JSON Schema: a field that may be null is left untyped.
     maybe = {"description": "A number, or null when there is none (no request in the window)"}
     tensor = obj(["alias", "dtype", "shape"], alias=string, tensor=string, dtype=string,
@@ -137,7 +146,7 @@ def _status_summary() -> dict[str, Any]:
         window_seconds=number, refresh_ms=integer,
         models={"type": "array", "items": obj(
             ["name", "labels", "versions", "signatures", "requests"],
-            name=string, labels={"type": "object", "additionalProperties": integer},
+            name=string, labels={"type": "object", "additionalProperties": integer}, state=model_state,
             served_version={"description": "The version requests get, or null if none is available"},
             problem={"description": "Why no version is available, or null"},
             versions={"type": "array", "items": obj(

@@ -233,13 +233,14 @@ class RestService:
 
     async def _list_models(self, _request: web.Request) -> web.Response:
         """KServe v1's model list ({"models": [names]}), with each model's versions and states in
-        the shape of TF Serving's model status."""
+        the shape of TF Serving's model status, and each model's state as a whole."""
         names = sorted(self._dataplane.readiness())
-        versions = {}
+        versions, states = {}, {}
         for name in names:
             statuses = await self._dataplane.listed_status(name)
             versions[name] = to_json_dict(status_response(statuses)).get("model_version_status", [])
-        return web.json_response({"models": names, "model_version_status": versions})
+            states[name] = self._dataplane.model_state(name, statuses)
+        return web.json_response({"models": names, "model_version_status": versions, "model_state": states})
 
     async def _openapi(self, _request: web.Request) -> web.Response:
         return web.json_response(openapi.document())

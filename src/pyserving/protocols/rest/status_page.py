@@ -75,7 +75,8 @@ class StatusPage:
         versions = [{"version": s.version, "state": s.state.name,
                      "error": f"{s.error.code.name}: {s.error.message}" if s.error else None,
                      "requests": int(answered.get((name, str(s.version)), 0))} for s in statuses]
-        model: dict[str, Any] = {"name": name, "labels": self._dataplane.version_labels(name),
+        model: dict[str, Any] = {"name": name, "state": self._dataplane.model_state(name, statuses),
+                                 "labels": self._dataplane.version_labels(name),
                                  "versions": versions, "served_version": None, "signatures": [],
                                  "problem": None}
         try:
@@ -163,7 +164,7 @@ main{padding:18px 24px;display:grid;gap:18px}
 section.model{background:#fff;border:1px solid var(--line);border-radius:8px;padding:14px 18px}
 section.model h2{display:inline;font-size:17px;margin:0 10px 0 0}
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600;color:#fff;background:var(--mute)}
-.AVAILABLE,.serving{background:var(--ok)}.notserving,.END.failed{background:var(--bad)}
+.AVAILABLE,.serving{background:var(--ok)}.loading,.unloaded{background:var(--mute)}.notserving,.END.failed{background:var(--bad)}
 .LOADING,.START,.UNLOADING{background:var(--busy)}
 .chip{display:inline-block;margin-left:6px;padding:0 7px;border:1px solid var(--line);border-radius:10px;font-size:12px;color:#374151}
 .stats{display:flex;flex-wrap:wrap;gap:10px;margin:12px 0}
@@ -222,9 +223,11 @@ function model(m, windowSeconds) {
   const s = el("section", "model"); s.dataset.model = m.name;
   const head = el("div");
   const serving = m.served_version !== null;
-  head.append(el("h2", null, m.name),
-              el("span", "badge " + (serving ? "serving" : "notserving"),
-                 serving ? "serving version " + m.served_version : "not serving"));
+  // UNLOADED: under a budget of loaded models, it loads on its first request (not a fault).
+  const badge = serving ? ["serving", "serving version " + m.served_version]
+    : {LOADING: ["loading", "loading"], UNLOADED: ["unloaded", "unloaded: loads on its first request"]}[m.state]
+      || ["notserving", "not serving"];
+  head.append(el("h2", null, m.name), el("span", "badge " + badge[0], badge[1]));
   for (const [label, v] of Object.entries(m.labels)) head.append(el("span", "chip", label + " \\u2192 " + v));
   const r = m.requests;
   const stats = el("div", "stats");
