@@ -14,6 +14,7 @@ import pytest
 
 from pyserving.config.model_config import ModelConfig, VersionPolicy
 from pyserving.core.manager import ModelManager, RetryPolicy
+from pyserving.core.residency import Residency
 from pyserving.core.source import FileSystemSource, list_versions
 from pyserving.core.states import VersionState
 from pyserving.errors import Code, ServingError
@@ -723,3 +724,53 @@ def test_a_version_aspired_again_while_it_unloads_loads_afresh():
         assert [s.state for s in manager.status("m")] == [VersionState.AVAILABLE]
         await manager.stop()
     asyncio.run(scenario())
+
+
+# ---- budgets of loaded models (core/residency.py) -------------------------------------------
+
+def _idle(_name: str) -> bool:
+    return False
+
+
+def test_residency_evicts_the_least_recently_used_and_skips_busy_ones():
+    residency = Residency(max_models=3, preload=frozenset({"p"}))
+    assert residency.admit("a", _idle) == [] and residency.admit("b", _idle) == []
+    residency.touch("a")  # b is now the least recently used
+    assert residency.admit("c", _idle) == ["b"]
+    assert residency.admit("d", lambda name: name == "a") == ["c"]  # a has requests in flight
+    _expect(Code.UNAVAILABLE, lambda: residency.admit("e", lambda name: True), "all have requests in flight")
+    assert residency.resident == ["p", "a", "d"]
+
+
+def test_residency_by_memory_evicts_until_the_new_model_fits():
+    residency = Residency(max_bytes=100 << 20, preload=frozenset({"p"}), measure=lambda folders: 0)
+    mib = 1 << 20
+    for name, files in (("p", 19), ("a", 29), ("b", 29), ("c", 9), ("big", 59), ("huge", 80)):
+        residency.sized(name, [f"/{name}/1"], files * mib)  # + 1 MiB for its one version
+    assert [residency.admit(n, _idle) for n in ("a", "b", "c")] == [[], [], []]  # 20 + 30 + 30 + 10
+    assert residency.admit("big", _idle) == ["a", "b"]  # 60 more: a alone leaves 70 + 60 > 100
+    _expect(Code.FAILED_PRECONDITION, lambda: residency.admit("huge", _idle),
+            "needs about 81 MiB, more than --max_loaded_model_memory_mb (100 MiB)")
+    assert residency.resident == ["p", "c", "big"]
+    assert residency.unsized("a", ["/a/1"]) is False and residency.unsized("a", ["/a/1", "/a/2"]) is True
+
+
+def test_a_cold_start_loads_once_the_evicted_model_has_unloaded():
+    loader = FakeLoader()
+    loader.close_gates["/a/1"] = threading.Event()
+
+    async def body(m: ModelManager):
+        for name in ("a", "b"):
+            m.add_model(name, f"/{name}")
+            m.set_aspired(name, {1: f"/{name}/1"})
+        await m.ensure_resident("a", DEADLINE)
+        b = asyncio.ensure_future(m.ensure_resident("b", DEADLINE))
+        await until(lambda: loader.servables["/a/1"].close_started.is_set(), "a's unload to start")
+        await ticks()
+        assert loader.count("/b/1") == 0 and not b.done()  # a's memory goes first
+        loader.close_gates["/a/1"].set()
+        await asyncio.wait_for(b, DEADLINE)
+        assert states(m, "b") == {1: VersionState.AVAILABLE} and states(m, "a") == {1: VersionState.END}
+        assert m.not_loaded("a") and not m.not_loaded("b")
+
+    run(body, loader, residency=Residency(max_models=1))

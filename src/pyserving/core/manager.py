@@ -46,6 +46,7 @@ class ModelManager:
         self._models: dict[str, ModelRecord] = {}
         self._tasks: set[asyncio.Task] = set()
         self._changed = asyncio.Condition()
+        self._cold_starts: set[str] = set()  # made resident, waiting for evicted models to unload
 
     # ---- wiring from sources -------------------------------------------------
 
@@ -218,12 +219,13 @@ class ModelManager:
         if self._residency.is_resident(name):  # (or became so while measured, for another request)
             self._residency.touch(name)
         elif model.configured and model.aspired:
-            for other in self._residency.admit(name, self._busy):
+            evicted = self._residency.admit(name, self._busy)
+            for other in evicted:
                 self._reconcile(self._models[other])  # no longer resident: its versions unload
                 self._on_residency(other, "evict", 0.0, 0)
-            started = loop_time()
-            self._reconcile(model)
-            self._spawn(self._timed_settle(name, started))
+            # A task, not this request: a request cancelled here must not leave the model unloaded.
+            self._cold_starts.add(name)
+            self._spawn(self._cold_start(name, evicted))
         try:
             if not serving(model):
                 await self.wait_until_settled([name], timeout)
@@ -240,7 +242,7 @@ class ModelManager:
 
     def _busy(self, name: str) -> bool:
         model = self._models.get(name)
-        return model is not None and any(
+        return name in self._cold_starts or model is not None and any(
             v.in_flight or v.state in (VersionState.START, VersionState.LOADING) for v in model.versions.values())
 
     def snapshot(self) -> list[VersionStatus]:
@@ -248,9 +250,22 @@ class ModelManager:
         return [VersionStatus(m.name, v.number, v.state, v.error)
                 for m in self._models.values() if m.configured for v in m.versions.values()]
 
-    async def _timed_settle(self, name: str, started: float) -> None:  # a cold start, for the metrics
+    async def _cold_start(self, name: str, evicted: list[str]) -> None:
+        """Load a model made resident once the models evicted for it have unloaded (their memory
+        goes before its memory comes: the budget holds at every moment), timed for the metrics."""
+        started = loop_time()
+        async with self._changed:
+            await self._changed.wait_for(lambda: not any(map(self._unloading, evicted)))
+        self._cold_starts.discard(name)
+        self._reconcile(self._models[name])
+        await self._notify()
         await self.wait_until_settled([name])
         self._on_residency(name, "load", loop_time() - started, self._residency.bytes_of(name))
+
+    def _unloading(self, name: str) -> bool:
+        """An evicted model still holding memory (not if it was made resident again since)."""
+        return not self._resident(name) and any(
+            v.state in (VersionState.AVAILABLE, VersionState.UNLOADING) for v in self._models[name].versions.values())
 
     async def wait_until_settled(self, names: list[str], timeout: float | None = None) -> None:
         """Until no aspired version of these models is still loading."""
@@ -263,6 +278,8 @@ class ModelManager:
         model = self._models.get(name)
         if model is None or not self._resident(name):
             return True
+        if name in self._cold_starts:  # its load waits for the models evicted for it
+            return False
         return all(model.versions.get(v) is not None
                    and model.versions[v].state in (VersionState.AVAILABLE, VersionState.END)
                    for v in model.aspired)

@@ -16,7 +16,7 @@ from .peers import Peers
 _STATES = {VersionState.START: "LOADING", VersionState.LOADING: "LOADING", VersionState.AVAILABLE: "READY",
            VersionState.UNLOADING: "UNLOADING", VersionState.END: "UNAVAILABLE"}
 UNLOADED_REASON = "unloaded through the model repository API"
-NOT_LOADED_REASON = "not loaded: loads on its first request or a load (--max_loaded_models)"
+NOT_LOADED_REASON = "not loaded: loads on its first request or a load (a budget of loaded models)"
 
 
 class ModelRepository:
