@@ -147,15 +147,18 @@ def test_a_memory_budget_unloads_the_least_recently_used_to_stay_within_it(tmp_p
     for name in ("a", "b", "c"):
         (tmp_path / name).symlink_to(tmp_path / "w8", target_is_directory=True)
     config = tmp_path / "models.config"
-    config.write_text(model_config({n: str(tmp_path / n) for n in ("a", "b", "c", "huge")}))
+    # A label on a model not loaded: it names a version that loads on demand (TF Serving refuses
+    # labels on versions not AVAILABLE, which would refuse every label under a budget).
+    config.write_text(model_config({n: str(tmp_path / n) for n in ("a", "b", "c", "huge")},
+                                   {"b": 'version_labels { key: "stable" value: 1 }'}))
     (tmp_path / "monitoring.config").write_text('prometheus_config { enable: true path: "/metrics" }')
     server = ServerProcess(f"--model_config_file={config}", "--max_loaded_model_memory_mb=20",
                            f"--monitoring_config_file={tmp_path / 'monitoring.config'}",
                            log_path=tmp_path / "server.log").wait_ready()
     try:
         first = server.post("/v1/models/a:predict", json={"instances": [1.0]}).json()["predictions"][0]
-        for name in ("b", "c", "a"):  # c evicts a (least recently used), then a evicts b
-            r = server.post(f"/v1/models/{name}:predict", json={"instances": [1.0]})
+        for path in ("b/labels/stable", "c", "a"):  # c evicts a (least recently used), then a evicts b
+            r = server.post(f"/v1/models/{path}:predict", json={"instances": [1.0]})
             assert r.status_code == 200 and r.json()["predictions"] == [first], r.text
         states = server.get("/v1/models").json()["model_state"]
         assert states == {"a": "LOADED", "b": "UNLOADED", "c": "LOADED", "huge": "UNLOADED"}, states

@@ -76,7 +76,8 @@ class ModelManager:
         for label, number in sorted(labels.items()):
             record = model.versions.get(number) if model is not None else None
             unchanged = model is not None and model.configured and model.labels.get(label) == number
-            if not unchanged and (record is None or record.state != VersionState.AVAILABLE):
+            loads_on_demand = model is not None and number in model.aspired and not self._resident(name)
+            if not (unchanged or loads_on_demand) and (record is None or record.state != VersionState.AVAILABLE):
                 raise ServingError.failed_precondition(
                     f"Request to assign label {label} to version {number} of model {name}, which is not currently "
                     "available for inference (--allow_version_labels_for_unavailable_models lifts this)")
