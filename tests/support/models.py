@@ -144,12 +144,14 @@ class _Sleeper(tf.Module):
     def sleep(self, micros):
         from tensorflow.python.data.experimental.ops import testing
 
-        ds = tf.data.Dataset.range(1).apply(testing.sleep(micros))
+        # take(1): the sleep dataset sleeps on every call, the one that finds the end too.
+        ds = tf.data.Dataset.range(1).apply(testing.sleep(micros)).take(1)
         return {"slept": ds.reduce(tf.constant(0, tf.int64), lambda acc, _: acc + micros)}
 
 
 def export_sleeper(path: str) -> str:
-    """A model whose Predict takes as long as its input says (micros): for deadlines and drains."""
+    """A model whose Predict takes as long as its input says (micros): for deadlines and drains.
+    One call at a time per loaded version: tf.data's reduce kernel runs on one thread of its own."""
     module = _Sleeper()
     tf.saved_model.save(module, path, signatures={"serving_default": module.sleep})
     return path
@@ -160,7 +162,7 @@ class _BatchSleeper(tf.Module):
     def sleep(self, micros):
         from tensorflow.python.data.experimental.ops import testing
 
-        ds = tf.data.Dataset.range(1).apply(testing.sleep(micros[0]))
+        ds = tf.data.Dataset.range(1).apply(testing.sleep(micros[0])).take(1)
         slept = ds.reduce(tf.constant(0, tf.int64), lambda acc, _: acc + 1)
         return {"slept": micros + 0 * slept}
 
