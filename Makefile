@@ -29,7 +29,8 @@ test-packages: venv
 	tools/ensure-debian-packages.sh chromium fonts-dejavu-core:- npm curl nghttp2-client:h2load
 	tools/ensure-npm-tools.sh azurite@3.35.0:azurite-blob
 	tools/ensure-python-client.sh $(PYTHON) kserve kserve==0.21.0
-	tools/ensure-python-client.sh --path $(PY) sklearn scikit-learn==1.9.1 scipy==1.17.1 joblib==1.6.0 threadpoolctl==3.8.0
+	tools/ensure-python-client.sh --path $(PY) sklearn scikit-learn==1.9.1 scipy==1.17.1 joblib==1.6.0 threadpoolctl==3.8.0 \
+		cloudpickle==3.1.3 narwhals==2.29.0
 
 bench-packages:
 	tools/ensure-debian-packages.sh nghttp2-client:h2load wrk

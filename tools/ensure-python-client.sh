@@ -7,7 +7,8 @@
 #   --path: a folder of packages for the servers' PYTHONPATH (a Python model's own libraries), for
 #     libraries that would slow every server's start if installed in the venv (TensorFlow's import
 #     loads Keras, which imports scikit-learn whenever it is installed: 0.8 s of every start).
-#     Installed without dependencies: list them, at versions the venv's numpy can run.
+#     Installed without dependencies (a second numpy would shadow the venv's): list every one,
+#     at versions the venv's numpy can run.
 #     tools/ensure-python-client.sh --path .venv/bin/python sklearn scikit-learn==1.9.1 scipy==...
 #                                                                            -> .tools/sklearn
 # Usage: tools/ensure-python-client.sh [--path] PYTHON NAME REQUIREMENT...
@@ -31,6 +32,8 @@ rm -rf "$target"
 if $path_only; then
     # shellcheck disable=SC2068  # one word per requirement
     "$python" -m pip install --quiet --no-deps --target "$target" $@
+    # Every dependency listed? (pip check sees the folder's packages beside the venv's.)
+    PYTHONPATH="$target" "$python" -m pip check || { rm -rf "$target"; exit 1; }
 else
     "$python" -m venv "$target"
     "$target/bin/python" -m pip install --quiet --upgrade pip
