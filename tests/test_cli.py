@@ -32,6 +32,12 @@ def test_version_flag():
     ([], "--model_base_path or --model_config_file"),
     (["--model_base_path=/m", "--batching_parameters_file=/b"], "requires --enable_batching"),
     (["--model_base_path=/m", "--port=8600", "--rest_api_port=8600"], "cannot be the same"),
+    (["--model_base_path=/m", "--max_loaded_model_memory_mb=-1"], "must be 0 (no limit) or positive"),
+    (["--model_base_path=/m", "--preload_models=m"], "--preload_models needs a budget"),
+    (["--model_name=m", "--model_base_path=/m", "--max_loaded_models=1", "--preload_models=x"],
+     "--preload_models names x, not in the model config"),
+    (["--model_name=m", "--model_base_path=/m", "--max_loaded_models=1", "--preload_models=m"],
+     "leaves no room for any other to load"),
 ])
 def test_bad_combinations_exit_with_one_line(args, needle):
     out = run_server_cli(*args)

@@ -109,7 +109,7 @@ def _setup_logging(options: ServerOptions) -> bool:
 
 def serve(options: ServerOptions) -> int:
     from pyserving.config.model_config import ConfigError, models_from_options
-    from pyserving.server.checks import check_options
+    from pyserving.server.checks import check_options, check_preload
 
     if options.version:
         print(f"TensorFlow ModelServer: pyserving-{__version__}")
@@ -117,14 +117,19 @@ def serve(options: ServerOptions) -> int:
     quiet_tensorflow = _setup_logging(options)
     from .runtime.quiet import claim_allocator
 
-    claim_allocator(options.max_loaded_models > 0 or options.max_loaded_model_memory_mb > 0)  # before the import too
+    # Before TensorFlow's import too; logged once the flags are known good (a failed start is one line).
+    onednn_off = claim_allocator(options.max_loaded_models > 0 or options.max_loaded_model_memory_mb > 0)
     log = logging.getLogger("pyserving")
     try:
         check_options(options)
         models = models_from_options(options)
+        check_preload(options, models)
     except ConfigError as e:
         print(f"tensorflow_model_server: {e}", file=sys.stderr)
         return 1
+    if onednn_off:
+        log.info("oneDNN kernels off (TF_ENABLE_ONEDNN_OPTS=0) under a budget of loaded models, so an unloaded "
+                 "model's memory goes back to the system; set TF_ENABLE_ONEDNN_OPTS=1 to keep them")
     for name in options.unsupported_flags_set():
         log.warning("--%s is accepted for compatibility but has no effect in pyserving yet", name)
     from pyserving.server.supervisor import worker_count

@@ -10,7 +10,6 @@ one who set TF_ENABLE_ONEDNN_OPTS, the kernels asked for).
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import tempfile
@@ -24,18 +23,17 @@ def claim_log_level() -> bool:
     return quiet
 
 
-def claim_allocator(budget: bool) -> None:
+def claim_allocator(budget: bool) -> bool:
     """With a budget of loaded models, turn oneDNN's kernels off unless the user chose
     (TF_ENABLE_ONEDNN_OPTS), before anything imports TensorFlow: with them on, TensorFlow's CPU
     tensors come from oneDNN's pooling allocator, which keeps the high-water mark of big tensors
     for good, so an evicted model's memory never went back (docs/model_budget.md: +100 MiB for
     good over 1,000 load/unload cycles of a 100 MB model, flat with them off). TF Serving's own
-    builds run without oneDNN too."""
+    builds run without oneDNN too. Whether it turned them off (for the caller to log)."""
     if budget and "TF_ENABLE_ONEDNN_OPTS" not in os.environ:
         os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
-        logging.getLogger("pyserving.runtime").info(
-            "oneDNN kernels off (TF_ENABLE_ONEDNN_OPTS=0) under a budget of loaded models, so an unloaded "
-            "model's memory goes back to the system; set TF_ENABLE_ONEDNN_OPTS=1 to keep them")
+        return True
+    return False
 
 
 def import_tensorflow(quiet: bool, probe_devices: bool = True) -> None:

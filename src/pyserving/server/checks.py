@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 
-from pyserving.config.model_config import ConfigError
+from pyserving.config.model_config import ConfigError, ModelConfig
 from pyserving.errors import ServingError
 from pyserving.observability.monitoring import PrometheusSettings
 from pyserving.options import ServerOptions
@@ -41,6 +41,12 @@ def check_options(options: ServerOptions) -> None:
         raise ConfigError("--max_pending_requests must be -1 (automatic), 0 (no bound) or positive")
     if options.queue_delay_target_in_ms < 0:
         raise ConfigError("--queue_delay_target_in_ms must be 0 (off) or positive")
+    for flag in ("max_loaded_models", "max_loaded_model_memory_mb"):
+        if getattr(options, flag) < 0:
+            raise ConfigError(f"--{flag} must be 0 (no limit) or positive")
+    if options.preload_models and not (options.max_loaded_models or options.max_loaded_model_memory_mb):
+        raise ConfigError("--preload_models needs a budget (--max_loaded_models or --max_loaded_model_memory_mb): "
+                          "without one every model is loaded at start")
     if options.log_format not in ("text", "json"):
         raise ConfigError(f"--log_format must be text or json, not {options.log_format!r}")
     if options.num_workers < 0:
@@ -90,3 +96,14 @@ def _check_address(flag: str, address: str) -> None:
         ipaddress.ip_address(address)
     except ValueError:
         raise ConfigError(f"--{flag}={address!r} is not an IP address (e.g. 0.0.0.0, 127.0.0.1, ::)") from None
+
+
+def check_preload(options: ServerOptions, models: list[ModelConfig]) -> None:
+    """--preload_models must name configured models, and leave room under --max_loaded_models."""
+    preload = [n.strip() for n in options.preload_models.split(",") if n.strip()]
+    unknown = sorted(set(preload) - {m.name for m in models})
+    if unknown:
+        raise ConfigError(f"--preload_models names {', '.join(unknown)}, not in the model config")
+    if options.max_loaded_models and len(set(preload)) >= options.max_loaded_models:
+        raise ConfigError(f"--preload_models names {len(set(preload))} models: --max_loaded_models="
+                          f"{options.max_loaded_models} leaves no room for any other to load")
