@@ -232,3 +232,30 @@ def test_a_port_in_use_stops_every_worker(tmp_path):
     assert result.returncode == 1
     assert "Could not start serving" in result.stderr
     assert time.monotonic() - start < 60  # the supervisor returns only once every worker has exited
+
+
+def test_each_worker_keeps_the_budget_and_a_reload_adds_a_model_unloaded(tmp_path):
+    """--max_loaded_models with --num_workers: each worker loads on demand within its own budget,
+    and a reload's new model waits unloaded for its first request on every worker."""
+    server = _start(tmp_path, {name: models.export_tf2_linear for name in ("a", "b", "c")}, "--max_loaded_models=1")
+    try:
+        # Fresh connections land on either worker: every answer right wherever its model was evicted.
+        assert [_predict(server, name) for _ in range(5) for name in ("a", "b", "c")] == [4.0] * 15
+        listing = requests.get(server.rest_url + "/v1/models", timeout=30, headers={"Connection": "close"}).json()
+        loaded = [n for n, state in listing["model_state"].items() if state == "LOADED"]
+        assert 1 <= len(loaded) <= WORKERS, listing  # merged over the workers: one each at most
+        config = model_server_config_pb2.ModelServerConfig()
+        text_format.Parse(model_config({n: str(tmp_path / n) for n in ("b", "c", "d")}), config)
+        models.export_tf2_linear(str(tmp_path / "d" / "1"), scale=2.0)
+        response = _grpc_call(server, model_service_pb2_grpc.ModelServiceStub, "HandleReloadConfigRequest",
+                              model_management_pb2.ReloadConfigRequest(config=config))
+        assert response.status.error_code == 0
+        states = {requests.get(server.rest_url + "/v1/models", timeout=30,
+                               headers={"Connection": "close"}).json()["model_state"]["d"] for _ in range(6)}
+        assert states == {"UNLOADED"}  # on every worker
+        assert [_predict(server, "d") for _ in range(6)] == [8.0] * 6
+        r = requests.post(server.rest_url + "/v1/models/a:predict", json={"instances": [[1.0, 1.0]]}, timeout=30)
+        assert r.status_code == 404, r.text  # dropped by the reload
+    finally:
+        assert server.stop() == 0
+    assert "Traceback" not in server.log()
