@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 MNIST_DIR ?= $(abspath ../shared/mnist)
 export MNIST_DIR
 
-.PHONY: venv demo test bench clean test-packages bench-packages
+.PHONY: venv demo test bench clean test-tools test-packages bench-packages
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,18 +25,25 @@ demo: venv
 # KServe's Python clients run from a venv of their own (.tools/kserve-venv): its protobuf pin
 # can't share the server's venv. scikit-learn (the iris example's) is a folder on that test server's
 # PYTHONPATH (.tools/sklearn), not in the venv: installed there, every TensorFlow import loads it.
-test-packages: venv
+# test-tools need no venv: `make test` installs them while the venv installs.
+test-tools:
 	tools/ensure-debian-packages.sh chromium fonts-dejavu-core:- npm curl nghttp2-client:h2load
 	tools/ensure-npm-tools.sh azurite@3.35.0:azurite-blob
 	tools/ensure-python-client.sh $(PYTHON) kserve kserve==0.21.0
+
+test-packages: venv test-tools
 	tools/ensure-python-client.sh --path $(PY) sklearn scikit-learn==1.9.1 scipy==1.17.1 joblib==1.6.0 threadpoolctl==3.8.0 \
 		cloudpickle==3.1.3 narwhals==2.29.0
 
 bench-packages:
 	tools/ensure-debian-packages.sh nghttp2-client:h2load wrk
 
-# Two phases (tools/run-tests.sh): the parallel one over 2 processes, then the `serial` tests alone.
-test: venv test-packages
+# The venv and the test tools side by side (pip's install waits on the disk about as much as on
+# the CPU), then the tests in two phases (tools/run-tests.sh): the parallel one over 2 processes,
+# then the `serial` tests alone.
+test:
+	$(MAKE) --no-print-directory -j2 venv test-tools
+	$(MAKE) --no-print-directory test-packages
 	tools/run-tests.sh $(PY)
 
 bench: venv bench-packages
