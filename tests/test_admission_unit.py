@@ -9,7 +9,7 @@ import pytest
 
 from pyserving.observability.monitoring import Metrics
 from pyserving.protocols.rest.gate import OVERLOADED_MESSAGE, RestGate, whole_post
-from pyserving.serving.admission import INTERVAL_SECONDS, TARGET_POSITIONS, Admission
+from pyserving.serving.admission import INTERVAL_SECONDS, MIN_SAMPLES, TARGET_POSITIONS, Admission
 
 SERVICE = 0.001  # each request costs 1 ms of the server's time, one at a time
 
@@ -96,6 +96,42 @@ def test_the_target_scales_with_a_slow_models_service_time():
         tokens.append(admission.enter(now))
 
 
+def test_a_slow_first_answer_does_not_refuse_a_burst_with_deadlines():
+    # TF Serving's MNIST client: 1,000 futures with 10 s deadlines on a fresh server, whose first
+    # answer takes 85 ms (the Session optimises the graph on its first run) and the others 0.3 ms.
+    admission = Admission(limit=0, target=0.05)
+    tokens, now, refused = [], 0.0, 0
+
+    def send() -> None:
+        nonlocal refused
+        if admission.refusal(10.0 - now, now=now) is None:
+            tokens.append(admission.enter(now))
+        else:
+            refused += 1
+
+    while len(tokens) < 400:  # the client sends while the first answer is being made
+        send()
+        now += 0.0002
+    now = 0.085
+    for _ in range(600):
+        admission.leave(tokens.pop(0), now=now)
+        now += 0.0003
+        send()
+    assert refused == 0 and 0 < admission._per_position < 0.001, admission._per_position
+
+
+def test_a_request_that_would_miss_its_deadline_is_refused_once_answers_are_known():
+    admission = Admission(limit=0, target=0)
+    now = 0.0
+    for _ in range(MIN_SAMPLES):  # 1.5 s answers, one at a time
+        token = admission.enter(now)
+        now += 1.5
+        admission.leave(token, now=now)
+    admission.enter(now)  # one running
+    assert "past its deadline of 1000 ms" in admission.refusal(1.0, now=now)
+    assert admission.refusal(2.0, now=now) is None
+
+
 def _post(body: bytes = b'{"instances": [1.0]}', extra: str = "", version: str = "HTTP/1.1") -> bytes:
     return (f"POST /v1/models/m:predict {version}\r\nHost: x\r\nContent-Type: application/json\r\n{extra}"
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
@@ -119,7 +155,7 @@ def test_whole_post(data, expected):
 
 def test_the_gate_answers_503_with_retry_after_and_tf_servings_error_body():
     admission = Admission(limit=0, target=0.005)
-    admission.shedding, admission._per_position = True, 0.001
+    admission.shedding, admission._per_position, admission._first = True, 0.001, [0.001] * MIN_SAMPLES
     for _ in range(50):
         admission.enter(0.0)
     metrics = Metrics()

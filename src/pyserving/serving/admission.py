@@ -18,7 +18,13 @@ a thread or a batch slot, with UNAVAILABLE (HTTP 503 and ``Retry-After``):
   quickly enough to cost little.
 
 The wait ahead of a request is estimated from recent requests: each position in the queue has
-cost ``_per_position`` seconds lately (a moving average of latency / position). The target is
+cost ``_per_position`` seconds lately, the time between answers while requests were pending
+(Little's law: pending / throughput is the wait). A server's first answers include one-time costs
+(a Session's first run of a signature optimises its graph: ~85 ms for the MNIST tutorial's model,
+then 0.3 ms), and a moving average started on such a sample refused TF Serving's own MNIST
+client's 1,000 futures for minutes of answers: so the first ``WARMUP_SAMPLES`` estimates are the
+median so far (one slow answer among fast ones counts for nothing), the moving average starts
+from there, and no rule uses an estimate of fewer than ``MIN_SAMPLES`` answers. The target is
 never below ``TARGET_POSITIONS`` positions, and the interval never below four targets, so a
 slow model's ordinary queue is not taken for an overload. Only the event loop thread calls
 ``refusal``, ``enter`` and ``leave``, so plain counters are enough.
@@ -27,7 +33,7 @@ slow model's ordinary queue is not taken for an overload. Only the event loop th
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from pyserving.errors import ServingError
@@ -45,6 +51,8 @@ TARGET_POSITIONS = 16  # so up to 16 requests at once per worker are never refus
 OVERLOADED_MESSAGE = ("Server is overloaded: requests have been queueing longer than "
                       "--queue_delay_target_in_ms; retry later")
 _SMOOTHING = 0.05  # weight of the newest request in the moving average
+WARMUP_SAMPLES = 9  # answers whose median is the estimate, before the moving average
+MIN_SAMPLES = 3  # answers before the estimate refuses anything
 
 
 def default_limit(workers: int) -> int:
@@ -67,13 +75,17 @@ class Admission:
     lag: Callable[[], float] | None = None
     _above_since: float | None = None  # since when every look found the queue above target
     _last_above: float = float("-inf")
+    _first: list[float] = field(default_factory=list)  # the first WARMUP_SAMPLES samples
+    _busy_since: float = 0.0  # when the pending count last left 0
+    _last_answer: float = 0.0
 
     def refusal(self, deadline: float | None = None, now: float | None = None) -> str | None:
         """Why a new request must be refused now (``deadline``: seconds it has left), or None."""
         if self.limit and self.pending >= self.limit:
             return (f"Server is at capacity: {self.pending} requests pending "
                     f"(--max_pending_requests={self.limit}); retry later")
-        expected = self.pending * self._per_position  # the wait behind those ahead; none if none
+        # The wait behind those ahead; none if none, or while too few answers were seen to know.
+        expected = self.pending * self._per_position if len(self._first) >= MIN_SAMPLES else 0.0
         if deadline is not None and expected > deadline:
             return (f"Server is busy: {self.pending} requests ahead of this one would take "
                     f"about {expected * 1000:.0f} ms, past its deadline of {deadline * 1000:.0f} ms")
@@ -92,15 +104,21 @@ class Admission:
 
     def enter(self, now: float) -> Token:
         """Count a request in (``refusal`` said None)."""
+        if not self.pending:
+            self._busy_since = now
         self.pending += 1
         return now, self.pending
 
     def leave(self, token: Token, now: float | None = None) -> None:
-        started, position = token
         now = time.perf_counter() if now is None else now
         self.pending -= 1
-        sample = (now - started) / position
-        self._per_position += _SMOOTHING * (sample - self._per_position) if self._per_position else sample
+        sample = now - max(self._last_answer, self._busy_since)  # idle time is no one's cost
+        self._last_answer = now
+        if len(self._first) < WARMUP_SAMPLES:
+            self._first.append(sample)
+            self._per_position = sorted(self._first)[(len(self._first) - 1) // 2]  # the lower median
+        else:
+            self._per_position += _SMOOTHING * (sample - self._per_position)
         if self.target and self._above_since is not None:
             self._over_target(self._signal(self.pending * self._per_position), now)  # a drained burst resets
 
