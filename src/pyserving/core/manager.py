@@ -3,7 +3,7 @@
 Sources tell the manager which versions each model aspires to. The manager loads new versions off
 the request path (in a loader thread pool), retries failed loads, and unloads a version only once
 an aspired version is AVAILABLE, so a model that had something to serve always does. Requests take
-a handle that keeps its version loaded until the request finishes. With --max_loaded_models only
+a handle that keeps its version loaded until the request finishes. Under a budget of loaded models only
 resident models (residency.py) load. Everything here runs on the event loop thread, so no locks
 are needed; only the loader itself runs in threads.
 """
@@ -204,7 +204,7 @@ class ModelManager:
         return self._residency is None or self._residency.is_resident(name)
 
     def not_loaded(self, name: str) -> bool:
-        """With --max_loaded_models: a configured model with versions to load, not loaded now."""
+        """Under a budget of loaded models: a configured model with versions to load, not loaded now."""
         model = self._models.get(name)
         return (model is not None and model.configured and bool(model.aspired) and not self._resident(name)
                 and not serving(model))
@@ -289,10 +289,7 @@ class ModelManager:
 
     def _reconcile(self, model: ModelRecord) -> None:
         if not self._resident(model.name):  # evicted, or never asked for: nothing stays loaded
-            for record in list(model.versions.values()):
-                if record.state == VersionState.AVAILABLE:
-                    record.state = VersionState.UNLOADING
-                    self._spawn(self._unload(model, record))
+            self._unload_available(model, keep={})
             return
         for number in sorted(model.aspired):
             record = model.versions.get(number)
@@ -302,8 +299,12 @@ class ModelManager:
                 model.versions[n].state == VersionState.AVAILABLE
                 for n in model.aspired if n in model.versions):
             return  # availability first: keep old versions until a new one serves
+        self._unload_available(model, keep=model.aspired)
+
+    def _unload_available(self, model: ModelRecord, keep: Mapping[int, str]) -> None:
+        """Unload the AVAILABLE versions not in ``keep``."""
         for record in list(model.versions.values()):
-            if record.number not in model.aspired and record.state == VersionState.AVAILABLE:
+            if record.number not in keep and record.state == VersionState.AVAILABLE:
                 # Mark it now, not when the task runs, so a second reconcile can't unload it twice.
                 record.state = VersionState.UNLOADING
                 self._spawn(self._unload(model, record))

@@ -57,17 +57,21 @@ class Residency:
         """Make ``name`` resident; the models to evict for it, least recently used first
         (UNAVAILABLE when every resident model is busy and there is no room)."""
         need = self.bytes_of(name)
-        if self.max_bytes and need + sum(map(self.bytes_of, self.preload)) > self.max_bytes:
+        pinned = sum(map(self.bytes_of, self.preload))
+        if self.max_bytes and need + pinned > self.max_bytes:
             raise ServingError.failed_precondition(
                 f"Model {name} needs about {need >> 20} MiB, more than --max_loaded_model_memory_mb "
                 f"({self.max_bytes >> 20} MiB) leaves beside the preloaded models")
+        count = len(self.preload) + len(self._recent)  # loaded now, and what they take with it
+        used = pinned + sum(map(self.bytes_of, self._recent)) + need
         evict: list[str] = []
-        for other in list(self._recent):
-            if self._fits(need, evict):
+        for other in self._recent:  # least recently used first
+            if self._fits(count, used):
                 break
             if not busy(other):
                 evict.append(other)
-        if not self._fits(need, evict):
+                count, used = count - 1, used - self.bytes_of(other)
+        if not self._fits(count, used):
             raise ServingError.unavailable(
                 f"Model {name} is not loaded and the loaded models using the budget "
                 f"({self._budget()}) all have requests in flight; retry")
@@ -76,11 +80,9 @@ class Residency:
         self._recent[name] = None
         return evict
 
-    def _fits(self, need: int, evict: list[str]) -> bool:
-        staying = [n for n in self._recent if n not in evict]
-        count_ok = not self.max_models or len(self.preload) + len(staying) < self.max_models
-        used = sum(map(self.bytes_of, [*self.preload, *staying]))
-        return count_ok and (not self.max_bytes or used + need <= self.max_bytes)
+    def _fits(self, count: int, used: int) -> bool:
+        """Room for one more model beside ``count`` loaded, with ``used`` bytes counting it."""
+        return (not self.max_models or count < self.max_models) and (not self.max_bytes or used <= self.max_bytes)
 
     def _budget(self) -> str:
         parts = [f"--max_loaded_models={self.max_models}"] if self.max_models else []

@@ -106,14 +106,14 @@ class Metrics:
             ":pyserving:rest_requests_shed", "REST requests refused at the connection by load shedding "
             "(--queue_delay_target_in_ms), before their model was read.", registry=r)
         self.residency = Counter(
-            ":pyserving:model_residency_count", "With --max_loaded_models: models loaded on their first "
+            ":pyserving:model_residency_count", "With a budget of loaded models: models loaded on their first "
             "request (load) and unloaded to make room (evict).", ["model_name", "event"], registry=r)
         self.cold_start_latency = Histogram(
-            ":pyserving:cold_start_latency", "With --max_loaded_models: microseconds from a model's first "
+            ":pyserving:cold_start_latency", "With a budget of loaded models: microseconds from a model's first "
             "request to its versions being available.", ["model_name"], buckets=LATENCY_BUCKETS_US, registry=r)
         self.model_memory = Gauge(
-            ":pyserving:model_memory_bytes", "With a budget of loaded models: each loaded model's memory, as "
-            "estimated from its version folders (docs/model_budget.md); summed over workers, each with "
+            ":pyserving:model_memory_bytes", "With a budget of loaded models: the memory of each model loaded "
+            "on demand, as estimated from its version folders (docs/model_budget.md); summed over workers, each with "
             "its own copy.", ["model_name"], registry=r)
         self.grpc_shed = Counter(
             ":pyserving:grpc_requests_shed", "gRPC inference calls refused UNAVAILABLE by load shedding "

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ServingError
+from ..storage.layout import SERVABLE_FILES
 from .python_model import MODEL_FILE, has_python_model, load_python_model
 from .servable import Servable
 
@@ -119,7 +120,7 @@ def has_tflite_model(path: str) -> bool:
 
 def has_model_file(path: str) -> bool:
     """A SavedModel or a TFLite model (beside a model.py, the model it wraps)."""
-    return any(os.path.isfile(os.path.join(path, f)) for f in ("saved_model.pb", "saved_model.pbtxt", TFLITE_FILE))
+    return any(os.path.isfile(os.path.join(path, f)) for f in SERVABLE_FILES)
 
 
 class ServableLoader:

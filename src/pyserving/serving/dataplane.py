@@ -310,7 +310,7 @@ class DataPlane:
             return version
 
     async def ensure_loaded(self, spec: ModelSpec, deadline: float | None = None) -> None:
-        """With --max_loaded_models, a metadata request loads its model as an inference does."""
+        """Under a budget of loaded models, a metadata request loads its model as an inference does."""
         await self._manager.ensure_resident(spec.name, deadline)
 
     def signature(self, spec: ModelSpec) -> tuple[int, Signature | None, str]:

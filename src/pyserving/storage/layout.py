@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 
-# What a complete version holds. A local numbered folder without one is still offered, as TF
-# Serving does (its load fails, visibly in status); a remote one is offered once it has one.
-MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt", "model.tflite", "model.py")
+# A model the runtime loads: a SavedModel or a TFLite file.
+SERVABLE_FILES = ("saved_model.pb", "saved_model.pbtxt", "model.tflite")
+# What a complete version holds: one of those or a Python model. A local numbered folder without
+# one is still offered, as TF Serving does (its load fails, visibly in status); a remote one is
+# offered once it has one.
+MODEL_FILES = (*SERVABLE_FILES, "model.py")
 # TF Serving parses version folder names as int64; a larger number is not a version.
 MAX_VERSION = 2**63 - 1
 
