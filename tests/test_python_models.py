@@ -9,6 +9,7 @@ import importlib.util
 import io
 import sys
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -275,5 +276,36 @@ def test_batching_hands_predict_the_batched_inputs(tmp_path):
         assert sorted(v for v, _, _ in results) == [float(i) for i in range(8)]
         assert all(y == [2 * v] for v, y, _ in results)  # each caller gets its own row back
         assert max(rows[0] for _, _, rows in results) > 1  # predict saw several requests as one batch
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_python_model_without_the_flag_is_refused_at_once_not_retried(tmp_path):
+    """A refusal by policy can't change on retry: the version ends with the reason, and the reload
+    that asked for it answers within seconds, not after the load retries (5 x 60 s by default)."""
+    from google.protobuf import text_format
+    from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
+
+    from support.server import HALF_PLUS_TWO
+
+    _write_linear(str(tmp_path / "py" / "1"), 2.0)
+    server = ServerProcess("--model_name=hpt", f"--model_base_path={HALF_PLUS_TWO}",
+                           log_path=tmp_path / "server.log").wait_ready()
+    try:
+        request = model_management_pb2.ReloadConfigRequest()
+        text_format.Parse(model_config({"hpt": str(HALF_PLUS_TWO), "py": str(tmp_path / "py")}), request.config)
+        with server.channel() as channel:
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as info:
+                model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(request, 60)
+            took = time.monotonic() - started
+        assert took < 10, f"the reload took {took:.1f} s"
+        assert "--enable_python_models" in info.value.details() and "name: py" in info.value.details()
+        status = server.get("/v1/models/py").json()["model_version_status"][0]
+        assert status["state"] == "END", status
+        assert "--enable_python_models" in status["status"]["error_message"]
+        assert "retrying in" not in server.log() and "not retrying: the server's flags refuse it" in server.log()
+        r = server.post("/v1/models/hpt:predict", json={"instances": [1.0, 2.0, 5.0]})
+        assert r.json() == {"predictions": [2.5, 3.0, 4.5]}
     finally:
         assert server.stop() == 0

@@ -64,6 +64,7 @@ class ServingError(Exception):
         self.code = Code(code)
         self.message = message
         self.retry_after: int | None = None  # seconds, for a refusal the client should retry
+        self.final = False  # a load refused by policy: retrying can't change the answer
 
     def __str__(self) -> str:
         return self.message
@@ -79,6 +80,13 @@ class ServingError(Exception):
     @classmethod
     def failed_precondition(cls, message: str) -> "ServingError":
         return cls(Code.FAILED_PRECONDITION, message)
+
+    @classmethod
+    def refused_by_policy(cls, message: str) -> "ServingError":
+        """A load the server's flags refuse: final at once, never retried (the manager ends it)."""
+        error = cls(Code.FAILED_PRECONDITION, message)
+        error.final = True
+        return error
 
     @classmethod
     def unavailable(cls, message: str) -> "ServingError":

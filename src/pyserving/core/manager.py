@@ -339,6 +339,8 @@ class ModelManager:
                         f"(attempt {attempt} of {attempts}): {record.error.message}")
                 if record.number not in model.aspired:
                     log.warning("%s; not retrying: the version is no longer wanted", what)
+                elif record.error.final:
+                    log.warning("%s; not retrying: the server's flags refuse it", what)
                 elif attempt == attempts:
                     log.error("%s; giving up", what)
                 else:

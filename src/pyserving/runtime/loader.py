@@ -139,7 +139,7 @@ class ServableLoader:
     def load(self, path: str) -> Servable:
         if has_python_model(path):
             if not self.settings.python_models:  # refused before anything in the folder is read
-                raise ServingError.failed_precondition(
+                raise ServingError.refused_by_policy(
                     f"{path} holds a Python model ({MODEL_FILE}); this server runs model code only with "
                     "--enable_python_models")
             return load_python_model(path, self._load_model if has_model_file(path) else None)
