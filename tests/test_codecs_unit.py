@@ -477,7 +477,7 @@ def test_large_typed_outputs_match_tensorflow(dtype):
 
 def test_single_value_cannot_fill_a_huge_shape():
     proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[1.0])
-    for size in (10 ** 4, 10 ** 4):  # within limits.MAX_ELEMENTS, past MAX_BROADCAST_ELEMENTS
+    for size in (10 ** 4, 10 ** 4):  # within limits.MAX_ELEMENTS, past MAX_BROADCAST_BYTES
         proto.tensor_shape.dim.add(size=size)
     with pytest.raises(ServingError) as info:
         tensor_proto.to_numpy(proto, "input 'x'")

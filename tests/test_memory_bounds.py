@@ -3,12 +3,14 @@ model names never become metric series, a gRPC message past the limit is refused
 
 from __future__ import annotations
 
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 import numpy as np
+import orjson
 import pytest
 import requests
 import tensorflow as tf
@@ -133,4 +135,44 @@ def test_a_compressed_grpc_message_stops_inflating_at_the_limit(server):
             assert "Decompressed message larger than max" in info.value.details()
     grown = _rss(server) - before
     assert grown < 4 * LIMIT, f"RSS grew {grown / MIB:.0f} MiB"
+    assert _good(server)
+
+
+def _live_within(server: ServerProcess, seconds: float) -> bool:
+    return requests.get(server.rest_url + "/v2/health/live", timeout=seconds).status_code == 200
+
+
+@pytest.mark.parametrize("protocol", ["rest", "grpc"])
+def test_v2_bytes_input_declaring_a_huge_shape_with_no_data_allocates_nothing(server, protocol):
+    """The security review's case: a raw BYTES input of shape [300000000] (and 2^31 - 1) with no
+    bytes made the decoder allocate an object array of the declared size first (+2.3 GiB RSS, 3.8 s,
+    the health probe stalled). Now the count is checked against the bytes before anything allocates."""
+    import tritonclient.grpc as triton_grpc
+
+    before = _rss(server)
+    for count in (300_000_000, 2**31 - 1):
+        started = time.monotonic()
+        if protocol == "rest":
+            header = orjson.dumps({"parameters": {"signature_name": "classify_x_to_y"}, "inputs": [
+                {"name": "inputs", "datatype": "BYTES", "shape": [count], "parameters": {"binary_data_size": 0}}]})
+            r = server.post("/v2/models/half_plus_two/infer", data=header,
+                            headers={"Inference-Header-Content-Length": str(len(header)),
+                                     "Content-Type": "application/octet-stream"})
+            assert r.status_code == 400, r.text
+            assert "can't hold" in r.json()["error"]
+        else:
+            request = triton_grpc.service_pb2.ModelInferRequest(model_name="half_plus_two")
+            request.parameters["signature_name"].string_param = "classify_x_to_y"
+            request.inputs.add(name="inputs", datatype="BYTES", shape=[count])
+            request.raw_input_contents.append(b"")
+            with server.channel() as channel:
+                stub = triton_grpc.service_pb2_grpc.GRPCInferenceServiceStub(channel)
+                with pytest.raises(grpc.RpcError) as info:
+                    stub.ModelInfer(request, timeout=30)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+            assert "can't hold" in info.value.details()
+        assert time.monotonic() - started < 1.0
+        assert _live_within(server, 1.0)
+    grown = _rss(server) - before
+    assert grown < 32 * MIB, f"RSS grew {grown / MIB:.0f} MiB"
     assert _good(server)

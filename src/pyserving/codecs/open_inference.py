@@ -176,6 +176,12 @@ def _from_raw(raw: bytes | memoryview, datatype: str, shape: tuple[int, ...], co
 
 
 def _bytes_elements(view: memoryview, count: int, what: str) -> np.ndarray:
+    # Every element has at least its 4-byte length: a declared count the bytes can't hold is refused
+    # before anything is allocated for it (the object array below costs 8 bytes an element).
+    if count * _LENGTH.size > len(view):
+        raise ServingError.invalid_argument(
+            f"{what}: {len(view)} bytes of raw BYTES data can't hold {count} elements "
+            f"(each needs at least {_LENGTH.size} bytes for its length)")
     array = np.empty(count, dtype=object)
     at = 0
     for i in range(count):

@@ -15,7 +15,9 @@ from . import limits
 from .dtypes import BY_ENUM, DType, dtype_name, from_numpy_dtype
 
 _HALF_BITS = (types_pb2.DT_HALF, types_pb2.DT_BFLOAT16)
-MAX_BROADCAST_ELEMENTS = 1 << 26
+# One value filling a shape (TensorFlow's rule) allocates what the client declared, not what it sent:
+# bounded in bytes, so a 20-byte request can't cost more than this.
+MAX_BROADCAST_BYTES = 16 << 20
 _COMPLEX = (types_pb2.DT_COMPLEX64, types_pb2.DT_COMPLEX128)
 
 
@@ -107,9 +109,11 @@ def _fit(flat: np.ndarray, shape: tuple[int, ...], count: int, what: str) -> np.
     if flat.size == 1:
         # TensorFlow's own rule: one value fills the whole shape -- within reason, since the
         # shape comes from the client and could ask for terabytes.
-        if count > MAX_BROADCAST_ELEMENTS:
+        size = count * (flat.itemsize + (len(flat[0]) if flat.dtype == object else 0))
+        if size > MAX_BROADCAST_BYTES:
             raise ServingError.invalid_argument(
-                f"{what}: refusing to fill shape {list(shape)} ({count} elements) from a single value")
+                f"{what}: refusing to fill shape {list(shape)} ({count} elements, {size} bytes) from a "
+                f"single value: at most {MAX_BROADCAST_BYTES} bytes are filled from one")
         return np.full(shape, flat[0], dtype=flat.dtype)
     raise ServingError.invalid_argument(
         f"{what}: tensor has {flat.size} values but its shape {list(shape)} needs {count}")
