@@ -272,9 +272,9 @@ def test_the_served_deployment_takes_reloads_only_with_its_token(served):
         with pytest.raises(grpc.RpcError) as info:
             stub.HandleReloadConfigRequest(request, 30, metadata=(("authorization", "Bearer wrong"),))
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert ("Control plane (config reloads (HandleReloadConfigRequest), model loads and unloads (the V2 "
-            "repository API) and the profiler): the admin token is required") \
-        in served.log.read_text()
+    assert ("Control plane on the gRPC port (config reloads (HandleReloadConfigRequest), model loads and "
+            "unloads (V2 RepositoryModelLoad/Unload) and the profiler)") in served.log.read_text()
+    assert "with the admin token (--admin_token_file)" in served.log.read_text()
     assert served.token not in served.log.read_text()
 
 

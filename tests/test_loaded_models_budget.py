@@ -30,6 +30,7 @@ def server(tmp_path_factory):
     config.write_text(model_config({f"m{i:03d}": str(root / f"m{i:03d}") for i in range(MODELS)}))
     (root / "monitoring.config").write_text('prometheus_config { enable: true path: "/metrics" }')
     server = ServerProcess(f"--model_config_file={config}", f"--max_loaded_models={BUDGET}", "--preload_models=m000",
+                           "--rest_api_enable_model_control",
                            f"--monitoring_config_file={root / 'monitoring.config'}",
                            log_path=root / "server.log").wait_ready()
     yield server

@@ -47,7 +47,7 @@ def server(tmp_path_factory, images):
     config.write_text(model_config({"hpt": str(HALF_PLUS_TWO), "mnist": str(root / "mnist"),
                                     "dtypes": str(root / "dtypes")}))
     (root / "monitoring.config").write_text('prometheus_config { enable: true path: "/metrics" }')
-    server = ServerProcess(f"--model_config_file={config}", "--access_log",
+    server = ServerProcess(f"--model_config_file={config}", "--access_log", "--rest_api_enable_model_control",
                            f"--monitoring_config_file={root / 'monitoring.config'}",
                            log_path=root / "server.log").wait_ready()
     yield server

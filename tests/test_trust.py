@@ -4,6 +4,7 @@ config or request can touch: its own load or its own answer, never the host or t
 from __future__ import annotations
 
 import glob
+import re
 import ipaddress
 import socket
 import struct
@@ -130,10 +131,43 @@ def test_an_admin_token_locks_reloads_and_the_profiler_but_not_inference(tmp_pat
         assert server.post("/v1/models/renamed:predict", json={"instances": [1.0]}).json() == {"predictions": [2.5]}
         log = server.log()
         assert TOKEN not in log
-        assert ("Control plane (config reloads (HandleReloadConfigRequest), model loads and unloads (the V2 "
-                "repository API) and the profiler): the admin token is required") in log
+        assert ("Control plane on the gRPC port (config reloads (HandleReloadConfigRequest), model loads and "
+                "unloads (V2 RepositoryModelLoad/Unload) and the profiler): this machine only, with the admin "
+                "token (--admin_token_file)") in log
+        assert ("Control plane on the REST port (model loads and unloads (POST /v2/repository/models/{name}/"
+                "load|unload)): this machine only, with the admin token") in log
+        # With the token the REST port's unload is open to its holders (and refused without it).
+        assert server.post("/v2/repository/models/renamed/unload").status_code == 401
+        r = server.post("/v2/repository/models/renamed/unload", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == 200, r.text
         assert _listening_address(server.grpc_port) == "127.0.0.1"
         assert _listening_address(server.rest_port) == "127.0.0.1"
+    finally:
+        assert server.stop() == 0
+
+
+def test_the_rest_port_has_no_open_control_plane_by_default(tmp_path):
+    """TF Serving has no REST control plane: without the token or --rest_api_enable_model_control,
+    REST's unload is refused (403) and the model keeps serving; gRPC's keeps TF Serving's default. The
+    start-up lines judge each port from its own bind address."""
+    server = _hp2(tmp_path, "--grpc_bind_address=127.0.0.1", "--rest_api_bind_address=0.0.0.0")
+    try:
+        for action in ("unload", "load"):
+            r = server.post(f"/v2/repository/models/hp2/{action}")
+            assert r.status_code == 403 and "--rest_api_enable_model_control" in r.json()["error"], r.text
+        assert server.post("/v2/repository/index").status_code == 200  # reads stay open
+        assert _serves(server)
+        log = server.log()
+        assert "Control plane on the gRPC port (config reloads" in log and "): open to this machine only" in log
+        assert ("Control plane on the REST port (model loads and unloads (POST /v2/repository/models/{name}/"
+                "load|unload)): closed (TF Serving has no REST control plane)") in log
+    finally:
+        assert server.stop() == 0
+    server = _hp2(tmp_path, "--rest_api_enable_model_control", "--rest_api_bind_address=0.0.0.0")
+    try:
+        assert server.post("/v2/repository/models/hp2/unload").json() == {"name": "hp2", "unload": True}
+        assert "Control plane on the REST port (model loads and unloads (POST /v2/repository/models/{name}/" \
+               "load|unload)): open to every client that reaches the REST port (0.0.0.0)" in server.log()
     finally:
         assert server.stop() == 0
 
@@ -153,8 +187,10 @@ def test_config_reloads_over_rpc_can_be_turned_off(tmp_path):
         assert server.post("/v2/repository/index").status_code == 200
         assert _serves(server)
         log = server.log()
-        assert ("Control plane (the profiler (config reloads, model loads and unloads over RPC are off)): "
-                "open to every client") in log
+        assert ("Control plane on the gRPC port (the profiler (config reloads, model loads and unloads over RPC "
+                "are off)): open to every client that reaches the gRPC port") in log
+        assert "Control plane on the REST port (model loads and unloads" in log and \
+            "off (--enable_config_reload_rpc=false)" in log
         assert _listening_address(server.grpc_port) in ("0.0.0.0", "::")  # TF Serving's default stays
     finally:
         assert server.stop() == 0
@@ -267,14 +303,21 @@ def test_gzip_bombs_stop_at_100_mb_off_the_event_loop(tmp_path):
         assert server.stop() == 0
 
 
+POST_ROUTES = ("/v1/models/hp2:predict", "/v1/models/hp2/versions/123:classify", "/v2/models/hp2/infer",
+               "/v2/models/hp2/versions/123/infer", "/v2/repository/index", "/v2/repository/models/hp2/load",
+               "/v2/repository/models/hp2/unload", "/v1/no/such/route")
+
+
 def test_expect_100_continue_over_the_limit_is_413_before_the_body(tmp_path):
     server = _hp2(tmp_path, "--rest_api_max_request_bytes=1048576")
     try:
-        for length, first_line in ((99999999999, b"HTTP/1.1 413"), (100, b"HTTP/1.1 100 Continue")):
+        for path, (length, first_line) in ((p, c) for p in POST_ROUTES
+                                           for c in ((99999999999, b"HTTP/1.1 413"), (100, b"HTTP/1.1 100 Continue"))):
             with socket.create_connection(("127.0.0.1", server.rest_port), timeout=10) as conn:
-                conn.sendall(b"POST /v1/models/hp2:predict HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
-                             b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % length)
-                assert conn.recv(4096).startswith(first_line)
+                conn.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                             b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                             % (path.encode(), length))
+                assert conn.recv(4096).startswith(first_line), path
         assert _serves(server)
     finally:
         assert server.stop() == 0
@@ -330,3 +373,32 @@ def test_invalid_utf8_into_parse_example_and_scalar_string_outputs(tmp_path):
         assert "Traceback" not in server.log()
     finally:
         assert server.stop() == 0
+
+
+# ---- a client's mistakes are never our errors ------------------------------------------------
+
+_HOSTILE_HEADERS = [{"Inference-Header-Content-Length": v} for v in ("²", "٣", "1" * 5000, "-1", "7 ", "0x10", "1_0")] + [
+    {"Content-Encoding": "br"}, {"Content-Encoding": "gzip"}, {"Content-Type": "a/\x7f"},
+    {"Authorization": "Bearer " + "x" * 5000}, {"Authorization": "Bearer \u00e9"},
+    {"Expect": "fish"}, {"Accept-Encoding": "gzip;q=" + "9" * 4000}]
+_HOSTILE_BODIES = [b"", b"{", b"\xff\xfe", b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": ["1"]}]}',
+                   b'{"instances": ' + b"[" * 5000 + b"]" * 5000 + b"}", b'{"id": 5, "inputs": []}',
+                   b'{"parameters": {"signature_name": 1}, "inputs": [{"name": "x"}]}']
+
+
+def test_a_hostile_corpus_over_every_route_logs_no_traceback_and_no_error(tmp_path):
+    server = _hp2(tmp_path)
+    try:
+        paths = POST_ROUTES + ("/v1/models/hp2", "/v1/models/hp2/metadata", "/v2/models/hp2", "/v2/models/hp2/ready",
+                               "/v2", "/v2/health/ready", "/v1/models/hp2/labels/x:regress", "/v1/status")
+        for path in paths:
+            for headers in _HOSTILE_HEADERS:
+                for body in _HOSTILE_BODIES:
+                    r = server.post(path, data=body, headers={k: v.encode() for k, v in headers.items()})
+                    assert r.status_code < 500, (path, headers, body[:40], r.status_code, r.text[:200])
+        assert _serves(server)
+    finally:
+        assert server.stop() == 0
+    log = server.log()
+    errors = [line for line in log.splitlines() if re.match(r"\S+ \S+ [EC] ", line)]  # our ERROR / CRITICAL
+    assert "Traceback" not in log and not errors, errors[:5] or log[-3000:]

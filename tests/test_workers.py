@@ -47,6 +47,7 @@ def _start(root: Path, exporters: dict, *flags: str) -> ServerProcess:
     (root / "models.config").write_text(model_config({n: str(root / n) for n in exporters}))
     (root / "monitoring.config").write_text("prometheus_config { enable: true }")
     server = ServerProcess(f"--model_config_file={root / 'models.config'}", f"--num_workers={WORKERS}",
+                           "--rest_api_enable_model_control",
                            f"--monitoring_config_file={root / 'monitoring.config'}",
                            "--file_system_poll_wait_seconds=1", *flags,
                            log_path=root / "server.log").wait_ready()

@@ -148,6 +148,10 @@ class ServerOptions:
             "profiler) then needs 'authorization: Bearer <token>' (docs/security.md)")
     enable_config_reload_rpc: bool = _flag(
         True, "pyserving: take HandleReloadConfigRequest (false: it answers UNIMPLEMENTED)")
+    rest_api_enable_model_control: bool = _flag(
+        False, "pyserving: take the V2 repository API's model loads and unloads on the REST port from "
+               "any client (off: refused with 403 unless --admin_token_file is set and the token given; "
+               "TF Serving has no REST control plane)")
     grpc_bind_address: str = _flag(
         "0.0.0.0", "pyserving: address the gRPC port listens on (127.0.0.1: this machine only; :: for IPv6)")
     rest_api_bind_address: str = _flag(
@@ -170,7 +174,7 @@ class ServerOptions:
 FLAG_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Serving and ports", ("port", "rest_api_port", "grpc_socket_path", "grpc_bind_address",
                            "rest_api_bind_address", "num_workers", "version")),
-    ("Control plane", ("admin_token_file", "enable_config_reload_rpc")),
+    ("Control plane", ("admin_token_file", "enable_config_reload_rpc", "rest_api_enable_model_control")),
     ("Models and config", (
         "model_name", "model_base_path", "model_config_file", "model_config_file_poll_wait_seconds",
         "file_system_poll_wait_seconds", "allow_version_labels_for_unavailable_models", "saved_model_tags",

@@ -5,7 +5,9 @@ as in TF Serving. The control plane is every call that changes what the server d
 write files: HandleReloadConfigRequest and the profiler today, every management API to come. The
 operator locks it with ``--admin_token_file`` (every such call then needs ``authorization: Bearer
 <token>``, as gRPC metadata or an HTTP header) and can turn config reloads over RPC off entirely
-with ``--enable_config_reload_rpc=false``. The token is compared in constant time, read once at
+with ``--enable_config_reload_rpc=false``. The REST port has no control plane in TF Serving, so its
+V2 repository loads and unloads are refused unless the operator set the token (and the caller gives
+it) or ``--rest_api_enable_model_control``. The token is compared in constant time, read once at
 start, and never logged.
 """
 
@@ -51,10 +53,11 @@ class ControlPlane:
 
     token: str = ""  # empty: open, as in TF Serving
     reloads_enabled: bool = True
+    rest_open: bool = False  # --rest_api_enable_model_control: REST loads/unloads without a token
 
     @classmethod
-    def from_options(cls, token_file: str, reloads_enabled: bool) -> "ControlPlane":
-        return cls(read_token(token_file) if token_file else "", reloads_enabled)
+    def from_options(cls, token_file: str, reloads_enabled: bool, rest_open: bool = False) -> "ControlPlane":
+        return cls(read_token(token_file) if token_file else "", reloads_enabled, rest_open)
 
     @property
     def locked(self) -> bool:
@@ -76,12 +79,19 @@ class ControlPlane:
     def authorize_grpc(self, metadata: Iterable[tuple[str, str | bytes]] | None, what: str) -> None:
         self.authorize(grpc_authorization(metadata), what)
 
-    def check_change(self, authorization: str | None, what: str) -> None:
+    def check_change(self, authorization: str | None, what: str, rest: bool = False) -> None:
         """A model load or unload over RPC (the repository API): turned off with config reloads
-        (--enable_config_reload_rpc=false), locked by the token."""
+        (--enable_config_reload_rpc=false), locked by the token; on the REST port (``rest``) closed
+        unless the token or --rest_api_enable_model_control opens it."""
         if not self.reloads_enabled:
             raise ServingError(Code.UNIMPLEMENTED, f"{what} is turned off on this server, as config reloads "
                                                    "over RPC are (--enable_config_reload_rpc=false)")
+        if rest and not self.locked and not self.rest_open:
+            raise ServingError(Code.PERMISSION_DENIED,
+                               f"{what} is a control-plane call, closed on the REST port: start the server "
+                               "with --admin_token_file (and send the token) or --rest_api_enable_model_control "
+                               "(docs/security.md); gRPC's RepositoryModelLoad/Unload take it as TF Serving's "
+                               "reloads are taken")
         self.authorize(authorization, what)
 
     def check_reload(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> None:
@@ -90,16 +100,40 @@ class ControlPlane:
                                                    "(--enable_config_reload_rpc=false)")
         self.authorize_grpc(metadata, "HandleReloadConfigRequest")
 
-    def describe(self, grpc_address: str) -> str:
-        """The start-up line: what the control plane exposes, and to whom."""
-        calls = ("config reloads (HandleReloadConfigRequest), model loads and unloads (the V2 repository "
-                 "API) and the profiler") if self.reloads_enabled \
-            else "the profiler (config reloads, model loads and unloads over RPC are off)"
+    def describe(self, grpc_address: str | None, rest_address: str | None,
+                 grpc_socket: str = "") -> list[str]:
+        """The start-up lines: for each port (None: not served), its control-plane calls and who can
+        make them, from the real bind addresses."""
+        lines = []
+        if grpc_address is not None or grpc_socket:
+            calls = ("config reloads (HandleReloadConfigRequest), model loads and unloads (V2 RepositoryModelLoad/"
+                     "Unload) and the profiler") if self.reloads_enabled \
+                else "the profiler (config reloads, model loads and unloads over RPC are off)"
+            who = ([_reach(grpc_address, "gRPC port")] if grpc_address is not None else []) + \
+                ([f"local users who can open {grpc_socket}"] if grpc_socket else [])
+            lines.append(f"Control plane on the gRPC port ({calls}): {self._who(' and '.join(who))}, as in TF Serving")
+        if rest_address is not None:
+            calls = "model loads and unloads (POST /v2/repository/models/{name}/load|unload)"
+            if not self.reloads_enabled:
+                who = "off (--enable_config_reload_rpc=false)"
+            elif self.locked or self.rest_open:
+                who = self._who(_reach(rest_address, "REST port"))
+            else:
+                who = ("closed (TF Serving has no REST control plane); --admin_token_file or "
+                       "--rest_api_enable_model_control opens it")
+            lines.append(f"Control plane on the REST port ({calls}): {who}")
+        if not self.locked:
+            lines.append("Set --admin_token_file to require a token for control-plane calls (docs/security.md)")
+        return lines
+
+    def _who(self, reach: str) -> str:
         if self.locked:
-            return f"Control plane ({calls}): the admin token is required (--admin_token_file)"
-        where = "this machine only" if _loopback(grpc_address) else "every client that reaches the gRPC port"
-        return (f"Control plane ({calls}): open to {where}, as in TF Serving; set --admin_token_file "
-                "to require a token (docs/security.md)")
+            return f"{reach}, with the admin token (--admin_token_file)"
+        return f"open to {reach}"
+
+
+def _reach(address: str, port: str) -> str:
+    return "this machine only" if _loopback(address) else f"every client that reaches the {port} ({address})"
 
 
 def grpc_authorization(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:

@@ -97,7 +97,8 @@ class Server:
         self.request_log = RequestLogger(options.tags, options.request_log_max_file_bytes,
                                          on_record=self.metrics.record_request_log,
                                          max_total_bytes=options.request_log_max_total_bytes)
-        self.control = ControlPlane.from_options(options.admin_token_file, options.enable_config_reload_rpc)
+        self.control = ControlPlane.from_options(options.admin_token_file, options.enable_config_reload_rpc,
+                                             options.rest_api_enable_model_control)
         self.core = ServerCore(self.manager, self.source, on_models=self.request_log.configure)
         self.metrics.track_versions(
             lambda: [(v.model, v.version, v.state.name) for v in self.manager.snapshot()])
@@ -241,7 +242,10 @@ class Server:
         await self._grpc.start()
         if self._grpc_gate is not None and o.port:
             self._grpc_gate.start(o.port)
-        log.info("%s", self.control.describe(o.grpc_bind_address if o.port else "127.0.0.1"))
+        for line in self.control.describe(o.grpc_bind_address if o.port else None,
+                                          o.rest_api_bind_address if o.rest_api_port else None,
+                                          o.grpc_socket_path):
+            log.info("%s", line)
         warning = token_file_permissions_warning(o.admin_token_file) if o.admin_token_file else None
         if warning:
             log.warning("%s", warning)

@@ -24,7 +24,9 @@ from .. import open_inference as v2
 from .bodies import parse_json
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+MAX_LENGTH_DIGITS = 19  # any length an int64 holds
 ReadBody = Callable[[web.Request], Awaitable[tuple[bytes, Caller]]]
+ExpectHandler = Callable[[web.Request], Awaitable[web.StreamResponse | None]]
 Guard = Callable[[web.Request, str, str, Callable[[], Awaitable[web.Response]]], Awaitable[web.Response]]
 
 
@@ -42,7 +44,8 @@ class OpenInferenceRest:
         self._repository = repository
         self._control = control or ControlPlane()
 
-    def add_routes(self, app: web.Application) -> None:
+    def add_routes(self, app: web.Application, expect: ExpectHandler | None = None) -> None:
+        """``expect``: the handler that judges ``Expect: 100-continue`` against the body limit."""
         r = app.router
         r.add_get("/v2", self._server_metadata)
         r.add_get("/v2/", self._server_metadata)
@@ -51,10 +54,10 @@ class OpenInferenceRest:
         for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
             r.add_get(prefix, self._model_metadata)
             r.add_get(prefix + "/ready", self._model_ready)
-            r.add_post(prefix + "/infer", self._infer)
-        r.add_post("/v2/repository/index", self._index)
-        r.add_post("/v2/repository/models/{name}/load", self._load)
-        r.add_post("/v2/repository/models/{name}/unload", self._unload)
+            r.add_post(prefix + "/infer", self._infer, expect_handler=expect)
+        r.add_post("/v2/repository/index", self._index, expect_handler=expect)
+        r.add_post("/v2/repository/models/{name}/load", self._load, expect_handler=expect)
+        r.add_post("/v2/repository/models/{name}/unload", self._unload, expect_handler=expect)
 
     async def _server_metadata(self, request: web.Request) -> web.Response:
         return _json(v2.server_metadata())
@@ -115,7 +118,7 @@ class OpenInferenceRest:
         if self._repository is None:
             raise ServingError(Code.UNIMPLEMENTED, "This server has no model repository API")
         if what:
-            self._control.check_change(request.headers.get("Authorization"), what)
+            self._control.check_change(request.headers.get("Authorization"), what, rest=True)
         return self._repository
 
     async def _infer(self, request: web.Request) -> web.Response:
@@ -153,7 +156,9 @@ def _header_length(request: web.Request, body_length: int) -> int | None:
     text = request.headers.get(HEADER_LENGTH)
     if text is None:
         return None
-    if not text.strip().isdigit() or int(text) > body_length:
+    text = text.strip()
+    # ASCII digits only (str.isdigit takes '²', which int() refuses), and few enough for int().
+    if not (text.isascii() and text.isdigit() and len(text) <= MAX_LENGTH_DIGITS) or int(text) > body_length:
         raise ServingError.invalid_argument(
             f"{HEADER_LENGTH} must be the JSON header's length, at most the body's {body_length} bytes")
     return int(text)

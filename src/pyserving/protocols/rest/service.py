@@ -109,7 +109,7 @@ class RestService:
         app.router.add_get("/v1/openapi.json", self._openapi)
         app.router.add_get("/", self._page)
         app.router.add_get(status_page.JSON_PATH, self._status_summary)
-        self._open_inference.add_routes(app)
+        self._open_inference.add_routes(app, expect=self._expect)
         # [\s\S]: a path with a newline (%0A) still gets the API's JSON error, not aiohttp's text 404.
         app.router.add_route("*", "/{tail:[\\s\\S]*}", self.dispatch, expect_handler=self._expect)
         return app
