@@ -237,3 +237,31 @@ def test_grpc_gate_refuses_a_share_that_follows_the_wait_in_the_core():
     gate.waiting = 0  # the core is empty: nothing is refused at all
     gate.on_sample()
     assert gate.refused_share == 0 and not any(gate.refuse() for _ in range(100))
+
+
+def test_grpc_gate_sheds_calls_with_deadlines_only_as_the_core_wait_nears_them():
+    """Calls with a deadline are judged against the deadlines calls come with: a burst that drains
+    in time is never refused; a queue growing toward the deadline is refused as it is taken, not left
+    to wait it out. With the operator's switch they are shed toward the target like the rest."""
+    from pyserving.protocols.grpc.gate import DEADLINE_FRACTION, GrpcGate
+
+    gate = GrpcGate(target=0.05)
+    for _ in range(100):  # TF Serving's MNIST client: 10 s futures, a core wait far above the target
+        assert not gate.refuse(10.0)
+    gate.waiting, gate.seconds = 1000, 0.5
+    gate.on_sample()
+    assert gate.budget == pytest.approx(10.0, rel=0.1) and gate.deadline_share == 0
+    assert gate.refused_share > 0 and not any(gate.refuse(9.5) for _ in range(100))
+    gate.seconds = DEADLINE_FRACTION * 10.0 * 2  # the wait has grown toward the deadlines: shed
+    for _ in range(4):
+        gate.refuse(9.0)
+        gate.on_sample()
+    assert gate.deadline_share > 0 and sum(gate.refuse(1.0) for _ in range(100)) > 0
+    gate.waiting = 0  # drained: nothing is refused
+    gate.on_sample()
+    assert gate.deadline_share == 0 and not any(gate.refuse(5.0) for _ in range(100))
+
+    switched = GrpcGate(target=0.05, deadlines=True)
+    switched.waiting, switched.seconds = 1000, 0.5
+    switched.on_sample()
+    assert sum(switched.refuse(10.0) for _ in range(100)) > 0  # the target applies to them too

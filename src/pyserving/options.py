@@ -105,6 +105,9 @@ class ServerOptions:
             "interval (100 ms or 4 targets), new requests that would wait longer get UNAVAILABLE / 503 "
             "at once, until the queue drains (0 = off; off with --enable_batching, whose queue has "
             "its own bound)")
+    queue_delay_target_applies_to_deadlines: bool = _flag(
+        False, "pyserving: shed gRPC calls that carry a deadline toward --queue_delay_target_in_ms too "
+               "(off: they are refused only when the queue grows toward their deadlines)")
     max_loaded_models: int = _flag(
         0, "pyserving: at most this many models loaded at once (0 = no limit, every model loaded at "
            "start); with a limit models load on their first request and the least recently used idle "
@@ -191,7 +194,8 @@ FLAG_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("gRPC", (
         "grpc_channel_arguments", "enable_grpc_healthcheck_service", "enable_serialization_as_tensor_content",
         "grpc_max_message_bytes")),
-    ("Overload protection", ("max_pending_requests", "queue_delay_target_in_ms")),
+    ("Overload protection", ("max_pending_requests", "queue_delay_target_in_ms",
+                             "queue_delay_target_applies_to_deadlines")),
     ("Monitoring and logging", (
         "monitoring_config_file", "enable_profiler", "profiler_log_dir", "log_format", "access_log", "request_log_dir",
         "request_log_max_file_bytes", "request_log_max_total_bytes")),

@@ -81,7 +81,9 @@ class Server:
         self.metrics = Metrics()
         self._rest_gate = (RestGate(Admission(0, target), self.metrics, cors=options.rest_api_enable_cors_support)
                            if target else None)
-        self._grpc_gate = GrpcGate(target=target, metrics=self.metrics) if target else None
+        self._grpc_gate = (GrpcGate(target=target, metrics=self.metrics,
+                                    deadlines=options.queue_delay_target_applies_to_deadlines)
+                           if target else None)
         self._prometheus = (PrometheusSettings.from_file(options.monitoring_config_file)
                             if options.monitoring_config_file else None)
         self._cache = VersionCache(options.model_cache_dir)  # copies of object-storage versions

@@ -17,8 +17,15 @@ waits, but a refusal is not free: grpc.aio's own work for any call (about 105 µ
 about 310 µs to serve half_plus_two) is spent whatever the answer. So refusals hold the wait
 for an overload of up to about three times capacity; the share stops at ``MAX_REFUSED`` so that
 a tenth of the calls are still served, whatever the flood. The model-management, health
-and profiler services are never refused here, nor is a call with a deadline: it waits its
-turn, as in TF Serving, and the core drops it at no cost to Python if its deadline passes first.
+and profiler services are never refused here. A call with a deadline has its client's word on how
+long it will wait (TF Serving's own clients send bursts of hundreds of futures with one each, and
+expect every one answered), so it is judged by that, not by the target: a second share, held the
+same way, keeps the core's wait under ``DEADLINE_FRACTION`` of the shortest deadline calls have
+come with lately, so a flood is refused as it is taken instead of waiting out its deadline in the
+core and failing DEADLINE_EXCEEDED having held queue space for nothing. A burst that drains within
+its deadlines is never refused. ``--queue_delay_target_applies_to_deadlines`` sheds calls with a
+deadline toward the target like the rest: lower latency under a flood, refusals of calls that
+would have been answered in time.
 """
 
 from __future__ import annotations
@@ -37,6 +44,10 @@ log = logging.getLogger("pyserving.grpc")
 
 MAX_REFUSED = 0.9  # of the calls taken: a flood past what refusals can hold still gets answers
 GAIN = 0.25  # how far one period moves the refused share, per target's worth of excess wait
+# Calls with a deadline: the core's wait is held under this share of the shortest deadline seen, so a
+# call is refused as it is taken rather than left to wait out its deadline in the core.
+DEADLINE_FRACTION = 0.5
+BUDGET_SMOOTHING = 0.05  # how fast the deadline budget follows longer deadlines, per period
 
 
 def _server_id(port: int) -> int | None:
@@ -114,27 +125,57 @@ class CoreQueue:
 class GrpcGate(CoreQueue):
     target: float = 0.05  # seconds: --queue_delay_target_in_ms
     metrics: Metrics | None = None
+    # --queue_delay_target_applies_to_deadlines: calls with a deadline are shed toward the target too
+    deadlines: bool = False
     refused_share: float = 0.0
+    deadline_share: float = 0.0  # of the calls with a deadline, held apart (below)
+    budget: float | None = None  # seconds: the shortest deadline calls have come with lately
     _credit: float = field(default=0.0, repr=False)
+    _deadline_credit: float = field(default=0.0, repr=False)
+    _period_shortest: float = field(default=float("inf"), repr=False)
 
     def on_sample(self) -> None:
+        self._update_budget()
         if not self.waiting:
-            self.refused_share = 0.0
+            self.refused_share = self.deadline_share = 0.0
             return
-        step = GAIN * (self.seconds - self.target) / self.target
-        self.refused_share = min(MAX_REFUSED, max(0.0, self.refused_share + max(-GAIN, min(GAIN, step))))
+        self.refused_share = self._step(self.refused_share, self.target)
+        if self.budget is not None:
+            self.deadline_share = self._step(self.deadline_share, DEADLINE_FRACTION * self.budget)
 
-    def refuse(self) -> bool:
-        """Whether the call being taken is refused: exactly ``refused_share`` of them, spread evenly."""
-        if not self.refused_share:
-            return False
-        self._credit += self.refused_share
-        if self._credit >= 1.0:
-            self._credit -= 1.0
-            if self.metrics is not None:
-                self.metrics.grpc_shed.inc()
-            return True
-        return False
+    def _step(self, share: float, target: float) -> float:
+        step = GAIN * (self.seconds - target) / target
+        return min(MAX_REFUSED, max(0.0, share + max(-GAIN, min(GAIN, step))))
+
+    def _update_budget(self) -> None:
+        """The shortest deadline lately: a shorter one at once, a longer one slowly."""
+        shortest, self._period_shortest = self._period_shortest, float("inf")
+        if shortest == float("inf"):
+            return
+        if self.budget is None or shortest < self.budget:
+            self.budget = shortest
+        else:
+            self.budget += BUDGET_SMOOTHING * (shortest - self.budget)
+
+    def refuse(self, deadline: float | None = None) -> bool:
+        """Whether the call being taken (``deadline``: the seconds it has left) is refused: exactly
+        the share for its kind, spread evenly."""
+        if deadline is None or self.deadlines:
+            refused, self._credit = self._draw(self.refused_share, self._credit)
+        else:
+            # What the call was given: what it has left, plus what it waited in the core.
+            self._period_shortest = min(self._period_shortest, max(deadline, 0.0) + self.seconds)
+            refused, self._deadline_credit = self._draw(self.deadline_share, self._deadline_credit)
+        if refused and self.metrics is not None:
+            self.metrics.grpc_shed.inc()
+        return refused
+
+    @staticmethod
+    def _draw(share: float, credit: float) -> tuple[bool, float]:
+        if not share:
+            return False, credit
+        credit += share
+        return (True, credit - 1.0) if credit >= 1.0 else (False, credit)
 
     def enter(self) -> None:
         self.taken += 1

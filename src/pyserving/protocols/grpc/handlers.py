@@ -74,17 +74,15 @@ def _guarded(method, dataplane: DataPlane | None = None, gate: GrpcGate | None =
     failure as its __context__ (whose traceback's frames hold the request and every decoded
     tensor) a rejected 10^6-string request stayed in memory for several requests more.
     With ``gate``, the call counts as taken and active while it runs (grpc_gate.CoreQueue), and
-    an inference call without a deadline may be shed. One with a deadline waits its turn, as in
-    TF Serving: its client said how long it will wait (TF Serving's own clients send bursts of
-    hundreds of futures with a deadline each, and expect every one answered), and the core drops
-    it for free if that passes first.
+    an inference call may be shed: one without a deadline toward the delay target, one with a
+    deadline only when the core's queue grows toward the deadlines calls come with (gate.py).
     """
     api = INFERENCE_APIS.get(method.__name__) if dataplane is not None else None
 
     async def call(request, context):
         if gate is not None:
             gate.enter()
-            if api is not None and context.time_remaining() is None and gate.refuse():
+            if api is not None and gate.refuse(context.time_remaining()):
                 request = _REFUSED
         start = time.perf_counter()
         try:
