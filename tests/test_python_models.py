@@ -20,8 +20,15 @@ import tensorflow as tf
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from PIL import Image
-from support.server import ServerProcess, arrive, model_config, wait_for, wait_state
-from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
+from google.protobuf import text_format
+from support.server import HALF_PLUS_TWO, ServerProcess, arrive, model_config, wait_for, wait_state
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from pyserving.mnist.data import load_mnist
 from pyserving.mnist.export import export_mnist
@@ -283,11 +290,6 @@ def test_batching_hands_predict_the_batched_inputs(tmp_path):
 def test_a_python_model_without_the_flag_is_refused_at_once_not_retried(tmp_path):
     """A refusal by policy can't change on retry: the version ends with the reason, and the reload
     that asked for it answers within seconds, not after the load retries (5 x 60 s by default)."""
-    from google.protobuf import text_format
-    from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
-
-    from support.server import HALF_PLUS_TWO
-
     _write_linear(str(tmp_path / "py" / "1"), 2.0)
     server = ServerProcess("--model_name=hpt", f"--model_base_path={HALF_PLUS_TWO}",
                            log_path=tmp_path / "server.log").wait_ready()

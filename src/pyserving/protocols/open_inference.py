@@ -53,15 +53,27 @@ def server_metadata() -> dict[str, Any]:
     return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
 
 
+MAX_DIGITS = 19  # any number an int64 holds
+
+
+def ascii_number(text: str) -> int | None:
+    """The number a client's text gives, or None: ASCII digits only (str.isdigit() also takes '²',
+    which int() refuses), and few enough that int() is cheap and never refuses them."""
+    if not (text.isascii() and text.isdigit() and len(text) <= MAX_DIGITS):
+        return None
+    return int(text)
+
+
 def parse_version(text: str | None) -> int | None:
     """A V2 version: "" or None for the latest, else a version number."""
     if not text:
         return None
-    if not (text.isascii() and text.isdigit() and len(text) <= 19):
+    number = ascii_number(text)
+    if number is None:
         shown = text if len(text) <= 64 else text[:64] + "..."
         raise ServingError.invalid_argument(
             f"Model version must be a version number, not {shown!r} (TF Serving's labels have no V2 form)")
-    return int(text)
+    return number
 
 
 def model_spec(name: str, version: str | None, parameters: Mapping[str, Any] | None = None) -> ModelSpec:

@@ -24,7 +24,6 @@ from .. import open_inference as v2
 from .bodies import parse_json
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-MAX_LENGTH_DIGITS = 19  # any length an int64 holds
 ReadBody = Callable[[web.Request], Awaitable[tuple[bytes, Caller]]]
 ExpectHandler = Callable[[web.Request], Awaitable[web.StreamResponse | None]]
 Guard = Callable[[web.Request, str, str, Callable[[], Awaitable[web.Response]]], Awaitable[web.Response]]
@@ -156,12 +155,11 @@ def _header_length(request: web.Request, body_length: int) -> int | None:
     text = request.headers.get(HEADER_LENGTH)
     if text is None:
         return None
-    text = text.strip()
-    # ASCII digits only (str.isdigit takes '²', which int() refuses), and few enough for int().
-    if not (text.isascii() and text.isdigit() and len(text) <= MAX_LENGTH_DIGITS) or int(text) > body_length:
+    length = v2.ascii_number(text.strip())
+    if length is None or length > body_length:
         raise ServingError.invalid_argument(
             f"{HEADER_LENGTH} must be the JSON header's length, at most the body's {body_length} bytes")
-    return int(text)
+    return length
 
 
 def _object(holder: dict, key: str, what: str) -> dict:
