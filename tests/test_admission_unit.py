@@ -265,3 +265,18 @@ def test_grpc_gate_sheds_calls_with_deadlines_only_as_the_core_wait_nears_them()
     switched.waiting, switched.seconds = 1000, 0.5
     switched.on_sample()
     assert sum(switched.refuse(10.0) for _ in range(100)) > 0  # the target applies to them too
+
+
+def test_calls_the_core_cancels_past_its_limit_are_not_counted_as_queued():
+    """grpc's core cancels calls past its pending limit without counting them finished: what is
+    counted past the limit was lost, and stays out of the queue once the real one drains."""
+    from pyserving.protocols.grpc.gate import CORE_PENDING_LIMIT, CoreQueue, core_pending_limit
+
+    queue = CoreQueue(limit=10)
+    assert queue._queued(25) == 10 and queue.lost == 15
+    assert queue._queued(20) == 5  # the real queue draining, the lost calls still counted open
+    assert queue._queued(10) == 0 and queue.lost == 10  # fewer than the lost: those finished after all
+    assert queue._queued(12) == 2
+    assert core_pending_limit({}) == CORE_PENDING_LIMIT
+    assert core_pending_limit({"grpc.server.max_pending_requests_hard_limit": 50}) == 50
+    assert core_pending_limit({"grpc.server.max_pending_requests_hard_limit": "x"}) == CORE_PENDING_LIMIT

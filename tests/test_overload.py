@@ -3,7 +3,9 @@ refused at once (UNAVAILABLE / 503 + Retry-After) before they take a worker thre
 
 from __future__ import annotations
 
+import re
 import subprocess
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -249,5 +251,71 @@ def test_a_grpc_flood_is_queued_without_a_delay_target(tmp_path):
     try:
         answers, _ = _flood_and_probe(server, tmp_path, 3)
         assert answers and {code for code, *_ in answers} == {"OK"}, Counter(code for code, *_ in answers)
+    finally:
+        assert server.stop() == 0
+
+
+def _h2load(server: ServerProcess, tmp_path, *shape: str) -> str:
+    """h2load's Predicts of half_plus_two on 8 connections shaped by ``shape``; its report."""
+    body = tmp_path / "predict.bin"
+    body.write_bytes(_grpc_frame(_hpt_request()))
+    return subprocess.run(
+        [system_tool("h2load"), *shape, "-d", str(body), "-H", "content-type:application/grpc",
+         "-H", "te:trailers", f"http://{server.grpc_target}/tensorflow.serving.PredictionService/Predict"],
+        capture_output=True, text=True, timeout=120, check=True).stdout
+
+
+def test_a_flood_past_the_cores_limit_leaves_no_refusals_behind(tmp_path):
+    """8,000 calls in flight, past the 3,000 grpc's core holds for a handler: the core cancels
+    the excess at once and channelz never counts those calls finished. The gate took them for a
+    queue that never drained, and kept refusing calls after the flood had passed."""
+    server = serve_half_plus_two(tmp_path)
+    try:
+        _h2load(server, tmp_path, "-c", "8", "-m", "1000", "-D", "3")
+        with server.channel() as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            wait_for(lambda: _call(stub, _hpt_request())[0] == "OK", 10, "the flood's share to decay")
+            assert [_call(stub, _hpt_request())[0] for _ in range(50)] == ["OK"] * 50
+    finally:
+        assert server.stop() == 0
+
+
+def test_calls_with_deadlines_under_a_flood_never_wait_them_out(tmp_path):
+    """Calls arriving at twice capacity, each with a 5 s deadline (the security review's case):
+    none waits out its deadline to fail DEADLINE_EXCEEDED having held queue space for nothing.
+    The excess is refused as it comes: UNAVAILABLE with Retry-After when taken, or CANCELLED at
+    once by grpc's core when it holds all it will; answers keep coming."""
+    server = serve_half_plus_two(tmp_path)
+    try:
+        report = _h2load(server, tmp_path, "-c", "16", "-D", "2")
+        capacity = float(re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", report).group(1))
+        log = tmp_path / "flood.log"
+        flood = threading.Thread(target=_h2load, args=(
+            server, tmp_path, "-c", "8", "-m", "1000", f"--rps={max(1, round(2 * capacity / 8))}",
+            "-D", "8", "-H", "grpc-timeout:5S", f"--log-file={log}"))
+        flood.start()
+        probes = []
+        with server.channel() as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            while flood.is_alive():
+                start = time.monotonic()
+                try:
+                    stub.Predict(_hpt_request(), 5)
+                    probes.append(("OK", "", {}, time.monotonic() - start))
+                except grpc.RpcError as e:
+                    probes.append((e.code().name, e.details(), dict(e.trailing_metadata() or ()),
+                                   time.monotonic() - start))
+        flood.join()
+        durations = [int(line.split("\t")[2]) / 1e6 for line in log.read_text().splitlines() if line.strip()]
+        assert len(durations) > 8 * capacity, (len(durations), capacity)
+        assert max(durations) < 4.5, sorted(durations)[-10:]
+        codes = Counter(code for code, *_ in probes)
+        assert codes["OK"] and set(codes) <= {"OK", "UNAVAILABLE", "CANCELLED"}, codes
+        for code, detail, trailers, seconds in probes:
+            assert seconds < 4.5, (code, seconds)
+            if code == "UNAVAILABLE":
+                assert detail == OVERLOADED_MESSAGE and trailers.get("retry-after") == "1"
+            elif code == "CANCELLED":
+                assert seconds < 0.5, seconds
     finally:
         assert server.stop() == 0

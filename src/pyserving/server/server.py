@@ -30,10 +30,10 @@ from pyserving.observability.monitoring import Metrics, PrometheusSettings
 from pyserving.observability.request_log import RequestLogger
 from pyserving.options import ServerOptions
 from pyserving.protocols.control_plane import ControlPlane, token_file_permissions_warning
-from pyserving.protocols.grpc.gate import GrpcGate
+from pyserving.protocols.grpc.gate import GrpcGate, core_pending_limit
 from pyserving.protocols.grpc.health import HealthReporter
 from pyserving.protocols.grpc.profiler import ProfilerServicer
-from pyserving.protocols.grpc.service import create_server
+from pyserving.protocols.grpc.service import create_server, parse_channel_arguments
 from pyserving.protocols.rest import timeouts as http_timeouts
 from pyserving.protocols.rest.gate import RestGate
 from pyserving.protocols.rest.service import RestService
@@ -81,7 +81,8 @@ class Server:
         self.metrics = Metrics()
         self._rest_gate = (RestGate(Admission(0, target), self.metrics, cors=options.rest_api_enable_cors_support)
                            if target else None)
-        self._grpc_gate = (GrpcGate(target=target, metrics=self.metrics,
+        core_limit = core_pending_limit(dict(parse_channel_arguments(options.grpc_channel_arguments)))
+        self._grpc_gate = (GrpcGate(target=target, metrics=self.metrics, limit=core_limit,
                                     deadlines=options.queue_delay_target_applies_to_deadlines)
                            if target else None)
         self._prometheus = (PrometheusSettings.from_file(options.monitoring_config_file)

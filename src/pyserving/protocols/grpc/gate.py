@@ -48,6 +48,17 @@ GAIN = 0.25  # how far one period moves the refused share, per target's worth of
 # call is refused as it is taken rather than left to wait out its deadline in the core.
 DEADLINE_FRACTION = 0.5
 BUDGET_SMOOTHING = 0.05  # how fast the deadline budget follows longer deadlines, per period
+# The calls grpc's core holds for a handler (grpc.server.max_pending_requests_hard_limit, its
+# default): past it, the core cancels a new call at once (the client sees CANCELLED) and channelz
+# counts it as started but never as finished.
+CORE_PENDING_LIMIT = 3000
+CORE_PENDING_LIMIT_ARG = "grpc.server.max_pending_requests_hard_limit"
+
+
+def core_pending_limit(channel_arguments: dict) -> int:
+    """The core's bound on calls waiting for a handler, under these channel arguments."""
+    value = channel_arguments.get(CORE_PENDING_LIMIT_ARG, CORE_PENDING_LIMIT)
+    return value if isinstance(value, int) and value > 0 else CORE_PENDING_LIMIT
 
 
 def _server_id(port: int) -> int | None:
@@ -71,12 +82,14 @@ class CoreQueue:
     PERIOD_SECONDS = 0.02
 
     server_id: int | None = None
+    limit: int = CORE_PENDING_LIMIT  # calls the core holds at most (core_pending_limit)
     taken: int = 0  # calls handed to a handler, ever
     active: int = 0  # of those, not yet answered
     seconds: float = 0.0  # the latest estimate of the wait
     waiting: int = 0  # calls open in the core and not taken, at the latest sample
     # Calls open in the core that are not queued (health Watch streams) count as waiting: a few
     # calls, against the hundreds a flood keeps there.
+    lost: int = 0  # calls the core cancelled past its limit: started, and never counted finished
     _last_taken: int = 0
     _last_time: float = 0.0
     _handle: asyncio.TimerHandle | None = None
@@ -111,11 +124,21 @@ class CoreQueue:
             data = json.loads(cygrpc.channelz_get_server(self.server_id))["server"]["data"]
             open_calls = (int(data.get("callsStarted", 0)) - int(data.get("callsSucceeded", 0))
                           - int(data.get("callsFailed", 0)))
-            self.waiting = max(0, open_calls - self.active)
+            self.waiting = self._queued(open_calls - self.active)
             self.seconds = self.waiting * max(now - self._last_time, 1e-6) / taken
         self._last_taken, self._last_time = self.taken, now
         self.on_sample()
         self._schedule()
+
+    def _queued(self, unfinished: int) -> int:
+        """The calls queued in the core, of those it counts unfinished. Past its limit it cancels
+        calls uncounted: without this, a flood past it left thousands counted as queued for good,
+        and the gate kept refusing calls long after the flood had passed."""
+        queued = unfinished - self.lost
+        if queued > self.limit or queued < 0:  # more than it holds, or fewer than none: the rest were lost
+            self.lost += queued - min(max(queued, 0), self.limit)
+            queued = min(max(queued, 0), self.limit)
+        return queued
 
     def on_sample(self) -> None:
         """Called after each period's estimate (the gate's controller)."""
