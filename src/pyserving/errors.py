@@ -64,7 +64,8 @@ class ServingError(Exception):
         self.code = Code(code)
         self.message = message
         self.retry_after: int | None = None  # seconds, for a refusal the client should retry
-        self.final = False  # a load refused by policy: retrying can't change the answer
+        self.final = False  # a load retrying can't change: the manager ends it at once
+        self.final_reason = ""  # why, for the log: "the server's flags refuse it"
 
     def __str__(self) -> str:
         return self.message
@@ -84,8 +85,13 @@ class ServingError(Exception):
     @classmethod
     def refused_by_policy(cls, message: str) -> "ServingError":
         """A load the server's flags refuse: final at once, never retried (the manager ends it)."""
+        return cls.cannot_load(message, "the server's flags refuse it")
+
+    @classmethod
+    def cannot_load(cls, message: str, why: str) -> "ServingError":
+        """A load that can't succeed however often it is tried (``why``): final at once."""
         error = cls(Code.FAILED_PRECONDITION, message)
-        error.final = True
+        error.final, error.final_reason = True, why
         return error
 
     @classmethod

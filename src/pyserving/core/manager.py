@@ -340,7 +340,7 @@ class ModelManager:
                 if record.number not in model.aspired:
                     log.warning("%s; not retrying: the version is no longer wanted", what)
                 elif record.error.final:
-                    log.warning("%s; not retrying: the server's flags refuse it", what)
+                    log.warning("%s; not retrying: %s", what, record.error.final_reason)
                 elif attempt == attempts:
                     log.error("%s; giving up", what)
                 else:

@@ -128,6 +128,11 @@ class ServableLoader:
 
     def __init__(self, settings: RuntimeSettings) -> None:
         self.settings = settings
+        from .op_libraries import OpLibraries
+
+        # Before any model loads, in every process that loads them (TF Serving links these in).
+        self.op_libraries = OpLibraries().register()
+        log.info("Op libraries: %s", self.op_libraries.summary())
         self._session_config = session_config(settings)
         _warn_if_bfloat16_inert(self._session_config)
         if settings.xla_cpu_compilation:
@@ -154,4 +159,5 @@ class ServableLoader:
                                s.tflite_interpreters_per_pool)
         from .saved_model import load_saved_model
 
-        return load_saved_model(path, s.tags, self._session_config, s.keep_full_meta_graph)
+        return load_saved_model(path, s.tags, self._session_config, s.keep_full_meta_graph,
+                                self.op_libraries)

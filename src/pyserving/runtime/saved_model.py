@@ -12,6 +12,7 @@ import os
 from typing import Any, Sequence
 
 from ..errors import Code, ServingError
+from .op_libraries import OpLibraries, graph_ops, missing_ops
 from .servable import Servable
 
 log = logging.getLogger("pyserving.runtime")
@@ -51,9 +52,15 @@ def read_meta_graph(path: str, tags: Sequence[str]) -> Any:
 
 
 def load_saved_model(path: str, tags: Sequence[str], session_config: Any,
-                     keep_meta_graph: bool = False) -> Servable:
+                     keep_meta_graph: bool = False, libraries: OpLibraries | None = None) -> Servable:
     """Load a version into a Session, or through tf.saved_model.load where a Session can't run it."""
     meta_graph = read_meta_graph(path, tags)
+    missing = missing_ops(graph_ops(meta_graph))
+    if missing:  # TensorFlow would say "Op type not registered" and nothing of what would serve it
+        libraries = libraries or OpLibraries(tensorflow=_tensorflow_version())
+        raise ServingError.cannot_load(
+            f"The SavedModel at {path} uses ops this server has not registered: "
+            f"{libraries.describe_missing(missing)}", "no retry registers an op")
     from .session import NotRunnableInSession, load_session
 
     try:
@@ -63,3 +70,9 @@ def load_saved_model(path: str, tags: Sequence[str], session_config: Any,
     from .function import load_function
 
     return load_function(path, tags, meta_graph.signature_def)
+
+
+def _tensorflow_version() -> str:
+    import tensorflow as tf
+
+    return tf.__version__
