@@ -397,9 +397,17 @@ def test_prometheus_annotations_point_at_metrics(served):
     annotations = k8s("Deployment")["spec"]["template"]["metadata"]["annotations"]
     r = requests.get(served.url + annotations["prometheus.io/path"], timeout=10)
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/plain")
-    # The Deployment's --num_workers is in force: the page adds up that many serving processes.
+    # The Deployment's --num_workers is in force: the page adds up that many serving processes
+    # (the REST port opens with the first; the others join as they start).
     workers = flag(server_container()["args"], "num_workers")
-    assert f"\n:pyserving:serving_workers {workers}\n" in r.text, r.text
+    line = f"\n:pyserving:serving_workers {workers}\n"
+    pages = [r.text]
+
+    def all_counted() -> bool:
+        pages.append(requests.get(served.url + annotations["prometheus.io/path"], timeout=10).text)
+        return line in pages[-1]
+
+    wait_for(all_counted, 30, f"the metrics page to add up {workers} workers: {pages[-1][-300:]}")
 
 
 def test_dockerfile_healthcheck_passes_against_a_ready_server_and_fails_without_one(served):
