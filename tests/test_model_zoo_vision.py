@@ -1,0 +1,22 @@
+"""Keras 3 vision models at 224x224 (ResNet50, MobileNetV3, EfficientNet; random weights) answer
+as in-process over every API (tests/support/zoo_checks.py). A file of its own: the exports take
+about 20 s, and the suite's processes take a file each."""
+
+from __future__ import annotations
+
+import pytest
+from support import zoo, zoo_checks
+
+HEAVY = [name for name, family in zoo.FAMILIES.items() if family.heavy]
+
+
+@pytest.fixture(scope="module")
+def heavy(tmp_path_factory):
+    root, server = zoo_checks.serve(tmp_path_factory, HEAVY)
+    yield root, server
+    zoo_checks.stop(server)
+
+
+@pytest.mark.parametrize("name", HEAVY)
+def test_a_vision_model_at_224_answers_as_in_process(heavy, name):
+    zoo_checks.check(*heavy, name)
