@@ -25,6 +25,7 @@ demo: venv
 # KServe's Python clients run from a venv of their own (.tools/kserve-venv): its protobuf pin
 # can't share the server's venv. scikit-learn (the iris example's) is a folder on that test server's
 # PYTHONPATH (.tools/sklearn), not in the venv: installed there, every TensorFlow import loads it.
+# YDF (the decision-forest example's) is one too (.tools/ydf), as a model's own library.
 # test-tools need no venv: `make test` installs them while the venv installs.
 test-tools:
 	tools/ensure-debian-packages.sh chromium fonts-dejavu-core:- npm curl nghttp2-client:h2load
@@ -34,6 +35,7 @@ test-tools:
 test-packages: venv test-tools
 	tools/ensure-python-client.sh --path $(PY) sklearn scikit-learn==1.9.1 scipy==1.17.1 joblib==1.6.0 threadpoolctl==3.8.0 \
 		cloudpickle==3.1.3 narwhals==2.29.0
+	tools/ensure-python-client.sh --path $(PY) ydf ydf==0.16.1
 
 bench-packages:
 	tools/ensure-debian-packages.sh nghttp2-client:h2load wrk

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import importlib.util
 import io
+import os
 import sys
 import threading
 import time
@@ -37,6 +38,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 # scikit-learn is not in the venv (TensorFlow's import would load it in every process): `make test`
 # installs it here, and the iris model finds it on its server's PYTHONPATH, as a model's own library.
 SKLEARN = Path(__file__).resolve().parents[1] / ".tools" / "sklearn"
+YDF = Path(__file__).resolve().parents[1] / ".tools" / "ydf"  # the forest example's, the same way
 SETOSA, VIRGINICA = [5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]
 
 
@@ -94,8 +96,10 @@ class Model:
 def server(tmp_path_factory, mnist_dir):
     root = tmp_path_factory.mktemp("python-models")
     assert (SKLEARN / "sklearn").is_dir(), f"scikit-learn is not in {SKLEARN}: `make test` installs it"
-    sys.path.append(str(SKLEARN))  # to train it here
+    assert (YDF / "ydf").is_dir(), f"YDF is not in {YDF}: `make test` installs it"
+    sys.path.extend((str(SKLEARN), str(YDF)))  # to train them here
     _example("sklearn_iris", "train.py").write_version(str(root / "iris" / "1"))
+    _example("ydf_forest", "train.py").write_version(str(root / "forest" / "1"))
     _example("image_classifier", "export.py").write_version(str(root / "images" / "1"))
     export_mnist(str(root / "mnist"), 1, load_mnist(mnist_dir), training_iteration=100)  # writes mnist/1
     (root / "mnist" / "1" / "model.py").write_bytes((EXAMPLES / "mnist_top_k" / "model.py").read_bytes())
@@ -103,11 +107,11 @@ def server(tmp_path_factory, mnist_dir):
     (root / "broken" / "1").mkdir(parents=True)
     (root / "broken" / "1" / "model.py").write_text(BROKEN)
     config = root / "models.config"
-    config.write_text(model_config({n: str(root / n) for n in ("iris", "images", "mnist", "linear", "broken")}))
+    config.write_text(model_config({n: str(root / n) for n in ("iris", "forest", "images", "mnist", "linear", "broken")}))
     # No load retries: a version whose __init__ fails is END at once, not after 5 minutes of retries.
     server = ServerProcess(f"--model_config_file={config}", "--enable_python_models", "--max_num_load_retries=0",
                            "--file_system_poll_wait_seconds=1", log_path=root / "server.log",
-                           env={"PYTHONPATH": str(SKLEARN)}).wait_ready()
+                           env={"PYTHONPATH": os.pathsep.join((str(SKLEARN), str(YDF)))}).wait_ready()
     server.root = root
     yield server
     assert server.stop() == 0
@@ -123,6 +127,25 @@ def _predict(server: ServerProcess, model: str, inputs: dict, timeout: float = 3
 
 
 # ---- the examples, over every API -------------------------------------------------------------
+
+def test_ydf_forest_without_a_saved_model(server):
+    """A decision forest with no TF-DF build for this TensorFlow: YDF in a Python model."""
+    rows = [{"age": 25.0, "country": "fr"}, {"age": 60.0, "country": "fr"}, {"age": 60.0, "country": "jp"}]
+    r = server.post("/v1/models/forest:predict", json={"instances": rows})
+    assert r.status_code == 200, r.text
+    rest = np.array(r.json()["predictions"], np.float32)
+    assert rest.shape == (3,) and rest[1] > 0.7 and rest[0] < 0.3 and rest[2] < 0.3, rest  # the rule it learnt
+    response = _predict(server, "forest", {"age": np.array([r["age"] for r in rows], np.float32),
+                                           "country": np.array([r["country"].encode() for r in rows], object)})
+    assert tf.make_ndarray(response.outputs["probability"]).tolist() == rest.tolist()
+    http = triton_http.InferenceServerClient(f"127.0.0.1:{server.rest_port}")
+    age, country = triton_http.InferInput("age", [1], "FP32"), triton_http.InferInput("country", [1], "BYTES")
+    age.set_data_from_numpy(np.array([60.0], np.float32))
+    country.set_data_from_numpy(np.array([b"fr"], object))
+    assert http.infer("forest", [age, country]).as_numpy("probability").tolist() == rest[1:2].tolist()
+    bad = server.post("/v1/models/forest:predict", json={"inputs": {"age": [30.0, 40.0], "country": ["fr"]}})
+    assert bad.status_code == 400 and "age and country must be lists of one length" in bad.json()["error"], bad.text
+
 
 def test_sklearn_model_without_a_saved_model(server):
     r = server.post("/v1/models/iris:predict", json={"instances": [SETOSA, VIRGINICA]})
