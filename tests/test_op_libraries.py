@@ -101,3 +101,15 @@ def test_a_model_needing_an_unregistered_op_fails_once_naming_its_package(tmp_pa
         assert not re.search(r"^\S+ \S+ [EC] ", log, re.M), log
     finally:
         assert server.stop() == 0
+
+
+def test_the_remedy_names_the_release_built_for_this_tensorflow():
+    from pyserving.runtime import op_libraries as ol
+
+    assert ol._required_tensorflow("tensorflow-text") == tf.__version__.rsplit(".", 1)[0] + ".0"
+    libraries = ol.OpLibraries(tensorflow="2.19.0", unusable={"tensorflow-decision-forests": "it is not installed",
+                                                               "tensorflow-text": "it is not installed"})
+    message = libraries.describe_missing(["SimpleMLCreateModelResource", "TFText>NgramsStringJoin"])
+    assert "pip install 'tensorflow-decision-forests==1.12.0' (the release built for TensorFlow 2.19)" in message
+    assert "pip install 'tensorflow-text==2.19.*'" in message
+    assert ol.TF_DF.release_for("2.99.1") is None and ol.TF_TEXT.release_for("2.21.0") == "2.21.*"
