@@ -159,6 +159,8 @@ def test_sklearn_model_without_a_saved_model(server):
     x.set_data_from_numpy(np.array([VIRGINICA], np.float32))
     assert http.infer("iris", [x]).as_numpy("species").tolist() == [b"virginica"]
     assert http.get_model_metadata("iris")["inputs"] == [{"name": "measurements", "datatype": "FP32", "shape": [-1, 4]}]
+    assert http.get_model_metadata("iris")["platform"] == "python"  # not a SavedModel's
+    assert http.get_model_config("iris")["backend"] == "python"
     metadata = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
     metadata.model_spec.name = "iris"
     with server.channel() as channel:

@@ -24,9 +24,10 @@ from pyserving.runtime.servable import Signature
 from pyserving.serving.dataplane import DataPlane, Decoder, ModelSpec
 
 SERVER_NAME = "pyserving"
-EXTENSIONS = ("binary_tensor_data", "parameters", "model_repository")
+# model_configuration and statistics: Triton's (triton_extensions.py), which its tools read first.
+EXTENSIONS = ("binary_tensor_data", "parameters", "model_repository", "model_configuration", "statistics")
 SIGNATURE_PARAMETER = "signature_name"
-PLATFORMS = {"tflite": "tensorflow_tflite"}  # by runtime kind; SavedModels otherwise
+PLATFORMS = {"tflite": "tensorflow_tflite", "python": "python"}  # by runtime kind; SavedModels otherwise
 
 
 class Repository(Protocol):

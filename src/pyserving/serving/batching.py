@@ -102,6 +102,11 @@ class BatchingServable:
     def __getattr__(self, name: str):
         return getattr(self._servable, name)  # signatures, signature_defs, path, ...
 
+    @property
+    def max_batch_size(self) -> int:
+        """The most rows one run takes (Triton's model configuration reports it)."""
+        return self._options.max_batch_size
+
     def run(self, signature_key: str, inputs: Mapping[str, np.ndarray],
             output_filter: Sequence[str] = ()) -> dict[str, np.ndarray]:
         size = _batch_size(inputs)

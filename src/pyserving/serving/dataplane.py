@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from pyserving.core.states import VersionStatus, model_state
 from pyserving.errors import Code, ServingError, http_status
 from pyserving.observability.monitoring import Metrics
 from pyserving.observability.request_log import RequestLogger, examples_log, multi_inference_log, predict_log
+from pyserving.observability.statistics import InferenceStatistics, Phases
 from pyserving.runtime.servable import (
     DEFAULT_SIGNATURE,
     Servable,
@@ -109,6 +111,8 @@ class DataPlane:
         self._metrics = metrics or Metrics()
         self._admission = admission or Admission(limit=0)
         self._inline = inline or InlinePolicy(max_seconds=0)
+        self.statistics = InferenceStatistics()  # the Open Inference Protocol's statistics extension
+        self._phases = threading.local()  # the running request's Phases, for _run_model
 
     @property
     def access_log(self) -> bool:
@@ -132,7 +136,7 @@ class DataPlane:
                          work: Callable[[int, Servable], T]) -> T:
         """Run ``work(version, servable)`` in a worker thread (inline when cheap: inline.py), the
         version held loaded meanwhile."""
-        start, status, served, reason = time.perf_counter(), "OK", None, ""
+        start, status, served, reason, phases = time.perf_counter(), "OK", None, "", Phases()
         label = spec.name if self._manager.has_model(spec.name) else UNKNOWN_MODEL_LABEL
         in_flight = self._metrics.requests_in_flight(label)
         in_flight.inc()
@@ -153,10 +157,11 @@ class DataPlane:
                     # A Python model's code may take any time: never on the event loop.
                     if accepting is None and getattr(servable, "runs_inline", True) and \
                             self._inline.inline(key, caller.small):
-                        result = self._timed(key, work, version, servable, time.perf_counter, True)
+                        result = self._timed(key, work, version, servable, time.perf_counter, True, start, phases)
                     else:
                         result = await asyncio.get_running_loop().run_in_executor(
-                            self._executor, self._timed, key, work, version, servable, time.thread_time, False)
+                            self._executor, self._timed, key, work, version, servable, time.thread_time, False,
+                            start, phases)
             finally:
                 self._admission.leave(token)
             self._metrics.record_answer(spec.name, version, api)
@@ -175,23 +180,37 @@ class DataPlane:
             in_flight.dec()
             seconds = time.perf_counter() - start
             self._metrics.record_request(label, api, caller.entrypoint, status, seconds)
+            if served is not None:
+                self.statistics.record(spec.name, served, status == "OK", seconds, phases)
             if self._access_log:
                 _access(caller.entrypoint, api, label, served, status, seconds, caller.peer, reason)
 
     def _timed(self, key: tuple, work: Callable[[int, Servable], T], version: int, servable: Servable,
-               clock: Callable[[], float], inline: bool) -> T:
-        start = clock()
-        result = work(version, servable)
+               clock: Callable[[], float], inline: bool, taken: float, phases: Phases) -> T:
+        began, start = time.perf_counter(), clock()
+        phases.queue, phases.began = began - taken, began
+        self._phases.current = phases
+        try:
+            result = work(version, servable)
+        finally:
+            self._phases.current = None
         self._inline.record(key, clock() - start, inline)
+        if phases.ran:  # the model's run splits the rest into decoding before and encoding after
+            phases.compute_output = time.perf_counter() - began - phases.compute_input - phases.compute_infer
         return result
 
     def _run_model(self, api: str, model: str, servable: Servable, signature_name: str,
                    inputs: Mapping[str, np.ndarray], output_filter: Sequence[str]) -> dict[str, np.ndarray]:
         start = time.perf_counter()
+        phases = getattr(self._phases, "current", None)
         try:
             return servable.run(signature_name, inputs, output_filter)
         finally:
-            self._metrics.record_runtime(model, api, time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            self._metrics.record_runtime(model, api, seconds)
+            if phases is not None and not phases.ran:  # the first run: MultiInference runs several
+                phases.ran, phases.compute_infer = True, seconds
+                phases.compute_input = start - phases.began
 
     async def predict(self, spec: ModelSpec, decode: Decoder, output_filter: Sequence[str],
                       encode: Callable[[PredictResult], T], caller: Caller, api: str = "predict") -> T:
@@ -318,6 +337,11 @@ class DataPlane:
         the kind of runtime serving it."""
         with self._manager.handle(spec.name, self._version_of(spec)) as (version, servable):
             return version, servable.signatures.get(spec.signature_name or DEFAULT_SIGNATURE), servable.runtime
+
+    def max_batch_size(self, spec: ModelSpec) -> int:
+        """The rows a batched version takes at most; 0 when its calls are not batched."""
+        with self._manager.handle(spec.name, self._version_of(spec)) as (_, servable):
+            return getattr(servable, "max_batch_size", 0)
 
     def metadata(self, spec: ModelSpec, fields: Sequence[str]
                  ) -> get_model_metadata_pb2.GetModelMetadataResponse:

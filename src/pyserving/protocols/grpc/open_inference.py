@@ -18,12 +18,14 @@ from pyserving.protocols.control_plane import ControlPlane, grpc_authorization
 from pyserving.serving.dataplane import DataPlane, PredictResult
 
 from .. import open_inference as v2
+from .. import triton_extensions as triton
 from .gate import GrpcGate
 from .handlers import caller_of, service_handler
 from .open_inference_protos import CLASSES, METHODS, SERVICE
 
 _IMPLEMENTED = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer",
-                "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload")
+                "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload", "ModelConfig",
+                "ModelStatistics")
 
 
 def _parameters(parameters) -> dict[str, Any]:
@@ -81,6 +83,30 @@ class OpenInferenceServicer:
         for field in ("inputs", "outputs"):
             for tensor in metadata[field]:
                 getattr(response, field).add(**tensor)
+        return response
+
+    async def ModelConfig(self, request, context):
+        config = await triton.model_config(self._dataplane, request.name, request.version)
+        response = CLASSES["ModelConfigResponse"]()
+        c = response.config
+        c.name, c.platform, c.backend, c.max_batch_size = (config["name"], config["platform"], config["backend"],
+                                                           config["max_batch_size"])
+        for field, tensors in (("input", config["input"]), ("output", config["output"])):
+            for tensor in tensors:
+                getattr(c, field).add(name=tensor["name"], dims=tensor["dims"],
+                                      data_type=triton.DATA_TYPES[tensor["data_type"].removeprefix("TYPE_")
+                                                                  .replace("STRING", "BYTES")])
+        return response
+
+    async def ModelStatistics(self, request, context):
+        stats = await triton.model_statistics(self._dataplane, request.name, request.version)
+        response = CLASSES["ModelStatisticsResponse"]()
+        for entry in stats["model_stats"]:
+            model = response.model_stats.add(
+                name=entry["name"], version=entry["version"], last_inference=entry["last_inference"],
+                inference_count=entry["inference_count"], execution_count=entry["execution_count"])
+            for phase, duration in entry["inference_stats"].items():
+                getattr(model.inference_stats, phase).MergeFrom(CLASSES["StatisticDuration"](**duration))
         return response
 
     async def ModelInfer(self, request, context):

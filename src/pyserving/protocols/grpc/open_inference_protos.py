@@ -76,10 +76,29 @@ MESSAGES: dict[str, list[tuple[str, int, str]]] = {
     "RepositoryModelUnloadRequest": [("repository_name", 1, "string"), ("model_name", 2, "string"),
                                      ("parameters", 3, "map ModelRepositoryParameter")],
     "RepositoryModelUnloadResponse": [],
+    # Triton's model-configuration extension: ModelConfig (model_config.proto), the fields filled
+    # here. data_type is Triton's DataType enum, declared as the int32 it is on the wire.
+    "ModelConfigRequest": [("name", 1, "string"), ("version", 2, "string")],
+    "ModelInput": [("name", 1, "string"), ("data_type", 2, "int32"), ("dims", 4, "repeated int64")],
+    "ModelOutput": [("name", 1, "string"), ("data_type", 2, "int32"), ("dims", 3, "repeated int64")],
+    "ModelConfig": [("name", 1, "string"), ("platform", 2, "string"), ("max_batch_size", 4, "int32"),
+                    ("input", 5, "repeated ModelInput"), ("output", 6, "repeated ModelOutput"),
+                    ("backend", 17, "string")],
+    "ModelConfigResponse": [("config", 1, "ModelConfig")],
+    # Triton's statistics extension (grpc_service.proto).
+    "ModelStatisticsRequest": [("name", 1, "string"), ("version", 2, "string")],
+    "StatisticDuration": [("count", 1, "uint64"), ("ns", 2, "uint64")],
+    "InferStatistics": [(name, number, "StatisticDuration") for number, name in enumerate(
+        ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit",
+         "cache_miss"), start=1)],
+    "ModelStatistics": [("name", 1, "string"), ("version", 2, "string"), ("last_inference", 3, "uint64"),
+                        ("inference_count", 4, "uint64"), ("execution_count", 5, "uint64"),
+                        ("inference_stats", 6, "InferStatistics")],
+    "ModelStatisticsResponse": [("model_stats", 1, "repeated ModelStatistics")],
 }
 METHODS = {name: (f"{name}Request", f"{name}Response") for name in (
     "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "RepositoryIndex",
-    "RepositoryModelLoad", "RepositoryModelUnload")}
+    "RepositoryModelLoad", "RepositoryModelUnload", "ModelConfig", "ModelStatistics")}
 METHODS["ModelInfer"] = ("ModelInferRequest", "ModelInferResponse")
 
 

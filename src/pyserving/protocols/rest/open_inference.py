@@ -21,6 +21,7 @@ from pyserving.protocols.control_plane import ControlPlane
 from pyserving.serving.dataplane import Caller, DataPlane, PredictResult
 
 from .. import open_inference as v2
+from .. import triton_extensions as triton
 from .bodies import parse_json
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -50,8 +51,11 @@ class OpenInferenceRest:
         r.add_get("/v2/", self._server_metadata)
         r.add_get("/v2/health/live", self._live)
         r.add_get("/v2/health/ready", self._ready)
+        r.add_get("/v2/models/stats", self._statistics)  # before /v2/models/{name}: every model's
         for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
             r.add_get(prefix, self._model_metadata)
+            r.add_get(prefix + "/config", self._model_config)
+            r.add_get(prefix + "/stats", self._statistics)
             r.add_get(prefix + "/ready", self._model_ready)
             r.add_post(prefix + "/infer", self._infer, expect_handler=expect)
         r.add_post("/v2/repository/index", self._index, expect_handler=expect)
@@ -73,6 +77,20 @@ class OpenInferenceRest:
 
         async def answer() -> web.Response:
             return _json(await v2.model_metadata(self._dataplane, name, version))
+        return await self._guard(request, "metadata", name, answer)
+
+    async def _model_config(self, request: web.Request) -> web.Response:
+        name, version = request.match_info["name"], request.match_info.get("version")
+
+        async def answer() -> web.Response:
+            return _json(await triton.model_config(self._dataplane, name, version))
+        return await self._guard(request, "metadata", name, answer)
+
+    async def _statistics(self, request: web.Request) -> web.Response:
+        name, version = request.match_info.get("name", ""), request.match_info.get("version")
+
+        async def answer() -> web.Response:
+            return _json(await triton.model_statistics(self._dataplane, name, version))
         return await self._guard(request, "metadata", name, answer)
 
     async def _model_ready(self, request: web.Request) -> web.Response:

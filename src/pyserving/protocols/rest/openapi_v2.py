@@ -54,6 +54,8 @@ def paths() -> dict[str, Any]:
                 "type": "object", "properties": {"ready": {"type": "boolean"}}}}}},
             "responses": {"200": _json({"type": "array", "items": {"$ref": "#/components/schemas/V2ModelIndex"}},
                                        "The index"), **_errors(400, 413)}}},
+        "/v2/models/stats": {"get": {"summary": "V2 (Triton's statistics extension): every model's", "responses": {
+            "200": _json({"$ref": "#/components/schemas/V2Statistics"}, "Statistics")}}},
     }
     for action in ("load", "unload"):
         result[f"/v2/repository/models/{{model_name}}/{action}"] = {"post": {
@@ -65,6 +67,14 @@ def paths() -> dict[str, Any]:
         result[prefix] = {"get": {"summary": "V2: model metadata (the default signature)", "parameters": params,
                                   "responses": {"200": _json({"$ref": "#/components/schemas/V2ModelMetadata"},
                                                              "Metadata"), **_errors(400, 404, 503)}}}
+        result[prefix + "/config"] = {"get": {
+            "summary": "V2 (Triton's model-configuration extension): inputs, outputs, max_batch_size",
+            "parameters": params, "responses": {"200": _json({"$ref": "#/components/schemas/V2ModelConfig"},
+                                                               "The configuration"), **_errors(400, 404, 503)}}}
+        result[prefix + "/stats"] = {"get": {
+            "summary": "V2 (Triton's statistics extension): the model's AVAILABLE versions", "parameters": params,
+            "responses": {"200": _json({"$ref": "#/components/schemas/V2Statistics"}, "Statistics"),
+                          **_errors(400, 404)}}}
         result[prefix + "/ready"] = {"get": {"summary": "V2: model ready", "parameters": params, "responses": {
             "200": _json(_model_ready(True), "Ready"),
             "400": _json({"oneOf": [_model_ready(False), _ERROR]}, "Not ready, or an invalid version"),
@@ -84,7 +94,23 @@ def schemas() -> dict[str, Any]:
     tensor_meta = {"type": "object", "required": ["name", "datatype", "shape"],
                    "properties": {"name": string, "datatype": string, "shape": shape}}
     parameters = {"type": "object"}
+    config_tensor = {"type": "object", "required": ["name", "data_type", "dims"],
+                     "properties": {"name": string, "data_type": string, "dims": shape}}
+    duration = {"type": "object", "required": ["count", "ns"],
+                "properties": {"count": {"type": "integer"}, "ns": {"type": "integer"}}}
+    version_stats = {"type": "object", "required": ["name", "version", "inference_count", "inference_stats"],
+                     "properties": {"name": string, "version": string, "last_inference": {"type": "integer"},
+                                    "inference_count": {"type": "integer"}, "execution_count": {"type": "integer"},
+                                    "inference_stats": {"type": "object", "additionalProperties": duration},
+                                    "batch_stats": {"type": "array"}}}
     return {
+        "V2ModelConfig": {"type": "object", "required": ["name", "platform", "max_batch_size", "input", "output"],
+                          "properties": {"name": string, "platform": string, "backend": string,
+                                         "max_batch_size": {"type": "integer"},
+                                         "input": {"type": "array", "items": config_tensor},
+                                         "output": {"type": "array", "items": config_tensor}}},
+        "V2Statistics": {"type": "object", "required": ["model_stats"],
+                         "properties": {"model_stats": {"type": "array", "items": version_stats}}},
         "V2ServerMetadata": {"type": "object", "required": ["name", "version", "extensions"], "properties": {
             "name": string, "version": string, "extensions": {"type": "array", "items": string}}},
         "V2ModelMetadata": {"type": "object", "required": ["name", "versions", "platform", "inputs", "outputs"],
