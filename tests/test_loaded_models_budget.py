@@ -169,6 +169,10 @@ def test_a_memory_budget_unloads_the_least_recently_used_to_stay_within_it(tmp_p
         assert r.status_code == 400 and "more than --max_loaded_model_memory_mb (20 MiB)" in r.json()["error"], r.text
         assert server.get("/v1/models").json()["model_state"] == states  # the refusal unloaded nothing
         assert "oneDNN kernels off" in server.log()  # so an unloaded model's memory goes back
+        log = server.log()  # an eviction says so, and why
+        assert ("Evicting model a (the least recently used idle model) to load c on its first request within "
+                "the budget of loaded models (--max_loaded_model_memory_mb=20)") in log
+        assert "Unloaded servable version {name: a version: 1} (evicted under the budget of loaded models)" in log
     finally:
         assert server.stop() == 0
     assert "Traceback" not in server.log()

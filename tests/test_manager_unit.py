@@ -238,6 +238,33 @@ def test_stop_cuts_a_retry_wait_short():
     assert loader.count("/b/1") == 1
 
 
+def test_a_version_whose_folder_goes_ends_at_once_not_after_its_retry_wait():
+    """Deleted while it waits to retry a failed load: END now (its status said LOADING with the
+    old error for the whole wait); back again during the wait: retried at once."""
+    loader = FakeLoader()
+    loader.fail["/b/1"] = -1
+
+    async def body(m: ModelManager):
+        m.add_model("m", "/b")
+        m.set_aspired("m", {1: "/b/1"})
+        await until(lambda: m.status("m")[0].error is not None, "the first attempt to fail")
+        start = asyncio.get_running_loop().time()
+        m.set_aspired("m", {})
+        await until(lambda: m.status("m")[0].state == VersionState.END, "the version to end")
+        assert asyncio.get_running_loop().time() - start < 1.0
+        loader.fail["/b/2"] = 1
+        m.set_aspired("m", {2: "/b/2"})
+        await until(lambda: loader.count("/b/2") == 1, "version 2's first attempt")
+        m.set_aspired("m", {})
+        m.set_aspired("m", {2: "/b/2"})  # gone and back within the wait
+        await until(lambda: loader.count("/b/2") == 2, "version 2 retried at once")
+        await m.wait_until_settled(["m"], timeout=DEADLINE)
+        assert {s.version: s.state for s in m.status("m")}[2] == VersionState.AVAILABLE
+
+    run(body, loader, RetryPolicy(max_retries=5, interval_seconds=3600))
+    assert loader.count("/b/1") == 1
+
+
 def test_load_succeeds_on_a_retry():
     loader = FakeLoader()
     loader.fail["/b/1"] = 2

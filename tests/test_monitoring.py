@@ -114,6 +114,9 @@ def test_exposition_uses_tf_serving_counter_names(server):
     assert ":tensorflow:serving:request_count{" in text
     assert "_created" not in text and "request_count_total" not in text
     assert "# TYPE :tensorflow:serving:request_example_count_total counter" in text
+    # Bucket bounds as TF Serving prints them (absl::StrCat of the double: six significant digits).
+    assert 'le="32.4"' in text and 'le="1.47476e+09"' in text and 'le="+Inf"' in text
+    assert "32.400000000000006" not in text
 
 
 def test_metrics_off_without_config(tmp_path):
@@ -121,7 +124,8 @@ def test_metrics_off_without_config(tmp_path):
     server = ServerProcess("--model_name=tf1", f"--model_base_path={tmp_path / 'tf1'}",
                            log_path=tmp_path / "server.log").wait_ready()
     try:
-        assert server.get(PATH).status_code == 404
+        r = server.get(PATH)
+        assert r.status_code == 404 and "--monitoring_config_file" in r.json()["error"], r.text
     finally:
         assert server.stop() == 0
 

@@ -250,11 +250,13 @@ def test_a_crashing_init_leaves_the_previous_version_serving(server):
     assert r.status_code == 200 and r.json()["predictions"][0]["y"] in (2.0, 3.0)
 
 
-def test_model_code_failures_are_internal_and_name_the_model(server):
+def test_model_code_failures_are_internal_and_say_what_failed_not_where_it_lives(server):
     cases = {"crash": "ZeroDivisionError", "wrong_dtype": "output 'y' is float64", "missing": "output 'y'"}
     for signature, words in cases.items():
         r = server.post("/v1/models/broken:predict", json={"signature_name": signature, "instances": [1.0]})
-        assert r.status_code == 500 and words in r.json()["error"] and "broken/1" in r.json()["error"], r.text
+        error = r.json()["error"]
+        assert r.status_code == 500 and words in error and "The Python model" in error, r.text
+        assert str(server.root) not in error and "broken/1" not in error, error  # the server's folders stay its own
         with pytest.raises(grpc.RpcError) as info:
             request = predict_pb2.PredictRequest()
             request.model_spec.name, request.model_spec.signature_name = "broken", signature
@@ -266,6 +268,7 @@ def test_model_code_failures_are_internal_and_name_the_model(server):
         server.post("/v1/models/broken:predict", json={"signature_name": "crash", "instances": [1.0]})
     log = server.log()
     assert log.count("raised in predict") == 1 and "ZeroDivisionError" in log
+    assert f"Python model {server.root / 'broken' / '1'} raised in predict" in log  # the operator's log names it
     assert server.post("/v1/models/linear:predict", json={"instances": [1.0]}).status_code == 200
 
 

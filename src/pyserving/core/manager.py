@@ -111,6 +111,9 @@ class ModelManager:
     def set_aspired(self, name: str, versions: Mapping[int, str]) -> None:
         """The versions (number -> folder) this model should serve from now on."""
         model = self._models[name]
+        for number in set(model.aspired) - set(versions):  # gone: a retry waiting for it ends now
+            if number in model.versions:
+                model.versions[number].unwanted.set()
         for number in set(versions) - set(model.aspired):
             record = model.versions.get(number)
             if record is not None and record.state == VersionState.END:
@@ -222,6 +225,9 @@ class ModelManager:
         elif model.configured and model.aspired:
             evicted = self._residency.admit(name, self._busy)
             for other in evicted:
+                log.info("Evicting model %s (the least recently used idle model) to load %s on its first "
+                         "request within the budget of loaded models (%s)", other, name,
+                         self._residency.describe())
                 self._reconcile(self._models[other])  # no longer resident: its versions unload
                 self._on_residency(other, "evict", 0.0, 0)
             # A task, not this request: a request cancelled here must not leave the model unloaded.
@@ -289,7 +295,7 @@ class ModelManager:
 
     def _reconcile(self, model: ModelRecord) -> None:
         if not self._resident(model.name):  # evicted, or never asked for: nothing stays loaded
-            self._unload_available(model, keep={})
+            self._unload_available(model, keep={}, why="evicted under the budget of loaded models")
             return
         for number in sorted(model.aspired):
             record = model.versions.get(number)
@@ -301,13 +307,13 @@ class ModelManager:
             return  # availability first: keep old versions until a new one serves
         self._unload_available(model, keep=model.aspired)
 
-    def _unload_available(self, model: ModelRecord, keep: Mapping[int, str]) -> None:
-        """Unload the AVAILABLE versions not in ``keep``."""
+    def _unload_available(self, model: ModelRecord, keep: Mapping[int, str], why: str = "") -> None:
+        """Unload the AVAILABLE versions not in ``keep`` (``why``: said in the log line)."""
         for record in list(model.versions.values()):
             if record.number not in keep and record.state == VersionState.AVAILABLE:
                 # Mark it now, not when the task runs, so a second reconcile can't unload it twice.
                 record.state = VersionState.UNLOADING
-                self._spawn(self._unload(model, record))
+                self._spawn(self._unload(model, record, why))
 
     def _start(self, model: ModelRecord, number: int) -> None:
         record = VersionRecord(number, VersionState.START)
@@ -345,15 +351,20 @@ class ModelManager:
                     log.error("%s; giving up", what)
                 else:
                     log.warning("%s; retrying in %.1f s", what, self._retry.interval_seconds)
-                    # Cancelled by stop(): a SIGTERM is never kept waiting by a retry interval.
-                    await asyncio.sleep(self._retry.interval_seconds)
-                    continue
+                    # Cancelled by stop(): a SIGTERM is never kept waiting by a retry interval; nor
+                    # is a version whose folder went away (its status would say LOADING meanwhile).
+                    woken = await _wait_unless_set(record.unwanted, self._retry.interval_seconds)
+                    if not woken or record.number in model.aspired:  # (back again meanwhile: retry now)
+                        record.unwanted.clear()
+                        continue
+                    log.info("Not retrying servable version {name: %s version: %d}: it is no longer wanted",
+                             model.name, record.number)
                 record.state = VersionState.END
                 break
         await self._notify()
         self._reconcile(model)
 
-    async def _unload(self, model: ModelRecord, record: VersionRecord) -> None:
+    async def _unload(self, model: ModelRecord, record: VersionRecord, why: str = "") -> None:
         record.state = VersionState.UNLOADING
         await self._notify()
         if record.in_flight:
@@ -364,7 +375,8 @@ class ModelManager:
         if close is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, close)
         record.state = VersionState.END
-        log.info("Unloaded servable version {name: %s version: %d}", model.name, record.number)
+        log.info("Unloaded servable version {name: %s version: %d}%s", model.name, record.number,
+                 f" ({why})" if why else "")
         forget_old_versions(model)
         if record.number in model.aspired:
             # Aspired again while it unloaded (a model unloaded and loaded back, a config dropping
@@ -386,3 +398,12 @@ class ModelManager:
             for record in list(model.versions.values()):
                 if record.state == VersionState.AVAILABLE:
                     await self._unload(model, record)
+
+
+async def _wait_unless_set(event: asyncio.Event, seconds: float) -> bool:
+    """Wait ``seconds``, or less if ``event`` is set: whether it was."""
+    try:
+        await asyncio.wait_for(event.wait(), seconds)
+    except asyncio.TimeoutError:
+        return False
+    return True

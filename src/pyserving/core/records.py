@@ -18,6 +18,7 @@ class VersionRecord:
     servable: Any = None
     in_flight: int = 0
     drained: asyncio.Event = field(default_factory=asyncio.Event)
+    unwanted: asyncio.Event = field(default_factory=asyncio.Event)  # set when no longer aspired
 
 
 @dataclass

@@ -33,6 +33,12 @@ class Residency:
     _recent: OrderedDict[str, None] = field(default_factory=OrderedDict)  # least recently used first
     _sizes: dict[str, tuple[tuple[str, ...], int]] = field(default_factory=dict)  # name -> (folders, bytes)
 
+    def describe(self) -> str:
+        """The budget, as the flags that set it."""
+        parts = [f"--max_loaded_models={self.max_models}" if self.max_models else "",
+                 f"--max_loaded_model_memory_mb={self.max_bytes >> 20}" if self.max_bytes else ""]
+        return " and ".join(p for p in parts if p) or "no budget"
+
     def is_resident(self, name: str) -> bool:
         return name in self.preload or name in self._recent
 

@@ -243,7 +243,7 @@ class Metrics:
             lines.append(f"# TYPE {exposed} {kind}")
             for sample_name, labels, value in samples:
                 sample_name = exposed if kind == "counter" else sample_name
-                text = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
+                text = ",".join(f'{k}="{_escape(_bucket(v) if k == "le" else v)}"' for k, v in sorted(labels.items()))
                 lines.append(f"{sample_name}{{{text}}} {_value(value)}" if text else f"{sample_name} {_value(value)}")
         return ("\n".join(lines) + "\n").encode("utf-8")
 
@@ -278,6 +278,12 @@ def _summed(views: Sequence[Sequence[Family]]) -> list[Family]:
 
 # prometheus_client drops a trailing _total from counter names; TF Serving keeps this one.
 _EXPOSED_NAMES = {":tensorflow:serving:request_example_count": ":tensorflow:serving:request_example_count_total"}
+
+
+def _bucket(bound: str) -> str:
+    """A bucket's bound as TF Serving prints it (absl::StrCat: six significant digits): "32.4",
+    not the "32.400000000000006" that 10 * 1.8 ** 2 is."""
+    return bound if bound == "+Inf" else f"{float(bound):.6g}"
 
 
 def _escape(value: str) -> str:

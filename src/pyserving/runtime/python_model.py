@@ -90,21 +90,23 @@ class PythonServable:
             raise
         except Exception as e:
             self._log_failure(e)
-            raise ServingError(Code.INTERNAL, f"Python model {self.path} failed: {type(e).__name__}: {e}") from None
+            # The client learns what failed, not where the server keeps the model: the log has both.
+            raise ServingError(Code.INTERNAL, f"The Python model's predict failed: {type(e).__name__}: {e} "
+                                              "(the server's log has the traceback)") from None
         return self._checked(signature_key, outputs, output_filter)
 
     def _checked(self, key: str, outputs: Any, output_filter: Sequence[str]) -> dict[str, np.ndarray]:
         """The outputs asked for, each as the signature declares it (INTERNAL naming one that isn't)."""
         if not isinstance(outputs, Mapping):
-            raise ServingError(Code.INTERNAL, f"Python model {self.path}: predict returned "
+            raise ServingError(Code.INTERNAL, "The Python model's predict returned "
                                               f"{type(outputs).__name__}, not a dict of outputs")
         declared = self._signatures[key].outputs
         result = {}
         for name in output_filter or declared:
             if name not in outputs:
-                raise ServingError(Code.INTERNAL, f"Python model {self.path}: output '{name}' of signature "
+                raise ServingError(Code.INTERNAL, f"The Python model's output '{name}' of signature "
                                                   f"'{key}' is missing from what predict returned")
-            result[name] = _as_declared(np.asarray(outputs[name]), declared[name], self.path)
+            result[name] = _as_declared(np.asarray(outputs[name]), declared[name])
         return result
 
     def _log_failure(self, error: Exception) -> None:
@@ -206,7 +208,7 @@ def _tensor(alias: str, declared: Any, where: str) -> TensorSpec:
     return TensorSpec(alias=alias, tensor_name=alias, dtype=enum, shape=dims)
 
 
-def _as_declared(array: np.ndarray, spec: TensorSpec, path: str) -> np.ndarray:
+def _as_declared(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
     if spec.dtype == types_pb2.DT_STRING:
         if array.dtype.kind in "SU":  # numpy strings: the object arrays of bytes TF Serving's codecs take
             return np.vectorize(lambda v: v.encode() if isinstance(v, str) else bytes(v), otypes=[object])(array)
@@ -214,7 +216,7 @@ def _as_declared(array: np.ndarray, spec: TensorSpec, path: str) -> np.ndarray:
             return array
     elif array.dtype == BY_ENUM[spec.dtype].numpy:
         return array
-    raise ServingError(Code.INTERNAL, f"Python model {path}: output '{spec.alias}' is {array.dtype}, but the "
+    raise ServingError(Code.INTERNAL, f"The Python model's output '{spec.alias}' is {array.dtype}, but the "
                                       f"signature declares {types_pb2.DataType.Name(spec.dtype)[3:].lower()}")
 
 

@@ -18,6 +18,7 @@ from yarl import URL
 from pyserving.codecs import json_codec
 from pyserving.codecs.examples import examples_from_json
 from pyserving.errors import Code, ServingError, http_status
+from pyserving.observability.monitoring import DEFAULT_PATH as PROMETHEUS_PATH
 from pyserving.protocols import open_inference as v2
 from pyserving.protocols.control_plane import ControlPlane
 from pyserving.serving.dataplane import Caller, DataPlane, ModelSpec, PredictResult
@@ -103,6 +104,8 @@ class RestService:
                 return web.Response(body=await exposition(), content_type="text/plain",
                                     charset="utf-8", headers={"X-Content-Type-Options": "nosniff"})
             app.router.add_get(path, metrics)
+        else:  # TF Serving's 404 there, saying what turns the page on
+            app.router.add_get(PROMETHEUS_PATH, _metrics_off)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/v1/models", self._list_models)
@@ -360,3 +363,9 @@ def _results_json(result, verb: str) -> list:
         return [[[c.label, c.score] for c in classification.classes]
                 for classification in result.classifications]
     return [r.value for r in result.regressions]
+
+
+async def _metrics_off(request: web.Request) -> web.Response:
+    return _error(Code.NOT_FOUND, f"Malformed request: GET {request.path}: Prometheus metrics are off; start "
+                  "the server with --monitoring_config_file naming a file that holds "
+                  "prometheus_config { enable: true }")
