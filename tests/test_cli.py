@@ -54,8 +54,9 @@ def test_malformed_config_file(tmp_path):
     assert out.returncode != 0
     assert "Error parsing text-format tensorflow.serving.ModelServerConfig" in out.stderr
     missing = run_server_cli(f"--model_config_file={tmp_path / 'missing.config'}")
-    assert missing.returncode != 0
-    assert "Error parsing text-format tensorflow.serving.ModelServerConfig" in missing.stderr
+    assert missing.returncode != 0  # not a parse error: the flag, the file, and why it can't be read
+    assert f"--model_config_file={tmp_path / 'missing.config'}: cannot read the file: No such file or directory" \
+        in missing.stderr, missing.stderr
 
 
 def test_unknown_flag_is_rejected():
@@ -187,3 +188,18 @@ def test_mnist_commands_show_every_default(command, capsys):
                         "demo": [("--num_tests", "(default: 1000)"), ("--concurrency", "(default: 4)")]}[command]:
         assert flag in text and shown in text, (flag, shown)
     assert "--data-dir" in text and "$MNIST_DIR" in text  # a default of None is described in words
+
+
+def test_a_base_path_beside_a_config_file_is_named_as_ignored(tmp_path):
+    from support.server import HALF_PLUS_TWO, ServerProcess, model_config
+
+    config = tmp_path / "models.config"
+    config.write_text(model_config({"hpt": str(HALF_PLUS_TWO)}))
+    server = ServerProcess(f"--model_config_file={config}", "--model_name=other",
+                           f"--model_base_path={tmp_path / 'nothing'}", log_path=tmp_path / "server.log").wait_ready()
+    try:
+        assert server.get("/v1/models/hpt").status_code == 200
+        assert f"--model_base_path={tmp_path / 'nothing'} is ignored: --model_config_file names the models" \
+            in server.log()
+    finally:
+        assert server.stop() == 0

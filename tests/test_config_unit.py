@@ -107,7 +107,8 @@ def test_read_model_config_file(tmp_path):
     assert [m.name for m in read_model_config_file(str(path))][0] == "all_model"
     with pytest.raises(ConfigError) as info:
         read_model_config_file(str(tmp_path / "missing.config"))
-    assert PARSE_ERROR in str(info.value)
+    assert str(info.value) == (f"--model_config_file={tmp_path / 'missing.config'}: cannot read the file: "
+                               "No such file or directory")
 
 
 def test_models_from_options(tmp_path):

@@ -200,7 +200,7 @@ def _run_server_cli(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("case, needle", [
     ("malformed", "Error parsing text-format tensorflow.serving.SSLConfig"),
-    ("missing", "Error parsing text-format tensorflow.serving.SSLConfig"),
+    ("missing", "--ssl_config_file="),
     ("key_not_pem", "bad PEM"),
     ("key_not_matching", "bad PEM"),
     ("no_cert", "server_key and server_cert are required"),

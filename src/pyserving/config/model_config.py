@@ -121,7 +121,7 @@ def _logging(c) -> LoggingSettings | None:
 def read_model_config_file(path: str, request_log_dir: str = "") -> list[ModelConfig]:
     from tensorflow_serving.config import model_server_config_pb2
 
-    models = models_from_proto(read_text_proto(path, model_server_config_pb2.ModelServerConfig))
+    models = models_from_proto(read_text_proto(path, model_server_config_pb2.ModelServerConfig, "--model_config_file"))
     return confine_request_logs(models, request_log_dir)
 
 

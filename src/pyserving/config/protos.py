@@ -42,13 +42,15 @@ class ConfigFileError(ValueError):
     pass
 
 
-def read_text_proto(path: str, message_class: Any) -> Any:
-    """Parse a text-format config file, with TF Serving's wording on failure."""
+def read_text_proto(path: str, message_class: Any, flag: str = "") -> Any:
+    """Parse a text-format config file (``flag``: the one that names it), with TF Serving's
+    wording when it doesn't parse, and the flag's name when it can't be read."""
     name = message_class.DESCRIPTOR.full_name
     try:
         text = _read_text(path)
     except OSError as e:
-        raise ConfigFileError(f"Error parsing text-format {name}: cannot read {path}: {e.strerror or e}") from e
+        where = f"{flag}={path}" if flag else path
+        raise ConfigFileError(f"{where}: cannot read the file: {e.strerror or e}") from e
     message = message_class()
     try:
         text_format.Parse(text, message)

@@ -40,7 +40,7 @@ class PrometheusSettings:
 
     @classmethod
     def from_file(cls, path: str) -> "PrometheusSettings":
-        config = read_text_proto(path, MonitoringConfig).prometheus_config
+        config = read_text_proto(path, MonitoringConfig, "--monitoring_config_file").prometheus_config
         route = config.path or DEFAULT_PATH
         if not route.startswith("/") or route.startswith("/v1/"):
             raise ConfigFileError(

@@ -67,6 +67,9 @@ def run(options: ServerOptions, models: list[ModelConfig], slot: WorkerSlot | No
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
         log.info("pyserving %s (TensorFlow Serving compatible) starting", __version__)
+        if options.model_config_file and options.model_base_path:  # TF Serving drops it without a word
+            log.warning("--model_base_path=%s is ignored: --model_config_file names the models to serve",
+                        options.model_base_path)
         code = await server.serve()
         # Drained: from here the process only exits. A repeated SIGTERM (supervisors and test
         # harnesses resend it) must not kill it mid-exit with the signal's default action.

@@ -28,7 +28,7 @@ class TlsConfig:
     @classmethod
     def from_file(cls, path: str) -> "TlsConfig":
         """Read and validate the file; ConfigFileError (one line) on any problem."""
-        proto = read_text_proto(path, SSLConfig)
+        proto = read_text_proto(path, SSLConfig, "--ssl_config_file")
         config = cls(server_key=proto.server_key, server_cert=proto.server_cert,
                      custom_ca=proto.custom_ca, client_verify=proto.client_verify)
         config.validate(path)

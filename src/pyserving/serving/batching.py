@@ -41,7 +41,7 @@ class BatchingOptions:
 
     @classmethod
     def from_file(cls, path: str) -> "BatchingOptions":
-        proto = read_text_proto(path, BatchingParameters)
+        proto = read_text_proto(path, BatchingParameters, "--batching_parameters_file")
         values: dict[str, Any] = {}
         for name in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads"):
             if proto.HasField(name):
