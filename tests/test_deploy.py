@@ -170,15 +170,16 @@ ISVC_SCHEMA = "inferenceservice.v1beta1.schema.json"
 
 @pytest.mark.parametrize("version", [OLDEST_K8S, LATEST_K8S])
 def test_manifests_pass_kubernetes_own_schemas(version):
+    """The kit as `kubectl apply -k` renders it: the manifests and the generated Secret."""
     kinds = []
-    for filename, obj in k8s_objects():
+    for filename, obj in rendered():
         try:
             kubernetes_validate.validate(obj, version, strict=True)
         except kubernetes_validate.ValidationError as e:
             pytest.fail(f"{filename}: {'.'.join(map(str, e.path))}: {e.message} (Kubernetes {e.version})")
         kinds.append(obj["kind"])
-    assert sorted(kinds) == ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "PersistentVolumeClaim",
-                             "PodDisruptionBudget", "Service"]
+    assert sorted(kinds) == ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget",
+                             "Secret", "Service"]
 
 
 def test_strict_validation_refuses_a_misspelt_field():
@@ -189,11 +190,70 @@ def test_strict_validation_refuses_a_misspelt_field():
         kubernetes_validate.validate(deployment, LATEST_K8S, strict=True)
 
 
+def kustomization() -> dict:
+    [found] = load_yaml(K8S / "kustomization.yaml")
+    assert found["kind"] == "Kustomization"
+    return found
+
+
+def rendered() -> list[tuple[str, dict]]:
+    """What kustomize makes of the kit: the manifests, and each generated Secret (as the first
+    documented command's file would fill it)."""
+    import base64
+
+    secrets = [("kustomization.yaml", {
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": {"name": g["name"]},
+        "data": {f: base64.b64encode(os.urandom(32).hex().encode()).decode() for f in g["files"]}})
+        for g in kustomization().get("secretGenerator", [])]
+    return k8s_objects() + secrets
+
+
 def test_kustomization_lists_every_manifest():
-    [kustomization] = load_yaml(K8S / "kustomization.yaml")
-    assert kustomization["kind"] == "Kustomization"
     files = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
-    assert sorted(kustomization["resources"]) == sorted(files)
+    assert sorted(kustomization()["resources"]) == sorted(files)
+
+
+def test_the_kit_creates_every_object_it_names():
+    """`kubectl apply -k` on a cluster nobody prepared: each ConfigMap, Secret and claim the pod
+    names is one the kit makes, and the generator's file is what its first documented command writes."""
+    made = {(doc["kind"], doc["metadata"]["name"]) for _, doc in k8s_objects()}
+    made |= {("Secret", g["name"]) for g in kustomization().get("secretGenerator", [])}
+    made |= {("ConfigMap", g["name"]) for g in kustomization().get("configMapGenerator", [])}
+    spec = pod_spec()
+    named = set()
+    for volume in spec["volumes"]:
+        if "configMap" in volume:
+            named.add(("ConfigMap", volume["configMap"]["name"]))
+        if "secret" in volume:
+            named.add(("Secret", volume["secret"]["secretName"]))
+        if "persistentVolumeClaim" in volume:
+            named.add(("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"]))
+    for container in spec["containers"] + spec.get("initContainers", []):
+        for source in container.get("envFrom", []):
+            for kind, key in (("ConfigMap", "configMapRef"), ("Secret", "secretRef")):
+                if key in source:
+                    named.add((kind, source[key]["name"]))
+    assert named and named <= made, named - made
+    assert "serviceAccountName" not in spec
+    text = (K8S / "kustomization.yaml").read_text()
+    commands = [line.strip("# ").strip() for line in text.splitlines() if line.startswith("#   ")]
+    for g in kustomization()["secretGenerator"]:
+        for file in g["files"]:
+            assert commands[0].endswith(f"> deploy/kubernetes/{file}"), commands
+            assert file in (K8S / ".gitignore").read_text().split(), "a token file must never be committed"
+    assert commands[1] == "kubectl apply -k deploy/kubernetes"
+
+
+def test_one_image_tag_everywhere_the_packages_version():
+    from pyserving import __version__
+
+    image = f"pyserving:{__version__}"
+    spec = pod_spec()
+    for container in spec["containers"] + spec["initContainers"] + [runtime_container()]:
+        assert container["image"] == image, container["name"]
+    for path in (REPO / "README.md", REPO / "docs" / "deploy.md", DOCKERFILE, K8S / "kustomization.yaml"):
+        tags = re.findall(r"docker build [^\n]*?-t (\S+)", path.read_text())
+        assert tags and all(t.endswith(image) for t in tags), (path, tags)
 
 
 def test_service_hpa_and_pdb_point_at_the_deployment():
@@ -229,8 +289,11 @@ def test_volumes_config_files_and_model_paths_line_up():
     assert mounts.keys() <= volumes.keys()
     configmap = k8s("ConfigMap")
     assert volumes["config"]["configMap"]["name"] == configmap["metadata"]["name"]
-    claim = k8s("PersistentVolumeClaim")["metadata"]["name"]
-    assert volumes["models"]["persistentVolumeClaim"]["claimName"] == claim
+    # The models volume is the pod's own, filled by the init container (no hand-filled shared volume).
+    assert volumes["models"] == {"name": "models", "emptyDir": {}}
+    [init] = spec["initContainers"]
+    init_mounts = {m["name"]: m for m in init["volumeMounts"]}
+    assert init_mounts["models"]["mountPath"] == mounts["models"] and not init_mounts["models"].get("readOnly")
     # Every config file flag names a key of the ConfigMap, where it is mounted.
     for name in ("model_config_file", "monitoring_config_file"):
         path = flag(container["args"], name)
@@ -254,7 +317,9 @@ def test_the_control_plane_is_locked_and_bind_addresses_explicit():
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     assert Path(mounts["admin-token"]["mountPath"]) == token.parent and mounts["admin-token"]["readOnly"]
     secret = {v["name"]: v for v in spec["volumes"]}["admin-token"]["secret"]
-    assert secret["secretName"] and secret["defaultMode"] == 0o400
+    assert secret["defaultMode"] == 0o400
+    [generated] = kustomization()["secretGenerator"]  # the Secret the kit makes, with the token file's name
+    assert generated["name"] == secret["secretName"] and generated["files"] == [token.name]
     for name in ("grpc_bind_address", "rest_api_bind_address"):
         assert flag(container["args"], name) == "0.0.0.0"
         assert flag(runtime_container()["args"], name) == "0.0.0.0"
@@ -321,19 +386,22 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(tmp_path_factory, mnist_dir):
     """The Deployment's container: the entry point script with the Deployment's args, the
     ConfigMap's files and the models volume relocated under a temporary folder, and loopback
     ports appended (a repeated flag takes the last value)."""
-    from support import models
-
     root = tmp_path_factory.mktemp("deploy")
     container = server_container()
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     data = k8s("ConfigMap")["data"]
+    # The init container's command, as written (MNIST from this machine's copy, not its mirror).
+    [init] = pod_spec()["initContainers"]
+    command = [a.replace(mounts["models"], str(root / "models")) for a in init["command"]]
+    subprocess.run([str(BIN_DIR / command[0]), *command[1:], f"--data-dir={mnist_dir}"], check=True,
+                   capture_output=True, timeout=300)
     for model in parse_model_server_config(data["models.config"]):
         local = root / "models" / Path(model.base_path).relative_to(mounts["models"])
-        models.export_tf1_half_plus_two(str(local / "1"))
+        assert (local / "1" / "saved_model.pb").exists(), f"the init container exports no {model.name}"
     (root / "config").mkdir()
     for key, text in data.items():
         (root / "config" / key).write_text(text.replace(f'"{mounts["models"]}/', f'"{root / "models"}/'))
@@ -553,7 +621,10 @@ def test_runtime_has_kserve_tensorflow_servings_shape_and_flags_pyserving_accept
     spec, container = runtime["spec"], runtime_container()
     assert container["name"] == "kserve-container"
     assert container["args"][:len(KSERVE_TF_ARGS)] == KSERVE_TF_ARGS
-    assert spec["protocolVersions"] == KSERVE_TF_SPEC["protocolVersions"]
+    # TF Serving's protocols, as kserve-tensorflow-serving declares them, and the Open Inference
+    # Protocol's, which the same ports serve.
+    assert spec["protocolVersions"] == KSERVE_TF_SPEC["protocolVersions"] + ["v2", "grpc-v2"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 8080}
     assert {(f["name"], f["version"], f["autoSelect"]) for f in spec["supportedModelFormats"]} == \
         {(f["name"], f["version"], f["autoSelect"]) for f in KSERVE_TF_SPEC["supportedModelFormats"]}
     # The flags as the server parses them: KServe fills in {{.Name}}; the monitoring config is
@@ -596,13 +667,15 @@ def test_inference_service_selects_the_pyserving_runtime():
     formats = {(f["name"], f.get("version")) for f in runtime["spec"]["supportedModelFormats"]}
     assert (model["modelFormat"]["name"], model["modelFormat"].get("version")) in formats
     assert model.get("protocolVersion", "v1") in runtime["spec"]["protocolVersions"]
-    assert model["storageUri"].startswith("pvc://" + k8s("PersistentVolumeClaim")["metadata"]["name"] + "/")
+    # A model anyone can read (KServe's own public example), not a claim nobody made.
+    assert model["storageUri"] == "gs://kfserving-examples/models/tensorflow/flowers"
 
 
 def test_readme_deploying_section_names_files_that_exist():
     readme = (REPO / "README.md").read_text()
     assert "## Deploying" in readme and readme.index("## Deploying") < readme.index("## Architecture")
     section = readme[readme.index("## Deploying"):readme.index("## Architecture")]
-    for path in re.findall(r"deploy/[\w./-]+", section):
+    written = set(re.findall(r"> (deploy/[\w./-]+)", section))  # files the section's commands write
+    for path in set(re.findall(r"deploy/[\w./-]+", section)) - written:
         assert (REPO / path.rstrip(".")).exists(), path
     assert "docker build -f deploy/Dockerfile" in section and "kubectl apply -k deploy/kubernetes" in section
