@@ -570,7 +570,8 @@ def docker_ignores(path: str) -> bool:
 
 def test_dockerignore_keeps_the_build_inputs_and_drops_the_rest():
     for path in (".venv/bin/python", ".git/HEAD", "benchmarks/results/run.json", "demo-work/model/1",
-                 "src/pyserving/__pycache__/cli.cpython-311.pyc", "src/pyserving.egg-info/PKG-INFO"):
+                 "src/pyserving/__pycache__/cli.cpython-311.pyc", "src/pyserving.egg-info/PKG-INFO",
+                 "deploy/kubernetes/admin-token"):
         assert docker_ignores(path), path
     needed = ["pyproject.toml", "README.md", "src/pyserving/__init__.py", "src/pyserving/cli.py",
               *image_copies().values()]
