@@ -73,6 +73,25 @@ def test_a_standing_queue_is_shed_and_accepted_requests_keep_the_target():
     assert q.arrive() and not q.admission.shedding
 
 
+@pytest.mark.parametrize("deadlines", [False, True])
+def test_a_standing_queue_judges_a_clients_deadline_by_itself_unless_told(deadlines):
+    """Once shedding, a request without a deadline past the target is refused; one with the
+    client's own deadline (gRPC's), which it can make, is taken, unless the operator applies the
+    target to deadlines too (--queue_delay_target_applies_to_deadlines)."""
+    q = Queue(Admission(limit=0, target=0.005, deadlines=deadlines))
+    t = 0.0
+    while t < 1.0:  # twice capacity: a queue stands
+        q.run_until(t)
+        q.arrive()
+        t += SERVICE / 2
+    assert q.admission.shedding
+    assert q.admission.refusal(now=t) is not None
+    refused = q.admission.refusal(deadline=10.0, now=t, client_deadline=True)
+    assert (refused is not None) == deadlines, refused
+    # The server's own timeout (REST's) is no client's word: the standing queue still judges it.
+    assert q.admission.refusal(deadline=10.0, now=t) is not None
+
+
 def test_without_a_target_only_the_bound_and_deadline_refuse():
     q = Queue(Admission(limit=0, target=0))
     for i in range(4000):

@@ -29,7 +29,7 @@ LAYERS = [
 ]
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
 # Subpackages whose own modules also stay in layers, so their rooms don't lean on each other.
-SUBLAYERS = {"protocols": [{"control_plane"}, {"open_inference"}, {"grpc", "rest"}]}
+SUBLAYERS = {"protocols": [{"control_plane"}, {"open_inference"}, {"triton_extensions"}, {"grpc", "rest"}]}
 TENSORFLOW_ALLOWED = {"runtime", "mnist"}
 MAX_LOOSE_MODULES = 6
 MAX_LINES = 400

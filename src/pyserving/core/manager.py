@@ -353,7 +353,7 @@ class ModelManager:
                     log.warning("%s; retrying in %.1f s", what, self._retry.interval_seconds)
                     # Cancelled by stop(): a SIGTERM is never kept waiting by a retry interval; nor
                     # is a version whose folder went away (its status would say LOADING meanwhile).
-                    woken = await _wait_unless_set(record.unwanted, self._retry.interval_seconds)
+                    woken = await record.wait_unwanted(self._retry.interval_seconds)
                     if not woken or record.number in model.aspired:  # (back again meanwhile: retry now)
                         record.unwanted.clear()
                         continue
@@ -398,12 +398,3 @@ class ModelManager:
             for record in list(model.versions.values()):
                 if record.state == VersionState.AVAILABLE:
                     await self._unload(model, record)
-
-
-async def _wait_unless_set(event: asyncio.Event, seconds: float) -> bool:
-    """Wait ``seconds``, or less if ``event`` is set: whether it was."""
-    try:
-        await asyncio.wait_for(event.wait(), seconds)
-    except asyncio.TimeoutError:
-        return False
-    return True

@@ -20,6 +20,14 @@ class VersionRecord:
     drained: asyncio.Event = field(default_factory=asyncio.Event)
     unwanted: asyncio.Event = field(default_factory=asyncio.Event)  # set when no longer aspired
 
+    async def wait_unwanted(self, seconds: float) -> bool:
+        """Wait ``seconds``, or less if the version stops being wanted meanwhile: whether it did."""
+        try:
+            await asyncio.wait_for(self.unwanted.wait(), seconds)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
 
 @dataclass
 class ModelRecord:

@@ -75,7 +75,8 @@ class Server:
         pending = options.max_pending_requests
         # Batches are a queue by design, bounded by the batching parameters: no standing-queue rule.
         target = 0 if options.enable_batching else options.queue_delay_target_in_ms / 1000
-        self.admission = Admission(default_limit(workers) if pending < 0 else pending, target)
+        self.admission = Admission(default_limit(workers) if pending < 0 else pending, target,
+                                   deadlines=options.queue_delay_target_applies_to_deadlines)
         self._load_pool = ThreadPoolExecutor(
             max_workers=options.num_load_threads or 2, thread_name_prefix="load")
         self.metrics = Metrics()

@@ -66,6 +66,7 @@ Token = tuple[float, int]  # (when the request was taken, its position then)
 class Admission:
     limit: int  # 0: no bound on pending requests
     target: float = QUEUE_DELAY_TARGET_MS / 1000  # seconds; 0: no standing-queue rule
+    deadlines: bool = False  # the standing-queue rule applies to clients' deadlines too
     pending: int = 0
     shedding: bool = False  # a standing queue was found: waits past the target are refused
     _per_position: float = 0.0  # seconds a queue position has cost lately; 0 = not measured yet
@@ -79,8 +80,13 @@ class Admission:
     _busy_since: float = 0.0  # when the pending count last left 0
     _last_answer: float = 0.0
 
-    def refusal(self, deadline: float | None = None, now: float | None = None) -> str | None:
-        """Why a new request must be refused now (``deadline``: seconds it has left), or None."""
+    def refusal(self, deadline: float | None = None, now: float | None = None,
+                client_deadline: bool = False) -> str | None:
+        """Why a new request must be refused now (``deadline``: seconds it has left), or None.
+        ``client_deadline``: the deadline is the client's own (gRPC's), which says how long it will
+        wait: such a request is judged by it alone, not by the standing-queue rule (TF Serving's
+        clients send bursts of a thousand futures, each with one, and expect every answer),
+        unless ``deadlines`` (--queue_delay_target_applies_to_deadlines)."""
         if self.limit and self.pending >= self.limit:
             return (f"Server is at capacity: {self.pending} requests pending "
                     f"(--max_pending_requests={self.limit}); retry later")
@@ -90,14 +96,16 @@ class Admission:
             return (f"Server is busy: {self.pending} requests ahead of this one would take "
                     f"about {expected * 1000:.0f} ms, past its deadline of {deadline * 1000:.0f} ms")
         now = time.perf_counter() if now is None else now
+        if client_deadline and not self.deadlines:
+            return None
         if self.target and self._over_target(self._signal(expected), now) and expected > self._target():
             return OVERLOADED_MESSAGE
         return None
 
-    def admit(self, deadline: float | None = None) -> Token:
+    def admit(self, deadline: float | None = None, client_deadline: bool = False) -> Token:
         """Take a request, or raise UNAVAILABLE; the token goes back to ``leave``."""
         now = time.perf_counter()
-        reason = self.refusal(deadline, now)
+        reason = self.refusal(deadline, now, client_deadline)
         if reason is not None:
             raise overloaded(reason)
         return self.enter(now)

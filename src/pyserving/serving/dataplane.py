@@ -81,6 +81,7 @@ class Caller:
     deadline: float | None = None
     small: bool = False
     peer: str = ""  # the client's address, for the access log (set only when it is on)
+    client_deadline: bool = False  # ``deadline`` is the client's own (gRPC's), not the server's timeout
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,7 @@ class DataPlane:
         try:
             if not spec.name:
                 raise ServingError.invalid_argument("Missing ModelSpec: the request names no model")
-            token = self._admission.admit(caller.deadline)
+            token = self._admission.admit(caller.deadline, caller.client_deadline)
             try:
                 await self._manager.ensure_resident(spec.name, caller.deadline)  # --max_loaded_models
                 with self._manager.handle(spec.name, self._version_of(spec)) as (version, servable):

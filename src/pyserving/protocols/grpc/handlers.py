@@ -34,8 +34,9 @@ def note_request_bytes(size: int) -> None:
 
 
 def caller_of(dataplane: DataPlane, context) -> Caller:
-    return Caller("GRPC", context.time_remaining(), _REQUEST_BYTES.get() <= SMALL_REQUEST_BYTES,
-                  context.peer() if dataplane.access_log else "")
+    remaining = context.time_remaining()
+    return Caller("GRPC", remaining, _REQUEST_BYTES.get() <= SMALL_REQUEST_BYTES,
+                  context.peer() if dataplane.access_log else "", client_deadline=remaining is not None)
 
 
 # Inference methods, by the API name the data plane's metrics and access log use.
