@@ -32,10 +32,12 @@ test-tools:
 	tools/ensure-npm-tools.sh azurite@3.35.0:azurite-blob
 	tools/ensure-python-client.sh $(PYTHON) kserve kserve==0.21.0
 
+# An example's pinned libraries: its requirements.txt, what its README tells users to install.
+requirements = $(shell sed '/^\#/d' $(1)/requirements.txt)
+
 test-packages: venv test-tools
-	tools/ensure-python-client.sh --path $(PY) sklearn scikit-learn==1.9.1 scipy==1.17.1 joblib==1.6.0 threadpoolctl==3.8.0 \
-		cloudpickle==3.1.3 narwhals==2.29.0
-	tools/ensure-python-client.sh --path $(PY) ydf ydf==0.16.1
+	tools/ensure-python-client.sh --path $(PY) sklearn $(call requirements,examples/sklearn_iris)
+	tools/ensure-python-client.sh --path $(PY) ydf $(call requirements,examples/ydf_forest)
 
 bench-packages:
 	tools/ensure-debian-packages.sh nghttp2-client:h2load wrk
