@@ -77,3 +77,37 @@ def test_the_open_inference_quickstart_runs_as_written(tmp_path):
         server.terminate()
         assert server.wait(30) == 0
         log.close()
+
+
+# The runnable blocks (their first lines) and the tests that run them as written.
+EXECUTED = {
+    ("README.md", "python3.11 -m venv .venv && .venv/bin/pip install -e ."): "test_readme_quickstart.py",
+    ("README.md", ".venv/bin/pyserving mnist client --data-dir ../shared/mnist --server localhost:9000 "
+                  "--num_tests 1000 --concurrency 4"): "test_readme_quickstart.py",
+    ("README.md", "from pyserving.client import Client"): "test_readme_quickstart.py",
+    ("docs/open_inference.md", "tensorflow_model_server --port=8500 --rest_api_port=8501 "
+                               "--model_name=half_plus_two \\"): "test_the_open_inference_quickstart_runs_as_written",
+    ("docs/open_inference.md", "curl -d '{\"instances\": [1.0, 2.0, 5.0]}' "
+                               "localhost:8501/v1/models/half_plus_two:predict"): "test_the_open_inference_quickstart_runs_as_written",
+    ("docs/open_inference.md", "import numpy as np, tritonclient.http as httpclient"):
+        "test_the_open_inference_quickstart_runs_as_written",
+}
+RUNNABLE = {"sh", "python", "json"}
+DATA = {"text", "yaml", "proto"}  # configs, layouts, diagrams: nothing to run
+
+
+def test_every_block_in_the_docs_runs_in_the_tests_or_says_it_is_a_fragment():
+    """A shell, Python or JSON block in README.md or docs/ is run as written by a test (EXECUTED),
+    or its info string says `fragment` (it needs Docker, a cluster or the reader's own paths);
+    every other block says what it is (text, yaml)."""
+    root = DOCS.parent
+    found = set()
+    for path in [root / "README.md", *sorted(DOCS.glob("*.md"))]:
+        for info, body in re.findall(r"^```([^\n]*)\n(.*?)^```$", path.read_text(), re.S | re.M):
+            words = info.split()
+            where = (str(path.relative_to(root)), body.splitlines()[0] if body else "")
+            assert words and (words[0] in RUNNABLE | DATA), f"{where}: say what the block is (```sh, ```text...)"
+            if words[0] in RUNNABLE and "fragment" not in words:
+                assert where in EXECUTED, f"{where}: run it in a test (EXECUTED) or mark it ```{words[0]} fragment"
+                found.add(where)
+    assert found == set(EXECUTED), set(EXECUTED) - found
