@@ -271,10 +271,15 @@ def test_grpc_gate_sheds_calls_with_deadlines_only_as_the_core_wait_nears_them()
     gate.on_sample()
     assert gate.budget == pytest.approx(10.0, rel=0.1) and gate.deadline_share == 0
     assert gate.refused_share > 0 and not any(gate.refuse(9.5) for _ in range(100))
-    gate.seconds = DEADLINE_FRACTION * 10.0 * 2  # the wait has grown toward the deadlines: shed
-    for _ in range(4):
+    gate.seconds = DEADLINE_FRACTION * 10.0 * 2  # one period's estimate past the deadlines: noise
+    gate.on_sample(now=0.0)
+    gate.seconds = 0.5
+    gate.on_sample(now=0.02)
+    assert gate.deadline_share == 0
+    gate.seconds = DEADLINE_FRACTION * 10.0 * 2  # the wait stays past them for a tenth of the budget: shed
+    for i in range(8):
         gate.refuse(9.0)
-        gate.on_sample()
+        gate.on_sample(now=1.0 + i * 0.25)
     assert gate.deadline_share > 0 and sum(gate.refuse(1.0) for _ in range(100)) > 0
     gate.waiting = 0  # drained: nothing is refused
     gate.on_sample()

@@ -48,6 +48,10 @@ GAIN = 0.25  # how far one period moves the refused share, per target's worth of
 # call is refused as it is taken rather than left to wait out its deadline in the core.
 DEADLINE_FRACTION = 0.5
 BUDGET_SMOOTHING = 0.05  # how fast the deadline budget follows longer deadlines, per period
+# Of the budget: how long the core's wait must stay past DEADLINE_FRACTION of it before calls with a
+# deadline are refused. The estimate is noisy over one period (a loop starved for 20 ms takes one
+# call and sees a thousand waiting), and TF Serving's client sends 1,000 futures that drain in time.
+DEADLINE_PERSISTENCE = 0.1
 # The calls grpc's core holds for a handler (grpc.server.max_pending_requests_hard_limit, its
 # default): past it, the core cancels a new call at once (the client sees CANCELLED) and channelz
 # counts it as started but never as finished.
@@ -140,7 +144,7 @@ class CoreQueue:
             queued = min(max(queued, 0), self.limit)
         return queued
 
-    def on_sample(self) -> None:
+    def on_sample(self, now: float | None = None) -> None:
         """Called after each period's estimate (the gate's controller)."""
 
 
@@ -156,15 +160,24 @@ class GrpcGate(CoreQueue):
     _credit: float = field(default=0.0, repr=False)
     _deadline_credit: float = field(default=0.0, repr=False)
     _period_shortest: float = field(default=float("inf"), repr=False)
+    _deadline_since: float | None = field(default=None, repr=False)  # the wait past the deadline target since
 
-    def on_sample(self) -> None:
+    def on_sample(self, now: float | None = None) -> None:
+        now = self._last_time if now is None else now
         self._update_budget()
         if not self.waiting:
             self.refused_share = self.deadline_share = 0.0
+            self._deadline_since = None
             return
         self.refused_share = self._step(self.refused_share, self.target)
         if self.budget is not None:
-            self.deadline_share = self._step(self.deadline_share, DEADLINE_FRACTION * self.budget)
+            target = DEADLINE_FRACTION * self.budget
+            if self.seconds <= target:
+                self._deadline_since = None
+            elif self._deadline_since is None:
+                self._deadline_since = now
+            if self._deadline_since is None or now - self._deadline_since >= DEADLINE_PERSISTENCE * self.budget:
+                self.deadline_share = self._step(self.deadline_share, target)
 
     def _step(self, share: float, target: float) -> float:
         step = GAIN * (self.seconds - target) / target
