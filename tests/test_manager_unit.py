@@ -222,15 +222,20 @@ def test_failing_load_is_retried_then_ends_with_error(caplog):
         ("ERROR", f"Loading servable {{name: m version: 1}} failed (attempt 4 of 4): {reason}; giving up")]
 
 
+async def _failed_once(m: ModelManager) -> float:
+    """Model m's version 1 (/b/1) aspired until its first load has failed: the loop's time then."""
+    m.add_model("m", "/b")
+    m.set_aspired("m", {1: "/b/1"})
+    await until(lambda: m.status("m")[0].error is not None, "the first attempt to fail")
+    return asyncio.get_running_loop().time()
+
+
 def test_stop_cuts_a_retry_wait_short():
     loader = FakeLoader()
     loader.fail["/b/1"] = -1
 
     async def body(m: ModelManager):
-        m.add_model("m", "/b")
-        m.set_aspired("m", {1: "/b/1"})
-        await until(lambda: m.status("m")[0].error is not None, "the first attempt to fail")
-        start = asyncio.get_running_loop().time()
+        start = await _failed_once(m)
         await asyncio.wait_for(m.stop(), DEADLINE)  # the hour-long retry wait is cancelled
         assert asyncio.get_running_loop().time() - start < 1.0
 
@@ -245,10 +250,7 @@ def test_a_version_whose_folder_goes_ends_at_once_not_after_its_retry_wait():
     loader.fail["/b/1"] = -1
 
     async def body(m: ModelManager):
-        m.add_model("m", "/b")
-        m.set_aspired("m", {1: "/b/1"})
-        await until(lambda: m.status("m")[0].error is not None, "the first attempt to fail")
-        start = asyncio.get_running_loop().time()
+        start = await _failed_once(m)
         m.set_aspired("m", {})
         await until(lambda: m.status("m")[0].state == VersionState.END, "the version to end")
         assert asyncio.get_running_loop().time() - start < 1.0

@@ -11,11 +11,7 @@ from support import zoo, zoo_checks
 LIGHT = [name for name, family in zoo.FAMILIES.items() if not family.heavy]
 
 
-@pytest.fixture(scope="module")
-def light(tmp_path_factory):
-    root, server = zoo_checks.serve(tmp_path_factory, LIGHT)
-    yield root, server
-    zoo_checks.stop(server)
+light = zoo_checks.served(LIGHT)
 
 
 @pytest.mark.parametrize("name", LIGHT)

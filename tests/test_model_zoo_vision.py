@@ -10,11 +10,7 @@ from support import zoo, zoo_checks
 HEAVY = [name for name, family in zoo.FAMILIES.items() if family.heavy]
 
 
-@pytest.fixture(scope="module")
-def heavy(tmp_path_factory):
-    root, server = zoo_checks.serve(tmp_path_factory, HEAVY)
-    yield root, server
-    zoo_checks.stop(server)
+heavy = zoo_checks.served(HEAVY)
 
 
 @pytest.mark.parametrize("name", HEAVY)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from typing import Callable
 
 import tensorflow as tf
 import tensorflow_text as text
@@ -46,11 +47,17 @@ class _BertTokens(tf.Module):
         return {"input_ids": ids, "input_mask": tf.cast(ids != 0, tf.int64)}
 
 
-def export_bert_tokens(path: str) -> str:
-    with tempfile.TemporaryDirectory() as scratch:  # the export's own copy (assets/) is what serves
-        vocab = os.path.join(scratch, "vocab.txt")
-        with open(vocab, "w", encoding="utf-8") as f:
-            f.write("\n".join(VOCAB) + "\n")
-        module = _BertTokens(vocab)
+def export_with_asset(path: str, filename: str, lines: list[str], make: Callable[[str], tf.Module]) -> str:
+    """Save ``make(file)`` with its serving_default, ``file`` holding ``lines``: a scratch file the
+    export copies into its assets/ (the copy is what serves)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        file = os.path.join(scratch, filename)
+        with open(file, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+        module = make(file)
         tf.saved_model.save(module, path, signatures={"serving_default": module.__call__})
     return path
+
+
+def export_bert_tokens(path: str) -> str:
+    return export_with_asset(path, "vocab.txt", VOCAB, _BertTokens)

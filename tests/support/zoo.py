@@ -7,8 +7,6 @@ by input name for its ``serving_default`` signature.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from typing import Callable
 
@@ -57,13 +55,7 @@ class _BertEncoder(tf.Module):
 
 
 def export_bert_encoder(path: str) -> str:
-    with tempfile.TemporaryDirectory() as scratch:  # the export's copy (assets/) is what serves
-        vocab = os.path.join(scratch, "vocab.txt")
-        with open(vocab, "w", encoding="utf-8") as f:
-            f.write("\n".join(text_models.VOCAB) + "\n")
-        module = _BertEncoder(vocab)
-        tf.saved_model.save(module, path, signatures={"serving_default": module.__call__})
-    return path
+    return text_models.export_with_asset(path, "vocab.txt", text_models.VOCAB, _BertEncoder)
 
 
 def export_vision(name: str) -> Callable[[str], str]:
@@ -128,13 +120,7 @@ class _Recommender(tf.Module):
 
 
 def export_recommender(path: str) -> str:
-    with tempfile.TemporaryDirectory() as scratch:
-        users = os.path.join(scratch, "users.txt")
-        with open(users, "w", encoding="utf-8") as f:
-            f.write("\n".join(_Recommender.USERS) + "\n")
-        module = _Recommender(users)
-        tf.saved_model.save(module, path, signatures={"serving_default": module.__call__})
-    return path
+    return text_models.export_with_asset(path, "users.txt", _Recommender.USERS, _Recommender)
 
 
 class _MultiOutput(tf.Module):

@@ -10,6 +10,7 @@ import io
 import re
 
 import numpy as np
+import pytest
 import tensorflow as tf
 import tritonclient.http as triton
 from tensorflow.core.framework import types_pb2
@@ -30,6 +31,16 @@ def serve(tmp_path_factory, names: list[str]) -> tuple:
 def stop(server: ServerProcess) -> None:
     assert server.stop() == 0
     assert "Traceback" not in server.log()
+
+
+def served(names: list[str]):
+    """A module fixture: ``names`` exported and served, (root, server)."""
+    @pytest.fixture(scope="module")
+    def fixture(tmp_path_factory):
+        root, server = serve(tmp_path_factory, names)
+        yield root, server
+        stop(server)
+    return fixture
 
 
 def _json_value(array: np.ndarray):
