@@ -43,7 +43,7 @@ bench-packages:
 	tools/ensure-debian-packages.sh nghttp2-client:h2load wrk
 
 # The venv and the test tools side by side (pip's install waits on the disk about as much as on
-# the CPU), then the tests in two phases (tools/run-tests.sh): the parallel one over 2 processes,
+# the CPU), then the tests in two phases (tools/run-tests.sh): the parallel one over 3 processes,
 # then the `serial` tests alone.
 test:
 	$(MAKE) --no-print-directory -j2 venv test-tools
