@@ -19,13 +19,15 @@ from pyserving.serving.dataplane import DataPlane, ModelSpec
 
 from . import open_inference as v2
 
-# Triton's DataType enum (model_config.proto), by V2 datatype: its JSON names, and its numbers on the wire.
-DATA_TYPES = {"BOOL": 1, "UINT8": 2, "UINT16": 3, "UINT32": 4, "UINT64": 5, "INT8": 6, "INT16": 7,
-              "INT32": 8, "INT64": 9, "FP16": 10, "FP32": 11, "FP64": 12, "BYTES": 13, "BF16": 14}
-BACKENDS = {"python": "python", "tflite": "tflite"}  # by runtime kind; "tensorflow" otherwise
+# Triton's DataType enum (model_config.proto) by its JSON name: its numbers on the wire.
+DATA_TYPES = {"TYPE_BOOL": 1, "TYPE_UINT8": 2, "TYPE_UINT16": 3, "TYPE_UINT32": 4, "TYPE_UINT64": 5,
+              "TYPE_INT8": 6, "TYPE_INT16": 7, "TYPE_INT32": 8, "TYPE_INT64": 9, "TYPE_FP16": 10,
+              "TYPE_FP32": 11, "TYPE_FP64": 12, "TYPE_STRING": 13, "TYPE_BF16": 14}
+BACKENDS = {"python": "python", "tensorflow_tflite": "tflite"}  # by V2 platform; "tensorflow" otherwise
 
 
 def data_type_name(datatype: str) -> str:
+    """Triton's name for a V2 datatype ("FP32" -> "TYPE_FP32"; BYTES is Triton's TYPE_STRING)."""
     return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
 
 
@@ -33,14 +35,13 @@ async def model_config(dataplane: DataPlane, name: str, version: str | None) -> 
     """Triton's ModelConfig of the version a request names (the latest if none), as JSON."""
     metadata = await v2.model_metadata(dataplane, name, version)
     batch = dataplane.max_batch_size(v2.model_spec(name, version))
-    _, _, runtime = dataplane.signature(v2.model_spec(name, version))
 
     def tensors(which: str) -> list[dict[str, Any]]:
         return [{"name": t["name"], "data_type": data_type_name(t["datatype"]),
                  "dims": t["shape"][1:] if batch and len(t["shape"]) > 1 else t["shape"]}
                 for t in metadata[which]]
-    return {"name": name, "platform": metadata["platform"], "backend": BACKENDS.get(runtime, "tensorflow"),
-            "max_batch_size": batch,
+    return {"name": name, "platform": metadata["platform"],
+            "backend": BACKENDS.get(metadata["platform"], "tensorflow"), "max_batch_size": batch,
             "input": tensors("inputs"), "output": tensors("outputs")}
 
 

@@ -94,8 +94,7 @@ class OpenInferenceServicer:
         for field, tensors in (("input", config["input"]), ("output", config["output"])):
             for tensor in tensors:
                 getattr(c, field).add(name=tensor["name"], dims=tensor["dims"],
-                                      data_type=triton.DATA_TYPES[tensor["data_type"].removeprefix("TYPE_")
-                                                                  .replace("STRING", "BYTES")])
+                                      data_type=triton.DATA_TYPES[tensor["data_type"]])
         return response
 
     async def ModelStatistics(self, request, context):
