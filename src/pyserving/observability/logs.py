@@ -8,9 +8,12 @@ import os
 import re
 import time
 
+from .tracing import CURRENT
+
 TEXT_FORMAT = "%(asctime)s %(levelname).1s {worker}%(name)s] %(message)s"
 # Fields a record may carry through ``extra=`` (the access log's), copied into JSON lines as they are.
-ACCESS_FIELDS = ("protocol", "api", "model", "version", "status", "http_status", "client", "reason", "latency_ms")
+ACCESS_FIELDS = ("protocol", "api", "model", "version", "status", "http_status", "client", "reason", "latency_ms",
+                 "trace_id", "span_id")
 
 
 # C0 and C1 controls and DEL: a model name or a config value holding "\n2026-... I pyserving]"
@@ -46,6 +49,9 @@ class JsonFormatter(logging.Formatter):
         if self._worker is not None:
             entry["worker"] = self._worker
         entry.update({k: getattr(record, k) for k in ACCESS_FIELDS if hasattr(record, k)})
+        span = CURRENT.get()  # a line written while a traced request runs names its trace
+        if span is not None and "trace_id" not in entry:
+            entry["trace_id"], entry["span_id"] = span.ids
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)

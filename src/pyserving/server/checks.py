@@ -12,6 +12,7 @@ import os
 from pyserving.config.model_config import ConfigError, ModelConfig
 from pyserving.errors import ServingError
 from pyserving.observability.monitoring import PrometheusSettings
+from pyserving.observability.tracing import TracingSettings
 from pyserving.options import ServerOptions
 from pyserving.protocols.control_plane import TokenFileError, read_token
 from pyserving.serving.batching import BatchingOptions
@@ -21,6 +22,7 @@ from .tls import TlsConfig
 
 def check_options(options: ServerOptions) -> None:
     """TF Serving's start-up checks; raises ConfigError with a one-line reason."""
+    _check_tracing()
     if not options.model_config_file and not options.model_base_path:
         raise ConfigError("Both server_model_config_file and model_base_path are empty: "
                           "pass --model_base_path or --model_config_file")
@@ -107,3 +109,13 @@ def check_preload(options: ServerOptions, models: list[ModelConfig]) -> None:
     if options.max_loaded_models and len(set(preload)) >= options.max_loaded_models:
         raise ConfigError(f"--preload_models names {len(set(preload))} models: --max_loaded_models="
                           f"{options.max_loaded_models} leaves no room for any other to load")
+
+
+def _check_tracing() -> None:
+    """OTEL_* asking for traces this server can't send ends the start, as a bad flag does."""
+    try:
+        settings = TracingSettings.from_environment(os.environ)
+        if settings is not None:
+            settings.check_installed()
+    except ServingError as e:
+        raise ConfigError(e.message) from None

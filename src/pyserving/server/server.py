@@ -14,6 +14,7 @@ import grpc
 from aiohttp import web
 from tensorflow_serving.config import model_server_config_pb2
 
+from pyserving import __version__
 from pyserving.config.model_config import (
     ConfigError,
     ModelConfig,
@@ -28,6 +29,7 @@ from pyserving.core.source import FileSystemSource
 from pyserving.errors import ServingError
 from pyserving.observability.monitoring import Metrics, PrometheusSettings
 from pyserving.observability.request_log import RequestLogger
+from pyserving.observability.tracing import Tracing, TracingSettings
 from pyserving.options import ServerOptions
 from pyserving.protocols.control_plane import ControlPlane, token_file_permissions_warning
 from pyserving.protocols.grpc.gate import GrpcGate, core_pending_limit
@@ -110,7 +112,7 @@ class Server:
                                    strict_method_names=options.enable_signature_method_name_check,
                                    metrics=self.metrics, admission=self.admission, inline=InlinePolicy(),
                                    peers=self._peers, access_log=options.access_log,
-                                   request_logger=self.request_log)
+                                   request_logger=self.request_log, tracing=_tracing(slot))
         self.repository = ModelRepository(self.core, self.dataplane.listed_status, self._peers)
         self._grpc: grpc.aio.Server | None = None
         self._rest: web.AppRunner | None = None
@@ -367,9 +369,17 @@ class Server:
         await asyncio.gather(*stops, return_exceptions=True)
         await asyncio.to_thread(self.request_log.close)  # what was sampled, flushed to its files
         await self.manager.stop()
+        if self.dataplane.tracing is not None:  # the spans of the drained requests, exported
+            await asyncio.to_thread(self.dataplane.tracing.shutdown)
         self._request_pool.shutdown(wait=False, cancel_futures=True)
         self._load_pool.shutdown(wait=False, cancel_futures=True)
         self._cache.close()
+
+
+def _tracing(slot: WorkerSlot | None) -> Tracing | None:
+    """This process's tracer, if the environment turns tracing on (checked at start-up: checks.py)."""
+    settings = TracingSettings.from_environment(os.environ)
+    return Tracing(settings, slot.index if slot else None, __version__) if settings else None
 
 
 def _host_port(address: str, port: int) -> str:

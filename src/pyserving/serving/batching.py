@@ -78,6 +78,8 @@ class _Task:
     size: int
     enqueued: float = field(default_factory=time.monotonic)
     future: Future = field(default_factory=Future)
+    batch_rows: int = 0  # set when its batch starts: the batch's rows, and how long this task waited
+    waited: float = 0.0
 
 
 BatchObserver = Callable[[int, int, float], None]  # (batch rows, padding rows, queued seconds)
@@ -94,6 +96,7 @@ class BatchingServable:
         self._queued_rows: dict[tuple, int] = {}
         self._cv = threading.Condition()
         self._stopping = False
+        self._last = threading.local()  # each request thread's last batch, for its trace
         self._threads = [threading.Thread(target=self._batch_loop, name=f"batch-{i}", daemon=True)
                          for i in range(options.num_batch_threads)]
         for thread in self._threads:
@@ -119,7 +122,17 @@ class BatchingServable:
             return self._run_split(signature_key, inputs, output_filter, size)
         key = (signature_key, tuple(output_filter),
                tuple(sorted((k, a.dtype.str, a.shape[1:]) for k, a in inputs.items())))
-        return self._submit(key, _Task(inputs, size)).result()
+        task = _Task(inputs, size)
+        result = self._submit(key, task).result()
+        self._last.batch = (task.batch_rows, task.waited)
+        return result
+
+    def last_batch(self) -> tuple[int, float]:
+        """The rows of the batch this thread's last run joined and the seconds it waited for it
+        ((0, 0.0) if that run was not batched)."""
+        batch = getattr(self._last, "batch", (0, 0.0))
+        self._last.batch = (0, 0.0)
+        return batch
 
     def _run_split(self, signature_key, inputs, output_filter, size) -> dict[str, np.ndarray]:
         step = self._options.max_batch_size
@@ -191,6 +204,8 @@ class BatchingServable:
         rows = sum(t.size for t in tasks)
         padded = self._options.padded_size(rows)
         started = time.monotonic()
+        for task in tasks:
+            task.batch_rows, task.waited = rows, started - task.enqueued
         try:
             inputs = {name: _concat([t.inputs[name] for t in tasks], padded - rows)
                       for name in tasks[0].inputs}

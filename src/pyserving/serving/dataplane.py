@@ -26,6 +26,7 @@ from pyserving.errors import Code, ServingError, http_status
 from pyserving.observability.monitoring import Metrics
 from pyserving.observability.request_log import RequestLogger, examples_log, multi_inference_log, predict_log
 from pyserving.observability.statistics import InferenceStatistics, Phases
+from pyserving.observability.tracing import CURRENT, RequestSpan, Tracing
 from pyserving.runtime.servable import (
     DEFAULT_SIGNATURE,
     Servable,
@@ -35,7 +36,7 @@ from pyserving.runtime.servable import (
     validate_output_filter,
 )
 
-from . import inference
+from . import breakdown, inference
 from .admission import Admission, overloaded
 from .inline import InlinePolicy
 from .responses import metadata_response
@@ -82,6 +83,7 @@ class Caller:
     small: bool = False
     peer: str = ""  # the client's address, for the access log (set only when it is on)
     client_deadline: bool = False  # ``deadline`` is the client's own (gRPC's), not the server's timeout
+    span: RequestSpan | None = None  # the request's trace, when tracing is on and sampled it
 
 
 @dataclass(frozen=True)
@@ -102,8 +104,9 @@ class DataPlane:
                  strict_method_names: bool = False, metrics: Metrics | None = None,
                  admission: Admission | None = None, inline: InlinePolicy | None = None,
                  peers: Peers | None = None, access_log: bool = False,
-                 request_logger: RequestLogger | None = None) -> None:
+                 request_logger: RequestLogger | None = None, tracing: Tracing | None = None) -> None:
         self._manager = manager
+        self.tracing = tracing  # None: tracing is off (tracing.py)
         self._request_log = request_logger or RequestLogger()  # a model's logging_config
         self._access_log = access_log
         self._peers = peers
@@ -125,8 +128,11 @@ class DataPlane:
         """The access line of a request a protocol layer refused before the data plane saw it (a
         body that doesn't parse, a message that isn't the proto); once per request."""
         if self._access_log and not getattr(error, "accounted", False):
-            label = model if self._manager.has_model(model) else UNKNOWN_MODEL_LABEL
-            _access(protocol, api, label, None, error.code.name, seconds, peer, error.message, http)
+            _access(protocol, api, self.model_label(model), None, error.code.name, seconds, peer, error.message, http)
+
+    def model_label(self, name: str) -> str:
+        """A requested model's name as metrics, logs and traces carry it: made-up names are one label."""
+        return name if self._manager.has_model(name) else UNKNOWN_MODEL_LABEL
 
     def _version_of(self, spec: ModelSpec) -> int | None:
         if spec.label:
@@ -138,7 +144,7 @@ class DataPlane:
         """Run ``work(version, servable)`` in a worker thread (inline when cheap: inline.py), the
         version held loaded meanwhile."""
         start, status, served, reason, phases = time.perf_counter(), "OK", None, "", Phases()
-        label = spec.name if self._manager.has_model(spec.name) else UNKNOWN_MODEL_LABEL
+        label = self.model_label(spec.name)
         in_flight = self._metrics.requests_in_flight(label)
         in_flight.inc()
         try:
@@ -146,7 +152,10 @@ class DataPlane:
                 raise ServingError.invalid_argument("Missing ModelSpec: the request names no model")
             token = self._admission.admit(caller.deadline, caller.client_deadline)
             try:
+                resident = time.perf_counter()
                 await self._manager.ensure_resident(spec.name, caller.deadline)  # --max_loaded_models
+                if caller.span is not None:
+                    phases.resident = time.perf_counter() - resident
                 with self._manager.handle(spec.name, self._version_of(spec)) as (version, servable):
                     served = version
                     # Only a BatchingServable queues: a full queue refuses here, on the event loop,
@@ -162,7 +171,7 @@ class DataPlane:
                     else:
                         result = await asyncio.get_running_loop().run_in_executor(
                             self._executor, self._timed, key, work, version, servable, time.thread_time, False,
-                            start, phases)
+                            start, phases, caller.span)
             finally:
                 self._admission.leave(token)
             self._metrics.record_answer(spec.name, version, api)
@@ -183,18 +192,24 @@ class DataPlane:
             self._metrics.record_request(label, api, caller.entrypoint, status, seconds)
             if served is not None:
                 self.statistics.record(spec.name, served, status == "OK", seconds, phases)
+            if caller.span is not None:
+                breakdown.record(caller.span, api, label, served, spec.signature_name, status, reason, start, phases)
             if self._access_log:
-                _access(caller.entrypoint, api, label, served, status, seconds, caller.peer, reason)
+                _access(caller.entrypoint, api, label, served, status, seconds, caller.peer, reason, span=caller.span)
 
     def _timed(self, key: tuple, work: Callable[[int, Servable], T], version: int, servable: Servable,
-               clock: Callable[[], float], inline: bool, taken: float, phases: Phases) -> T:
+               clock: Callable[[], float], inline: bool, taken: float, phases: Phases,
+               span: RequestSpan | None = None) -> T:
         began, start = time.perf_counter(), clock()
         phases.queue, phases.began = began - taken, began
         self._phases.current = phases
+        trace = CURRENT.set(span) if span is not None else None  # this thread's log lines name the trace
         try:
             result = work(version, servable)
         finally:
             self._phases.current = None
+            if trace is not None:
+                CURRENT.reset(trace)
         self._inline.record(key, clock() - start, inline)
         if phases.ran:  # the model's run splits the rest into decoding before and encoding after
             phases.compute_output = time.perf_counter() - began - phases.compute_input - phases.compute_infer
@@ -212,6 +227,9 @@ class DataPlane:
             if phases is not None and not phases.ran:  # the first run: MultiInference runs several
                 phases.ran, phases.compute_infer = True, seconds
                 phases.compute_input = start - phases.began
+                last_batch = getattr(servable, "last_batch", None)
+                if last_batch is not None:
+                    phases.batch_rows, phases.batch_wait = last_batch()
 
     async def predict(self, spec: ModelSpec, decode: Decoder, output_filter: Sequence[str],
                       encode: Callable[[PredictResult], T], caller: Caller, api: str = "predict") -> T:
@@ -352,15 +370,19 @@ class DataPlane:
 
 
 def _access(protocol: str, api: str, model: str, version: int | None, status: str, seconds: float,
-            peer: str = "", reason: str = "", http: int | None = None) -> None:
+            peer: str = "", reason: str = "", http: int | None = None, span: RequestSpan | None = None) -> None:
     latency_ms = round(seconds * 1000, 3)
     if http is None and protocol == "REST" and status in Code.__members__:
         http = http_status(Code[status])
     fields = {"protocol": protocol, "api": api, "model": model, "version": version, "status": status,
               "http_status": http, "client": peer, "reason": reason, "latency_ms": latency_ms}
-    _access_log.info("%s %s model=%s version=%s status=%s%s client=%s %.3f ms%s", protocol, api, model,
+    trace = ""
+    if span is not None:
+        fields["trace_id"], fields["span_id"] = span.ids
+        trace = " trace_id=%s span_id=%s" % span.ids
+    _access_log.info("%s %s model=%s version=%s status=%s%s client=%s %.3f ms%s%s", protocol, api, model,
                      version if version is not None else "-", status, f" http={http}" if http else "",
-                     peer or "-", latency_ms, f" reason={reason!r}" if reason else "", extra=fields)
+                     peer or "-", latency_ms, f" reason={reason!r}" if reason else "", trace, extra=fields)
 
 
 def _check_tasks(tasks: Sequence[InferenceTask]) -> None:

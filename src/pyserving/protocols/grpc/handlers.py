@@ -13,6 +13,7 @@ import grpc
 from google.protobuf import symbol_database
 
 from pyserving.errors import ServingError
+from pyserving.observability.tracing import CURRENT, GRPC_SERVER_ERRORS, RequestSpan
 from pyserving.protocols.control_plane import ControlPlane
 from pyserving.serving.admission import OVERLOADED_MESSAGE, RETRY_AFTER_SECONDS
 from pyserving.serving.dataplane import Caller, DataPlane
@@ -21,6 +22,7 @@ from pyserving.serving.inline import SMALL_REQUEST_BYTES
 from .gate import GrpcGate
 
 _STATUS = {c.value[0]: c for c in grpc.StatusCode}
+_CODE_NUMBERS = {c.name: c.value[0] for c in grpc.StatusCode}
 log = logging.getLogger("pyserving.grpc")
 
 # The request's size on the wire, set per RPC by _guarded: ByteSize() would re-encode the
@@ -36,12 +38,15 @@ def note_request_bytes(size: int) -> None:
 def caller_of(dataplane: DataPlane, context) -> Caller:
     remaining = context.time_remaining()
     return Caller("GRPC", remaining, _REQUEST_BYTES.get() <= SMALL_REQUEST_BYTES,
-                  context.peer() if dataplane.access_log else "", client_deadline=remaining is not None)
+                  context.peer() if dataplane.access_log else "", client_deadline=remaining is not None,
+                  span=CURRENT.get())
 
 
 # Inference methods, by the API name the data plane's metrics and access log use.
 INFERENCE_APIS = {"Predict": "predict", "Classify": "classify", "Regress": "regress",
                   "MultiInference": "multi_inference", "ModelInfer": "infer"}
+# The calls a trace follows: inference and model metadata (not health, status or the control plane).
+TRACED = frozenset({*INFERENCE_APIS, "GetModelMetadata", "ModelMetadata"})
 
 
 class _Refused:
@@ -67,7 +72,7 @@ def _safe_parser(message_type):
     return parse
 
 
-def _guarded(method, dataplane: DataPlane | None = None, gate: GrpcGate | None = None):
+def _guarded(method, dataplane: DataPlane | None = None, gate: GrpcGate | None = None, service: str = ""):
     """Malformed protos and ServingErrors become the gRPC status clients expect.
 
     The abort is raised outside the except blocks, from a frame that no longer holds the request:
@@ -79,8 +84,40 @@ def _guarded(method, dataplane: DataPlane | None = None, gate: GrpcGate | None =
     deadline only when the core's queue grows toward the deadlines calls come with (gate.py).
     """
     api = INFERENCE_APIS.get(method.__name__) if dataplane is not None else None
+    tracing = dataplane.tracing if dataplane is not None and method.__name__ in TRACED else None
+    name = f"{service}/{method.__name__}"
+    rpc = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method.__name__}
 
     async def call(request, context):
+        if tracing is not None:
+            span = tracing.start(name, lambda: dict(context.invocation_metadata() or ()), dict(rpc))
+            if span is not None:
+                token = CURRENT.set(span)
+                try:
+                    return await traced(request, context, span)
+                finally:
+                    CURRENT.reset(token)
+        return await answer(request, context)
+
+    async def traced(request, context, span: RequestSpan):
+        code = "OK"
+        try:
+            return await answer(request, context)
+        except grpc.aio.AbortError:
+            code = (context.code() or grpc.StatusCode.UNKNOWN).name
+            span.reason = span.reason or (context.details() or "")
+            raise
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        finally:
+            if "pyserving.model.name" not in span.server.attributes:  # metadata: no data-plane run
+                span.set("pyserving.model.name", dataplane.model_label(_model_name(request)))
+            span.set("rpc.grpc.status_code", _CODE_NUMBERS.get(code, 2))
+            span.set("pyserving.outcome", code)
+            span.finish(code in GRPC_SERVER_ERRORS)
+
+    async def answer(request, context):
         if gate is not None:
             gate.enter()
             if api is not None and gate.refuse(context.time_remaining()):
@@ -124,6 +161,15 @@ def _guarded(method, dataplane: DataPlane | None = None, gate: GrpcGate | None =
     return call
 
 
+def _model_name(request) -> str:
+    """The model a parsed request names (TF Serving's model_spec, the Open Inference Protocol's name)."""
+    if not isinstance(request, tuple):
+        return ""
+    message = request[0]
+    spec = getattr(message, "model_spec", None)
+    return spec.name if spec is not None else getattr(message, "name", "")
+
+
 def _locked(method, control: ControlPlane, what: str):
     """A control-plane method: the caller's token is checked before the method runs."""
     async def call(request, context):
@@ -143,7 +189,7 @@ def service_handler(service: str, servicer, methods: dict, control: ControlPlane
 
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
-            _guarded(method(name), dataplane, gate),
+            _guarded(method(name), dataplane, gate, service),
             request_deserializer=_safe_parser(request_type),
             response_serializer=response_type.SerializeToString)
         for name, (request_type, response_type) in methods.items()

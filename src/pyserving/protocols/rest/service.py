@@ -19,13 +19,14 @@ from pyserving.codecs import json_codec
 from pyserving.codecs.examples import examples_from_json
 from pyserving.errors import Code, ServingError, http_status
 from pyserving.observability.monitoring import DEFAULT_PATH as PROMETHEUS_PATH
+from pyserving.observability.tracing import CURRENT
 from pyserving.protocols import open_inference as v2
 from pyserving.protocols.control_plane import ControlPlane
 from pyserving.serving.dataplane import Caller, DataPlane, ModelSpec, PredictResult
 from pyserving.serving.inline import SMALL_REQUEST_BYTES
 from pyserving.serving.responses import SIGNATURE_DEF_FIELD, metadata_json, status_response, to_json_dict
 
-from . import openapi, status_page
+from . import openapi, status_page, traced
 from .bodies import (
     DEFAULT_MAX_DECOMPRESSED_BYTES,
     INLINE_INFLATE_BYTES,
@@ -161,7 +162,8 @@ class RestService:
         method = request.method
         if match is None or (method == "GET") == bool(match["verb"]) or method not in ("GET", "POST"):
             return _error(Code.NOT_FOUND, f"Malformed request: {method} {request.path}")
-        return await self._guard(request, match["verb"], match["name"], partial(self._route, match, request))
+        api = match["verb"] or ("metadata" if match["suffix"] == "metadata" else None)
+        return await self._guard(request, api, match["name"], partial(self._route, match, request))
 
     async def _route(self, match: re.Match, request: web.Request) -> web.Response:
         spec = ModelSpec(name=match["name"], version=_version(match["version"]), label=match["label"])
@@ -172,10 +174,18 @@ class RestService:
         verb = self._predict if match["verb"] == "predict" else self._example_verb(match["verb"])
         return await verb(spec, request)
 
-    async def _guard(self, request: web.Request, api: str, model: str,
+    async def _guard(self, request: web.Request, api: str | None, model: str,
                      answer: Callable[[], Awaitable[web.Response]]) -> web.Response:
         """``answer()`` within --rest_api_timeout_in_ms, its failures as the API's JSON errors (with
-        the access line of a request refused before the data plane saw it)."""
+        the access line of a request refused before the data plane saw it), traced if tracing is on."""
+        tracing = self._dataplane.tracing
+        if tracing is not None and api in traced.TRACED:
+            return await traced.traced(tracing, request, self._dataplane.model_label(model),
+                                       partial(self._answer, request, api, model, answer))
+        return await self._answer(request, api, model, answer)
+
+    async def _answer(self, request: web.Request, api: str | None, model: str,
+                      answer: Callable[[], Awaitable[web.Response]]) -> web.Response:
         start = time.perf_counter()
         try:
             # asyncio.timeout, not wait_for: wait_for's inner task and its failure's traceback form
@@ -187,6 +197,9 @@ class RestService:
         except Exception as e:
             # Only plain values leave this block: the traceback holds the request's body and tensors.
             response, refused = self._failure(e, request)
+            span = CURRENT.get()
+            if span is not None:
+                span.reason = span.reason or refused.message
             if request.method == "POST" and self._dataplane.access_log and not getattr(e, "accounted", False):
                 self._dataplane.log_refused("REST", api, model, refused, time.perf_counter() - start,
                                             _peer(request), response.status)
@@ -282,7 +295,8 @@ class RestService:
             else:
                 raw = decompress(raw, encoding, *self._inflated_limit)
         small = len(raw) <= SMALL_REQUEST_BYTES
-        return raw, Caller("REST", self._timeout, small, _peer(request) if self._dataplane.access_log else "")
+        return raw, Caller("REST", self._timeout, small, _peer(request) if self._dataplane.access_log else "",
+                           span=CURRENT.get())
 
     def _example_verb(self, verb: str):
         async def handle(spec: ModelSpec, request: web.Request) -> web.Response:

@@ -1,0 +1,58 @@
+"""A REST request's server span (tracing on): named and attributed as OpenTelemetry's HTTP
+conventions say, its status the response's."""
+
+from __future__ import annotations
+
+import re
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from pyserving.observability.tracing import CURRENT, Tracing
+
+# The APIs a trace follows: inference and model metadata (not health, status, metrics or the page).
+TRACED = frozenset({"predict", "classify", "regress", "infer", "metadata"})
+MAX_PATH = 1024  # of a client's path, kept in url.path
+
+_V1 = re.compile(r"^/v1/models/[^/:]+(?P<version>/versions/[^/:]+)?(?P<label>/labels/[^/:]+)?"
+                 r"(?P<rest>/metadata|/ready|:predict|:classify|:regress)?$")
+
+
+def route(request: web.Request) -> str:
+    """http.route: the path's template (/v1/models/{model_name}:predict, /v2/models/{name}/infer)."""
+    path = request.path
+    match = _V1.match(path)
+    if match:
+        return ("/v1/models/{model_name}" + ("/versions/{version}" if match["version"] else "")
+                + ("/labels/{label}" if match["label"] else "") + (match["rest"] or ""))
+    resource = getattr(getattr(getattr(request, "match_info", None), "route", None), "resource", None)
+    return getattr(resource, "canonical", None) or "/{path}"
+
+
+async def traced(tracing: Tracing, request: web.Request, model: str,
+                 answer: Callable[[], Awaitable[web.Response]]) -> web.Response:
+    """``answer()`` under a server span; ``model``: the model's label (dataplane.model_label)."""
+    template = route(request)
+    attributes = {"http.request.method": request.method, "http.route": template,
+                  "url.path": request.path[:MAX_PATH], "url.scheme": "https" if request.secure else "http",
+                  "network.protocol.version": f"{request.version.major}.{request.version.minor}"
+                  if getattr(request, "version", None) else "1.1"}
+    agent = request.headers.get("User-Agent")
+    if agent:
+        attributes["user_agent.original"] = agent[:256]
+    span = tracing.start(f"{request.method} {template}", request.headers, attributes)
+    if span is None:
+        return await answer()
+    token = CURRENT.set(span)
+    status = 500  # unless an answer comes back
+    try:
+        response = await answer()
+        status = response.status
+        return response
+    finally:
+        CURRENT.reset(token)
+        span.server.attributes.setdefault("pyserving.model.name", model)
+        span.set("http.response.status_code", status)
+        if status >= 500:
+            span.set("error.type", str(status))
+        span.finish(status >= 500)
