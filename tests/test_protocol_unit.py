@@ -14,6 +14,8 @@ from pyserving.protocols.rest.service import RestService
 
 
 class BrokenDataPlane:
+    tracing = None  # off
+
     def status(self, spec):
         raise RuntimeError("boom")
 

@@ -9,7 +9,6 @@ two protocols cannot disagree about models, validation or errors.
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 import time
 from concurrent.futures import Executor
@@ -22,7 +21,8 @@ from tensorflow_serving.apis import classification_pb2, get_model_metadata_pb2, 
 from pyserving.codecs import limits
 from pyserving.core.manager import ModelManager
 from pyserving.core.states import VersionStatus, model_state
-from pyserving.errors import Code, ServingError, http_status
+from pyserving.errors import ServingError
+from pyserving.observability.access_log import access_line
 from pyserving.observability.monitoring import Metrics
 from pyserving.observability.request_log import RequestLogger, examples_log, multi_inference_log, predict_log
 from pyserving.observability.statistics import InferenceStatistics, Phases
@@ -50,8 +50,6 @@ class Peers(Protocol):
 
     async def status(self, model: str, version: int | None, label: str | None,
                      local: LocalStatus) -> list[VersionStatus]: ...
-
-_access_log = logging.getLogger("pyserving.access")  # --access_log: a line per inference request
 
 
 @dataclass(frozen=True)
@@ -128,7 +126,7 @@ class DataPlane:
         """The access line of a request a protocol layer refused before the data plane saw it (a
         body that doesn't parse, a message that isn't the proto); once per request."""
         if self._access_log and not getattr(error, "accounted", False):
-            _access(protocol, api, self.model_label(model), None, error.code.name, seconds, peer, error.message, http)
+            access_line(protocol, api, self.model_label(model), None, error.code.name, seconds, peer, error.message, http)
 
     def model_label(self, name: str) -> str:
         """A requested model's name as metrics, logs and traces carry it: made-up names are one label."""
@@ -195,7 +193,7 @@ class DataPlane:
             if caller.span is not None:
                 breakdown.record(caller.span, api, label, served, spec.signature_name, status, reason, start, phases)
             if self._access_log:
-                _access(caller.entrypoint, api, label, served, status, seconds, caller.peer, reason, span=caller.span)
+                access_line(caller.entrypoint, api, label, served, status, seconds, caller.peer, reason, span=caller.span)
 
     def _timed(self, key: tuple, work: Callable[[int, Servable], T], version: int, servable: Servable,
                clock: Callable[[], float], inline: bool, taken: float, phases: Phases,
@@ -367,22 +365,6 @@ class DataPlane:
         """GetModelMetadata: the SignatureDefs exactly as stored in the served version."""
         with self._manager.handle(spec.name, self._version_of(spec)) as (version, servable):
             return metadata_response(spec.name, version, servable.signature_defs, fields)
-
-
-def _access(protocol: str, api: str, model: str, version: int | None, status: str, seconds: float,
-            peer: str = "", reason: str = "", http: int | None = None, span: RequestSpan | None = None) -> None:
-    latency_ms = round(seconds * 1000, 3)
-    if http is None and protocol == "REST" and status in Code.__members__:
-        http = http_status(Code[status])
-    fields = {"protocol": protocol, "api": api, "model": model, "version": version, "status": status,
-              "http_status": http, "client": peer, "reason": reason, "latency_ms": latency_ms}
-    trace = ""
-    if span is not None:
-        fields["trace_id"], fields["span_id"] = span.ids
-        trace = " trace_id=%s span_id=%s" % span.ids
-    _access_log.info("%s %s model=%s version=%s status=%s%s client=%s %.3f ms%s%s", protocol, api, model,
-                     version if version is not None else "-", status, f" http={http}" if http else "",
-                     peer or "-", latency_ms, f" reason={reason!r}" if reason else "", trace, extra=fields)
 
 
 def _check_tasks(tasks: Sequence[InferenceTask]) -> None:
