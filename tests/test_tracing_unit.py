@@ -59,3 +59,26 @@ def test_which_environments_turn_tracing_on(environ, protocol):
 def test_an_exporter_pyserving_lacks_is_refused():
     with pytest.raises(ServingError, match="OTLP only"):
         TracingSettings.from_environment({"OTEL_TRACES_EXPORTER": "otlp,jaeger"})
+
+
+@pytest.mark.parametrize("sampler, arg", [("always_on", ""), ("always_off", ""), ("traceidratio", "0.3"),
+                                          ("parentbased_traceidratio", "0.01"), ("parentbased_always_off", "")])
+def test_the_root_shortcut_decides_as_the_sdks_sampler(sampler, arg, monkeypatch):
+    """Tracing.start skips the sampler's call for a request with no caller's context only where
+    the decision is the trace id's alone; it must be the SDK's decision, id for id."""
+    import random
+
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.trace import SpanKind
+
+    from pyserving.observability.tracing import _TRACE_ID_LIMIT, _root_bound
+
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", arg)
+    sdk = TracerProvider().sampler
+    bound = _root_bound(sdk)
+    assert bound is not None
+    ids = [random.getrandbits(128) for _ in range(3000)] + [1, _TRACE_ID_LIMIT, 2**127]
+    for trace_id in ids:
+        expected = sdk.should_sample(None, trace_id, "x", SpanKind.SERVER).decision.is_sampled()
+        assert (trace_id & _TRACE_ID_LIMIT < bound) == expected, (sampler, trace_id)

@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import struct
 from types import SimpleNamespace
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Protocol
 
 # trace.proto's Span.SpanKind and Status.StatusCode.
 INTERNAL, SERVER = 1, 2
 UNSET, OK, ERROR = 0, 1, 2
 
-# What BatchSpanProcessor.on_end checks of a span: only sampled requests make spans at all.
-_SAMPLED = SimpleNamespace(trace_flags=SimpleNamespace(sampled=True))
+_TIMES = struct.Struct("<BQBQ")  # Span's start and end (fields 7 and 8, fixed64)
+# Span.flags (field 16, fixed32): sampled, and whether the parent came from another process.
+_LOCAL, _REMOTE = b"\x85\x01" + struct.pack("<I", 0x101), b"\x85\x01" + struct.pack("<I", 0x301)
+
+# What BatchSpanProcessor.on_end checks of what it is given: only sampled requests make spans at all.
+SAMPLED = SimpleNamespace(trace_flags=SimpleNamespace(sampled=True))
 
 
 class Span:
@@ -27,7 +31,6 @@ class Span:
 
     __slots__ = ("name", "trace_id", "span_id", "parent_id", "trace_state", "kind", "start", "end",
                  "attributes", "status", "message", "remote_parent")
-    context = _SAMPLED
 
     def __init__(self, name: str, trace_id: bytes, span_id: bytes, parent_id: bytes, start: int,
                  kind: int = INTERNAL, attributes: dict[str, Any] | None = None, trace_state: str = "",
@@ -36,6 +39,10 @@ class Span:
         self.start, self.end, self.kind, self.trace_state = start, start, kind, trace_state
         self.attributes = attributes if attributes is not None else {}
         self.status, self.message, self.remote_parent = UNSET, "", remote_parent
+
+
+class Encodable(Protocol):
+    def encode(self, encoder: "Encoder") -> bytes: ...
 
 
 def _varint(value: int) -> bytes:
@@ -79,33 +86,52 @@ class Encoder:
         self._scope = _field(0x0A, _field(0x0A, scope.encode()) + _field(0x12, version.encode()))
         self._attributes: dict[tuple[str, Any], bytes] = {}
 
-    def _attribute(self, key: str, value: Any) -> bytes:
-        cache_key = (key, type(value), value)
-        found = self._attributes.get(cache_key)
+    def _cached(self, key: tuple, make) -> bytes:
+        found = self._attributes.get(key)
         if found is None:
-            found = _field(0x4A, key_value(key, value))
+            found = make()
             if len(self._attributes) >= self.MAX_CACHED:
                 self._attributes.clear()
-            self._attributes[cache_key] = found
+            self._attributes[key] = found
         return found
 
-    def span(self, span: Span) -> bytes:
-        parts = [b"\x0a\x10", span.trace_id, b"\x12\x08", span.span_id]
-        if span.trace_state:
-            parts.append(_field(0x1A, span.trace_state.encode()))
-        if span.parent_id:
-            parts += (b"\x22\x08", span.parent_id)
-        parts += (_field(0x2A, span.name.encode()), b"\x30", bytes((span.kind,)),
-                  b"\x39", struct.pack("<Q", span.start), b"\x41", struct.pack("<Q", span.end))
-        parts += [self._attribute(k, v) for k, v in span.attributes.items()]
-        if span.status:
-            status = (_field(0x12, span.message.encode("utf-8", "replace")) if span.message else b"") \
-                + b"\x18" + bytes((span.status,))
-            parts.append(_field(0x7A, status))
-        # Span.flags (field 16, fixed32): sampled, and whether the parent came from another process.
-        parts += (b"\x85\x01", struct.pack("<I", 0x101 | (0x200 if span.remote_parent else 0)))
-        return _field(0x12, b"".join(parts))  # ScopeSpans.spans
+    def _attribute(self, key: str, value: Any) -> bytes:
+        found = self._attributes.get((key, type(value), value))
+        return found if found is not None else self._cached(
+            (key, type(value), value), lambda: _field(0x4A, key_value(key, value)))
 
-    def request(self, spans: Iterable[Span]) -> bytes:
-        scope_spans = _field(0x12, self._scope + b"".join(map(self.span, spans)))
-        return _field(0x0A, self._resource + scope_spans)  # ExportTraceServiceRequest.resource_spans
+    def span(self, span: Span) -> bytes:
+        return self.fields(span.trace_id, span.span_id, span.parent_id, span.name, span.kind, span.start, span.end,
+                           span.attributes, span.status, span.message, span.trace_state, span.remote_parent)
+
+    def fields(self, trace_id: bytes, span_id: bytes, parent_id: bytes, name: str, kind: int, start: int, end: int,
+               attributes: Mapping[str, Any] | None, status: int = UNSET, message: str = "", trace_state: str = "",
+               remote_parent: bool = False) -> bytes:
+        """One span, as ScopeSpans.spans (field 2) holds it."""
+        parts = [b"\x0a\x10", trace_id, b"\x12\x08", span_id]
+        if trace_state:
+            parts.append(_field(0x1A, trace_state.encode()))
+        if parent_id:
+            parts += (b"\x22\x08", parent_id)
+        head = self._attributes.get((name, kind)) or self._cached(
+            (name, kind), lambda: _field(0x2A, name.encode()) + b"\x30" + bytes((kind,)))
+        parts += (head, _TIMES.pack(0x39, start, 0x41, end))
+        if attributes:
+            # A route's or a model's spans mostly repeat one set of attributes: one lookup for them all.
+            items = tuple(attributes.items())
+            block = self._attributes.get(items)
+            if block is None:
+                attribute = self._attribute
+                block = self._cached(items, lambda: b"".join([attribute(k, v) for k, v in items]))
+            parts.append(block)
+        if status:
+            body = (_field(0x12, message.encode("utf-8", "replace")) if message else b"") + b"\x18" + bytes((status,))
+            parts.append(_field(0x7A, body))
+        parts.append(_REMOTE if remote_parent else _LOCAL)
+        return _field(0x12, b"".join(parts))
+
+    def request(self, items: Iterable[Span | Encodable]) -> bytes:
+        """ExportTraceServiceRequest: ``items`` are spans, or what encodes itself as several (a
+        request's spans travel together: tracing.RequestSpan)."""
+        body = b"".join([item.encode(self) if hasattr(item, "encode") else self.span(item) for item in items])
+        return _field(0x0A, self._resource + _field(0x12, self._scope + body))  # ResourceSpans, ScopeSpans

@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 
 from pyserving.errors import ServingError
 
-from .spans import ERROR, SERVER, Encoder, Span
+from .spans import ERROR, INTERNAL, SAMPLED, SERVER, Encoder, Span
 
 EXTRA = "pyserving[otel]"
 PROTOCOLS = ("grpc", "http/protobuf")
@@ -110,10 +110,12 @@ def _exporter_class(protocol: str):
 class RequestSpan:
     """One sampled request: its server span and the child spans that break its time down.
 
-    Children are recorded from perf_counter readings; they and the server span reach the
-    exporter together when the protocol layer finishes the request."""
+    Children are recorded from perf_counter readings; they and the server span reach the batch
+    processor as one item when the protocol layer finishes the request (so OTEL_BSP_* sizes count
+    requests), and are encoded together in the export thread."""
 
     __slots__ = ("_tracing", "server", "children", "_perf", "_wall", "reason")
+    context = SAMPLED  # for BatchSpanProcessor.on_end: only sampled requests have a RequestSpan
 
     def __init__(self, tracing: "Tracing", server: Span, perf: float) -> None:
         self._tracing, self.server, self.children = tracing, server, []
@@ -125,10 +127,7 @@ class RequestSpan:
         return self._wall + int((perf - self._perf) * 1e9)
 
     def child(self, name: str, start: float, end: float, attributes: dict[str, Any] | None = None) -> None:
-        span = Span(name, self.server.trace_id, self._tracing.span_id(), self.server.span_id, self.at(start),
-                    attributes=attributes)
-        span.end = self.at(end)
-        self.children.append(span)
+        self.children.append((name, self._tracing.span_id(), self.at(start), self.at(end), attributes))
 
     def set(self, key: str, value: Any) -> None:
         self.server.attributes[key] = value
@@ -145,6 +144,13 @@ class RequestSpan:
             self.server.status, self.server.message = ERROR, self.reason[:1024]
         self._tracing.emit(self)
 
+    def encode(self, encoder: Encoder) -> bytes:
+        server = self.server
+        trace_id, parent = server.trace_id, server.span_id
+        return encoder.span(server) + b"".join([
+            encoder.fields(trace_id, span_id, parent, name, INTERNAL, start, end, attributes)
+            for name, span_id, start, end, attributes in self.children])
+
 
 class Tracing:
     """A worker process's tracer: the SDK's sampler, resource, propagators and batch processor."""
@@ -159,8 +165,9 @@ class Tracing:
         self._encoder = Encoder(dict(resource.attributes), "pyserving", version)
         self.resource = dict(resource.attributes)
         self._sampler = TracerProvider().sampler  # OTEL_TRACES_SAMPLER[_ARG]
+        self._root_bound = _root_bound(self._sampler)
         self._propagator = propagate.get_global_textmap()  # OTEL_PROPAGATORS
-        self._fields = frozenset(self._propagator.fields)
+        self._fields = tuple(self._propagator.fields)
         self._span_of = trace.get_current_span
         self._kind = trace.SpanKind.SERVER
         self._processor = BatchSpanProcessor(_exporter_class(settings.protocol)(self._encoder))
@@ -170,35 +177,73 @@ class Tracing:
         return (self._random.getrandbits(64) or 1).to_bytes(8, "big")
 
     def start(self, name: str, carrier: Mapping[str, str] | Callable[[], Mapping[str, str]],
-              attributes: dict[str, Any]) -> RequestSpan | None:
+              attributes: Callable[[], dict[str, Any]]) -> RequestSpan | None:
         """A server span for a request, child of the caller's if its headers (metadata) carry one;
-        None if the sampler leaves it out. ``carrier``: the headers, or a function making them."""
-        perf, wall = time.perf_counter(), time.time_ns()
+        None if the sampler leaves it out. ``carrier``: the headers, or a function making them;
+        ``attributes``: a function making the span's first attributes (only if they are needed)."""
+        perf = time.perf_counter()
         headers = carrier() if callable(carrier) else carrier
-        parent_context = None
-        if any(f in headers for f in self._fields):
-            parent_context = self._propagator.extract(headers)
-        parent = self._span_of(parent_context).get_span_context()
-        trace_id = parent.trace_id if parent.is_valid else (self._random.getrandbits(128) or 1)
-        sampled = self._sampler.should_sample(parent_context, trace_id, name, self._kind, attributes)
-        if not sampled.decision.is_sampled():
+        for field in self._fields:
+            if field in headers:
+                return self._child_of(self._propagator.extract(headers), name, attributes, perf)
+        trace_id = self._random.getrandbits(128) or 1
+        if self._root_bound is not None:  # the SDK's own ratio test, without its call
+            if trace_id & _TRACE_ID_LIMIT >= self._root_bound:
+                return None
+            return self._span(name, trace_id, b"", attributes(), "", False, perf)
+        return self._sampled(None, trace_id, b"", False, name, attributes(), perf)
+
+    def _child_of(self, context, name: str, attributes: Callable[[], dict[str, Any]], perf: float
+                  ) -> RequestSpan | None:
+        parent = self._span_of(context).get_span_context()
+        if not parent.is_valid:
+            return self._sampled(context, self._random.getrandbits(128) or 1, b"", False, name, attributes(), perf)
+        return self._sampled(context, parent.trace_id, parent.span_id.to_bytes(8, "big"), parent.is_remote,
+                             name, attributes(), perf)
+
+    def _sampled(self, context, trace_id: int, parent_id: bytes, remote: bool, name: str,
+                 attributes: dict[str, Any], perf: float) -> RequestSpan | None:
+        result = self._sampler.should_sample(context, trace_id, name, self._kind, attributes)
+        if not result.decision.is_sampled():
             return None
-        attributes.update(sampled.attributes or {})
-        state = sampled.trace_state.to_header() if sampled.trace_state else ""
-        server = Span(name, trace_id.to_bytes(16, "big"), self.span_id(),
-                      parent.span_id.to_bytes(8, "big") if parent.is_valid else b"", wall, SERVER,
-                      attributes, state, remote_parent=parent.is_valid and parent.is_remote)
+        if result.attributes:
+            attributes.update(result.attributes)
+        state = result.trace_state.to_header() if result.trace_state else ""
+        return self._span(name, trace_id, parent_id, attributes, state, remote, perf)
+
+    def _span(self, name: str, trace_id: int, parent_id: bytes, attributes: dict[str, Any], state: str,
+              remote: bool, perf: float) -> RequestSpan:
+        wall = time.time_ns() - int((time.perf_counter() - perf) * 1e9)
+        server = Span(name, trace_id.to_bytes(16, "big"), self.span_id(), parent_id, wall, SERVER, attributes, state,
+                      remote_parent=remote)
         return RequestSpan(self, server, perf)
 
     def emit(self, request: RequestSpan) -> None:
-        on_end = self._processor.on_end
-        on_end(request.server)
-        for child in request.children:
-            on_end(child)
+        self._processor.on_end(request)  # type: ignore[arg-type]  # encoded by spans.Encoder
 
     def shutdown(self) -> None:
         """Flush what is queued (OTEL_BSP_EXPORT_TIMEOUT at most) and stop the export thread."""
         self._processor.shutdown()
+
+
+_TRACE_ID_LIMIT = (1 << 64) - 1  # TraceIdRatioBased's: the trace id's low 64 bits decide
+
+
+def _root_bound(sampler) -> int | None:
+    """For a request with no caller's context, the SDK's usual samplers decide by the trace id
+    alone: always on, always off, a ratio, or any of them under ParentBased. Their bound (sampled
+    if the id's low 64 bits are below it) spares each request a call into the sampler; None
+    for any other sampler, which is then asked every time."""
+    from opentelemetry.sdk.trace import sampling
+
+    root = sampler._root if isinstance(sampler, sampling.ParentBased) else sampler
+    if root is sampling.ALWAYS_ON:
+        return _TRACE_ID_LIMIT + 1
+    if root is sampling.ALWAYS_OFF:
+        return 0
+    if type(root) is sampling.TraceIdRatioBased:
+        return root.bound
+    return None
 
 
 def _resource_attributes(worker: int | None, version: str) -> dict[str, Any]:

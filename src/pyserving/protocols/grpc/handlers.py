@@ -90,7 +90,7 @@ def _guarded(method, dataplane: DataPlane | None = None, gate: GrpcGate | None =
 
     async def call(request, context):
         if tracing is not None:
-            span = tracing.start(name, lambda: dict(context.invocation_metadata() or ()), dict(rpc))
+            span = tracing.start(name, lambda: dict(context.invocation_metadata() or ()), rpc.copy)
             if span is not None:
                 token = CURRENT.set(span)
                 try:

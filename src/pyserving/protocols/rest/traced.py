@@ -33,13 +33,16 @@ async def traced(tracing: Tracing, request: web.Request, model: str,
                  answer: Callable[[], Awaitable[web.Response]]) -> web.Response:
     """``answer()`` under a server span; ``model``: the model's label (dataplane.model_label)."""
     template = route(request)
-    attributes = {"http.request.method": request.method, "http.route": template,
-                  "url.path": request.path[:MAX_PATH], "url.scheme": "https" if request.secure else "http",
-                  "network.protocol.version": f"{request.version.major}.{request.version.minor}"
-                  if getattr(request, "version", None) else "1.1"}
-    agent = request.headers.get("User-Agent")
-    if agent:
-        attributes["user_agent.original"] = agent[:256]
+
+    def attributes() -> dict:  # only for a request the sampler may keep
+        found = {"http.request.method": request.method, "http.route": template, "url.path": request.path[:MAX_PATH],
+                 "url.scheme": "https" if request.secure else "http",
+                 "network.protocol.version": f"{request.version.major}.{request.version.minor}"
+                 if getattr(request, "version", None) else "1.1"}
+        agent = request.headers.get("User-Agent")
+        if agent:
+            found["user_agent.original"] = agent[:256]
+        return found
     span = tracing.start(f"{request.method} {template}", request.headers, attributes)
     if span is None:
         return await answer()
