@@ -177,16 +177,24 @@ def _response_size() -> bytes:
 
 
 def _report(raw: list[dict]) -> str:
+    """Medians over rounds; each ratio is the median of the rounds' own ratios (the three servers
+    of a round ran minutes apart at most: the machine's drift between rounds cancels out)."""
     lines = []
     for api in ("grpc", "rest"):
+        rows = {(r["round"], r["tracing"]): r for r in raw if r["api"] == api}
+        rounds = sorted({r for r, _ in rows})
+
         def median(name: str, key: str) -> float:
-            return statistics.median(r[key] for r in raw if r["tracing"] == name and r["api"] == api)
-        off, off_cpu = median("off", "rps"), median("off", "cpu_us_per_request")
+            return statistics.median(rows[(r, name)][key] for r in rounds)
+
+        def ratio(name: str, key: str, inverse: bool = False) -> float:
+            values = [rows[(r, name)][key] / rows[(r, "off")][key] for r in rounds]
+            return statistics.median(1 / v if inverse else v for v in values)
         lines.append(f"{api}: " + "; ".join(
-            f"{name} {median(name, 'rps'):.0f} req/s ({median(name, 'rps') / off:.2f}x) "
+            f"{name} {median(name, 'rps'):.0f} req/s ({ratio(name, 'rps'):.2f}x) "
             f"p50 {median(name, 'p50_ms'):.2f} ms p99 {median(name, 'p99_ms'):.2f} ms, "
-            f"{median(name, 'cpu_us_per_request'):.0f} us CPU a request "
-            f"({off_cpu / median(name, 'cpu_us_per_request'):.2f}x)" for name in CONFIGURATIONS))
+            f"{median(name, 'cpu_us_per_request'):.0f} us CPU a request ({ratio(name, 'cpu_us_per_request', True):.2f}x)"
+            for name in CONFIGURATIONS))
     return "\n".join(lines)
 
 

@@ -176,11 +176,12 @@ class Tracing:
     def span_id(self) -> bytes:
         return (self._random.getrandbits(64) or 1).to_bytes(8, "big")
 
-    def start(self, name: str, carrier: Mapping[str, str] | Callable[[], Mapping[str, str]],
+    def start(self, name: str | Callable[[], str], carrier: Mapping[str, str] | Callable[[], Mapping[str, str]],
               attributes: Callable[[], dict[str, Any]]) -> RequestSpan | None:
         """A server span for a request, child of the caller's if its headers (metadata) carry one;
         None if the sampler leaves it out. ``carrier``: the headers, or a function making them;
-        ``attributes``: a function making the span's first attributes (only if they are needed)."""
+        ``name`` (or a function making it) and ``attributes`` (a function making the span's first
+        ones) are made only if the sampler needs them or keeps the request."""
         perf = time.perf_counter()
         headers = carrier() if callable(carrier) else carrier
         for field in self._fields:
@@ -190,16 +191,17 @@ class Tracing:
         if self._root_bound is not None:  # the SDK's own ratio test, without its call
             if trace_id & _TRACE_ID_LIMIT >= self._root_bound:
                 return None
-            return self._span(name, trace_id, b"", attributes(), "", False, perf)
-        return self._sampled(None, trace_id, b"", False, name, attributes(), perf)
+            return self._span(_made(name), trace_id, b"", attributes(), "", False, perf)
+        return self._sampled(None, trace_id, b"", False, _made(name), attributes(), perf)
 
-    def _child_of(self, context, name: str, attributes: Callable[[], dict[str, Any]], perf: float
+    def _child_of(self, context, name: str | Callable[[], str], attributes: Callable[[], dict[str, Any]], perf: float
                   ) -> RequestSpan | None:
         parent = self._span_of(context).get_span_context()
         if not parent.is_valid:
-            return self._sampled(context, self._random.getrandbits(128) or 1, b"", False, name, attributes(), perf)
+            return self._sampled(context, self._random.getrandbits(128) or 1, b"", False, _made(name), attributes(),
+                                 perf)
         return self._sampled(context, parent.trace_id, parent.span_id.to_bytes(8, "big"), parent.is_remote,
-                             name, attributes(), perf)
+                             _made(name), attributes(), perf)
 
     def _sampled(self, context, trace_id: int, parent_id: bytes, remote: bool, name: str,
                  attributes: dict[str, Any], perf: float) -> RequestSpan | None:
@@ -224,6 +226,10 @@ class Tracing:
     def shutdown(self) -> None:
         """Flush what is queued (OTEL_BSP_EXPORT_TIMEOUT at most) and stop the export thread."""
         self._processor.shutdown()
+
+
+def _made(name: str | Callable[[], str]) -> str:
+    return name() if callable(name) else name
 
 
 _TRACE_ID_LIMIT = (1 << 64) - 1  # TraceIdRatioBased's: the trace id's low 64 bits decide

@@ -17,12 +17,11 @@ COLD_START_SECONDS = 1e-3
 def record(span: RequestSpan, api: str, model: str, version: int | None, signature: str, status: str,
            reason: str, start: float, phases: Phases) -> None:
     """The model's attributes on the server span, and a span per significant phase below it."""
-    span.set("pyserving.model.name", model)
-    if version is not None:
-        span.set("pyserving.model.version", version)
-    span.set("pyserving.model.signature", signature or DEFAULT_SIGNATURE)
-    span.set("pyserving.api", api)
-    span.set("pyserving.outcome", status)
+    span.server.attributes.update({"pyserving.model.name": model, "pyserving.model.version": version,
+                                   "pyserving.model.signature": signature or DEFAULT_SIGNATURE,
+                                   "pyserving.api": api, "pyserving.outcome": status})
+    if version is None:  # no version was chosen
+        del span.server.attributes["pyserving.model.version"]
     if reason:
         span.reason = reason
     if phases.resident >= COLD_START_SECONDS:

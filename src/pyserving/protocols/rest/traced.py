@@ -32,9 +32,14 @@ def route(request: web.Request) -> str:
 async def traced(tracing: Tracing, request: web.Request, model: str,
                  answer: Callable[[], Awaitable[web.Response]]) -> web.Response:
     """``answer()`` under a server span; ``model``: the model's label (dataplane.model_label)."""
-    template = route(request)
+    template = ""
 
-    def attributes() -> dict:  # only for a request the sampler may keep
+    def name() -> str:  # only for a request the sampler may keep (or must see)
+        nonlocal template
+        template = route(request)
+        return f"{request.method} {template}"
+
+    def attributes() -> dict:
         found = {"http.request.method": request.method, "http.route": template, "url.path": request.path[:MAX_PATH],
                  "url.scheme": "https" if request.secure else "http",
                  "network.protocol.version": f"{request.version.major}.{request.version.minor}"
@@ -43,7 +48,7 @@ async def traced(tracing: Tracing, request: web.Request, model: str,
         if agent:
             found["user_agent.original"] = agent[:256]
         return found
-    span = tracing.start(f"{request.method} {template}", request.headers, attributes)
+    span = tracing.start(name, request.headers, attributes)
     if span is None:
         return await answer()
     token = CURRENT.set(span)
