@@ -680,3 +680,36 @@ def test_readme_deploying_section_names_files_that_exist():
     for path in set(re.findall(r"deploy/[\w./-]+", section)) - written:
         assert (REPO / path.rstrip(".")).exists(), path
     assert "docker build -f deploy/Dockerfile" in section and "kubectl apply -k deploy/kubernetes" in section
+
+
+def test_the_grafana_dashboard_reads_only_metrics_pyserving_exposes():
+    """deploy/grafana/pyserving-dashboard.json: every query names a series pyserving's metrics
+    page has (TF Serving's names as exposed: counters without _total), through the dashboard's own
+    Prometheus data source variable."""
+    from pyserving.observability.monitoring import _EXPOSED_NAMES, Metrics
+
+    dashboard = json.loads((REPO / "deploy" / "grafana" / "pyserving-dashboard.json").read_text())
+    exposed = set()
+    for family in Metrics(0).registry.collect():
+        if family.type == "counter":
+            exposed.add(_EXPOSED_NAMES.get(family.name, family.name))
+        elif family.type == "histogram":
+            exposed |= {family.name + suffix for suffix in ("_bucket", "_count", "_sum")}
+        else:
+            exposed.add(family.name)
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    assert {"datasource", "model"} <= variables
+    panels = dashboard["panels"]
+    assert len({p["id"] for p in panels}) == len(panels) >= 10
+    named = set()
+    for panel in panels:
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        for target in panel["targets"]:
+            names = set(re.findall(r"(?<![\w:])((?::|process_)[\w:]+)\s*[{\[)]", target["expr"]))
+            assert names, target["expr"]
+            assert names <= exposed, (panel["title"], names - exposed)
+            named |= names
+    # The metrics operators look for first are all on it.
+    assert {":tensorflow:serving:request_count", ":tensorflow:serving:request_latency_bucket",
+            "process_cpu_seconds_total", "process_resident_memory_bytes", ":pyserving:build_info",
+            ":pyserving:signature_request_count"} <= named

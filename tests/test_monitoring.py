@@ -140,3 +140,37 @@ def test_malformed_monitoring_config_exits(tmp_path):
                           f"--monitoring_config_file={bad}"], capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     assert "Error parsing text-format tensorflow.serving.MonitoringConfig" in out.stderr
+
+
+def test_process_build_and_signature_metrics(server):
+    """The metrics every Python service has (the process's CPU, memory and fds, labelled with its
+    worker), the build, and requests per signature beside TF Serving's per-model counts."""
+    server, _ = server
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "tf1"
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([[1.0]], np.float32)))
+    before = scrape(server)
+    with server.channel() as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        stub.Predict(request, 10)
+        request.model_spec.signature_name = "no-such-signature"
+        with pytest.raises(grpc.RpcError):
+            stub.Predict(request, 10)
+    after = scrape(server)
+    assert value(after["process_cpu_seconds"], "process_cpu_seconds_total", worker="0") > 0
+    assert value(after["process_resident_memory_bytes"], "process_resident_memory_bytes", worker="0") > 100e6
+    assert value(after["process_open_fds"], "process_open_fds", worker="0") > 5
+    (build,) = after[":pyserving:build_info"]
+    assert build.value == 1 and build.labels["tensorflow"] == tf.__version__ and build.labels["version"]
+    counts = ":pyserving:signature_request_count"
+
+    def signature_count(families, **labels) -> float:
+        return value(families.get(counts, []), counts + "_total", model_name="tf1", API="predict", **labels)
+    assert signature_count(after, signature_name="serving_default", status="OK") == \
+        signature_count(before, signature_name="serving_default", status="OK") + 1
+    # A client's made-up signature is never a label: it counts as "(unknown)".
+    assert signature_count(after, signature_name="(unknown)", status="FAILED_PRECONDITION") >= 1
+    assert not [s for s in after[counts] if s.labels["signature_name"] == "no-such-signature"]
+    latency = after[":pyserving:signature_request_latency"]
+    assert value(latency, ":pyserving:signature_request_latency_count", model_name="tf1",
+                 signature_name="serving_default") >= 1

@@ -92,6 +92,11 @@ def test_every_worker_serves_and_metrics_add_up(server):
               for _ in range(10)}
     assert counts == {before + 40}
     assert len(_children(server.proc.pid)) == WORKERS
+    # Process metrics are each worker's own, never added up; the build is said once.
+    text = requests.get(server.rest_url + "/monitoring/prometheus/metrics", timeout=10).text
+    fds = [line for line in text.splitlines() if line.startswith("process_open_fds{")]
+    assert sorted(line.split("}")[0] for line in fds) == [f'process_open_fds{{worker="{i}"' for i in range(WORKERS)]
+    assert [line.rsplit(" ", 1)[1] for line in text.splitlines() if line.startswith(":pyserving:build_info{")] == ["1"]
 
 
 def test_reload_reaches_every_worker(server):

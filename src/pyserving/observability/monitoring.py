@@ -9,12 +9,15 @@ name (``:tensorflow:serving:request_count``), where prometheus_client would add
 from __future__ import annotations
 
 import math
+import platform
 import threading
+from importlib import metadata
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString
 
 from pyserving.config.protos import ConfigFileError, MonitoringConfig, read_text_proto
@@ -30,6 +33,8 @@ RUNTIME = "TF2"
 # /proc) can't grow the page without bound.
 MAX_PATH_SERIES = 256
 VERSION_STATE = ":pyserving:model_version_available"
+BUILD_INFO = ":pyserving:build_info"
+UNKNOWN_SIGNATURE = "(unknown)"  # the signature label of a request that reached no version's signature
 SERVING_WORKERS = ":pyserving:serving_workers"
 
 
@@ -52,10 +57,21 @@ VersionLister = Callable[[], Iterable[tuple[str, int, str]]]  # (model, version,
 
 
 class Metrics:
-    """Every metric of one server; no process-global registry."""
+    """Every metric of one server; no process-global registry. ``worker``: this process's index
+    under --num_workers (its process metrics are labelled with it, not added up)."""
 
-    def __init__(self) -> None:
+    def __init__(self, worker: int = 0) -> None:
         self.registry = r = CollectorRegistry(auto_describe=False)
+        r.register(_WorkerProcessCollector(str(worker)))
+        self.build_info = Gauge(BUILD_INFO, "pyserving's build: its version and the runtime's.",
+                                ["version", "tensorflow", "python", "grpc"], registry=r)
+        self.build_info.labels(*_build()).set(1)
+        self.signature_requests = Counter(
+            ":pyserving:signature_request_count", "The number of requests, by model, signature, API and status.",
+            ["model_name", "signature_name", "API", "status"], registry=r)
+        self.signature_latency = Histogram(
+            ":pyserving:signature_request_latency", "Request latency in microseconds, by model, signature and API.",
+            ["model_name", "signature_name", "API"], buckets=LATENCY_BUCKETS_US, registry=r)
         self.request_count = Counter(
             ":tensorflow:serving:request_count", "The number of requests, by model and status.",
             ["model_name", "status"], registry=r)
@@ -139,9 +155,14 @@ class Metrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
-    def record_request(self, model: str, api: str, entrypoint: str, status: str, seconds: float) -> None:
+    def record_request(self, model: str, api: str, entrypoint: str, status: str, seconds: float,
+                       signature: str = UNKNOWN_SIGNATURE) -> None:
+        """``signature``: a signature the served version has (never a client's string otherwise)."""
+        micros = seconds * 1e6
         self._child(self.request_count, model, status).inc()
-        self._child(self.request_latency, model, api, entrypoint).observe(seconds * 1e6)
+        self._child(self.request_latency, model, api, entrypoint).observe(micros)
+        self._child(self.signature_requests, model, signature, api, status).inc()
+        self._child(self.signature_latency, model, signature, api).observe(micros)
 
     def record_runtime(self, model: str, api: str, seconds: float) -> None:
         self._child(self.runtime_latency, model, api, RUNTIME).observe(seconds * 1e6)
@@ -221,7 +242,7 @@ class Metrics:
         The version-state gauge is left out: it describes the server, not a process, and the
         caller fills it from the merged model status."""
         return [_plain(f) for f in self.registry.collect()
-                if f.name not in (VERSION_STATE, SERVING_WORKERS)]
+                if f.name not in (VERSION_STATE, SERVING_WORKERS, BUILD_INFO)]
 
     def exposition(self, others: Sequence[Sequence[Family]] = (),
                    versions: Iterable[tuple[str, int, str]] | None = None) -> bytes:
@@ -277,7 +298,36 @@ def _summed(views: Sequence[Sequence[Family]]) -> list[Family]:
 
 
 # prometheus_client drops a trailing _total from counter names; TF Serving keeps this one.
-_EXPOSED_NAMES = {":tensorflow:serving:request_example_count": ":tensorflow:serving:request_example_count_total"}
+_EXPOSED_NAMES = {":tensorflow:serving:request_example_count": ":tensorflow:serving:request_example_count_total",
+                  "process_cpu_seconds": "process_cpu_seconds_total"}
+
+
+class _WorkerProcessCollector:
+    """prometheus_client's process metrics (CPU seconds, resident memory, open fds, ...), each
+    series labelled with the worker: summed over workers, a start time or an fd limit means nothing."""
+
+    def __init__(self, worker: str) -> None:
+        self._process = ProcessCollector(registry=None)
+        self._worker = worker
+
+    def collect(self):
+        for family in self._process.collect():
+            labelled = Metric(family.name, family.documentation, family.type)
+            for sample in family.samples:
+                labelled.add_sample(sample.name, {**sample.labels, "worker": self._worker}, sample.value)
+            yield labelled
+
+
+def _build() -> tuple[str, str, str, str]:
+    """pyserving's, TensorFlow's, Python's and grpcio's versions, read without importing TensorFlow."""
+    from pyserving import __version__
+
+    def installed(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "unknown"
+    return __version__, installed("tensorflow"), platform.python_version(), installed("grpcio")
 
 
 def _bucket(bound: str) -> str:

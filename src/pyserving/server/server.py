@@ -81,7 +81,7 @@ class Server:
                                    deadlines=options.queue_delay_target_applies_to_deadlines)
         self._load_pool = ThreadPoolExecutor(
             max_workers=options.num_load_threads or 2, thread_name_prefix="load")
-        self.metrics = Metrics()
+        self.metrics = Metrics(slot.index if slot else 0)
         self._rest_gate = (RestGate(Admission(0, target), self.metrics, cors=options.rest_api_enable_cors_support)
                            if target else None)
         core_limit = core_pending_limit(dict(parse_channel_arguments(options.grpc_channel_arguments)))

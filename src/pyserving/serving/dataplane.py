@@ -23,7 +23,7 @@ from pyserving.core.manager import ModelManager
 from pyserving.core.states import VersionStatus, model_state
 from pyserving.errors import ServingError
 from pyserving.observability.access_log import access_line
-from pyserving.observability.monitoring import Metrics
+from pyserving.observability.monitoring import UNKNOWN_SIGNATURE, Metrics
 from pyserving.observability.request_log import RequestLogger, examples_log, multi_inference_log, predict_log
 from pyserving.observability.statistics import InferenceStatistics, Phases
 from pyserving.observability.tracing import CURRENT, RequestSpan, Tracing
@@ -142,6 +142,7 @@ class DataPlane:
         """Run ``work(version, servable)`` in a worker thread (inline when cheap: inline.py), the
         version held loaded meanwhile."""
         start, status, served, reason, phases = time.perf_counter(), "OK", None, "", Phases()
+        signature = UNKNOWN_SIGNATURE  # a metric label: only a signature the version has
         label = self.model_label(spec.name)
         in_flight = self._metrics.requests_in_flight(label)
         in_flight.inc()
@@ -156,6 +157,8 @@ class DataPlane:
                     phases.resident = time.perf_counter() - resident
                 with self._manager.handle(spec.name, self._version_of(spec)) as (version, servable):
                     served = version
+                    if api != "multi_inference" and (spec.signature_name or DEFAULT_SIGNATURE) in servable.signatures:
+                        signature = spec.signature_name or DEFAULT_SIGNATURE
                     # Only a BatchingServable queues: a full queue refuses here, on the event loop,
                     # before the request takes a thread; its calls wait, so they never run inline.
                     accepting = getattr(servable, "accepting", None)
@@ -187,7 +190,7 @@ class DataPlane:
         finally:
             in_flight.dec()
             seconds = time.perf_counter() - start
-            self._metrics.record_request(label, api, caller.entrypoint, status, seconds)
+            self._metrics.record_request(label, api, caller.entrypoint, status, seconds, signature)
             if served is not None:
                 self.statistics.record(spec.name, served, status == "OK", seconds, phases)
             if caller.span is not None:
