@@ -212,10 +212,11 @@ def test_python_models_are_in_the_status_page_and_metrics(server):
     assert server.post("/v1/models/iris:predict", json={"instances": [SETOSA]}).status_code == 200
     summary = server.get("/v1/status").json()
     iris = next(m for m in summary["models"] if m["name"] == "iris")
-    assert iris["served_version"] == 1
+    assert iris["served_version"] == 1 and iris["state"] == "LOADED"
+    assert iris["requests"]["total"] >= 1
+    iris = server.get("/v1/status", params={"model": "iris"}).json()  # the details: signatures
     assert [s["name"] for s in iris["signatures"]] == ["serving_default"]
     assert {t["alias"] for t in iris["signatures"][0]["outputs"]} == {"species", "probabilities"}
-    assert iris["requests"]["total"] >= 1
 
 
 # ---- versions: swaps under traffic, a crashing __init__ --------------------------------------

@@ -26,7 +26,7 @@ from pyserving.serving.dataplane import Caller, DataPlane, ModelSpec, PredictRes
 from pyserving.serving.inline import SMALL_REQUEST_BYTES
 from pyserving.serving.responses import SIGNATURE_DEF_FIELD, metadata_json, status_response, to_json_dict
 
-from . import openapi, status_page, traced
+from . import openapi, status_html, status_page, traced
 from .bodies import (
     DEFAULT_MAX_DECOMPRESSED_BYTES,
     INLINE_INFLATE_BYTES,
@@ -263,11 +263,17 @@ class RestService:
 
     async def _page(self, _request: web.Request) -> web.Response:
         """The status page (status_page.py); not a model request, so in no request metric."""
-        return web.Response(text=status_page.render(await self._status_page.summary()),
-                            content_type="text/html", headers=status_page.HEADERS)
+        return web.Response(text=status_html.render(await self._status_page.summary()),
+                            content_type="text/html", headers=status_html.HEADERS)
 
-    async def _status_summary(self, _request: web.Request) -> web.Response:
-        return web.json_response(await self._status_page.summary(), headers={"Cache-Control": "no-store"})
+    async def _status_summary(self, request: web.Request) -> web.Response:
+        """Every model in a line; ?model=NAME: that model's versions, labels and signatures."""
+        name = request.query.get("model")
+        try:
+            body = await (self._status_page.details(name) if name is not None else self._status_page.summary())
+        except ServingError as e:
+            return _error(e.code, e.message)
+        return web.json_response(body, headers={"Cache-Control": "no-store"})
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
