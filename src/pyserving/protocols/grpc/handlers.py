@@ -13,7 +13,7 @@ import grpc
 from google.protobuf import symbol_database
 
 from pyserving.errors import ServingError
-from pyserving.observability.tracing import CURRENT, GRPC_SERVER_ERRORS, RequestSpan
+from pyserving.observability.tracing import CURRENT, GRPC_SERVER_ERRORS
 from pyserving.protocols.control_plane import ControlPlane
 from pyserving.serving.admission import OVERLOADED_MESSAGE, RETRY_AFTER_SECONDS
 from pyserving.serving.dataplane import Caller, DataPlane
@@ -88,21 +88,17 @@ def _guarded(method, dataplane: DataPlane | None = None, gate: GrpcGate | None =
     name = f"{service}/{method.__name__}"
     rpc = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method.__name__}
 
-    async def call(request, context):
-        if tracing is not None:
-            span = tracing.start(name, lambda: dict(context.invocation_metadata() or ()), rpc.copy)
-            if span is not None:
-                token = CURRENT.set(span)
-                try:
-                    return await traced(request, context, span)
-                finally:
-                    CURRENT.reset(token)
-        return await answer(request, context)
-
-    async def traced(request, context, span: RequestSpan):
-        code = "OK"
+    async def traced(request, context):
+        span = tracing.start(name, lambda: dict(context.invocation_metadata() or ()), rpc.copy)
+        model = _model_name(request) if span is not None else ""
+        # Not a local while the call runs: a failure's traceback would keep the request alive.
+        taken = [request]
+        del request
+        if span is None:
+            return await answer(taken.pop(), context)
+        token, code = CURRENT.set(span), "OK"
         try:
-            return await answer(request, context)
+            return await answer(taken.pop(), context)
         except grpc.aio.AbortError:
             code = (context.code() or grpc.StatusCode.UNKNOWN).name
             span.reason = span.reason or (context.details() or "")
@@ -111,8 +107,9 @@ def _guarded(method, dataplane: DataPlane | None = None, gate: GrpcGate | None =
             code = "CANCELLED"
             raise
         finally:
+            CURRENT.reset(token)
             if "pyserving.model.name" not in span.server.attributes:  # metadata: no data-plane run
-                span.set("pyserving.model.name", dataplane.model_label(_model_name(request)))
+                span.set("pyserving.model.name", dataplane.model_label(model))
             span.set("rpc.grpc.status_code", _CODE_NUMBERS.get(code, 2))
             span.set("pyserving.outcome", code)
             span.finish(code in GRPC_SERVER_ERRORS)
@@ -158,7 +155,7 @@ def _guarded(method, dataplane: DataPlane | None = None, gate: GrpcGate | None =
         finally:
             if gate is not None:
                 gate.leave()
-    return call
+    return traced if tracing is not None else answer
 
 
 def _model_name(request) -> str:
