@@ -145,6 +145,7 @@ class FakeDataPlane:
     """Enough of a DataPlane for the REST layer's routes, answers and errors."""
 
     access_log = False  # --access_log off
+    tracing = None  # off
 
     def readiness(self):
         return {MODEL: True, "loading": False}

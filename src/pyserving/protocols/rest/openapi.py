@@ -105,7 +105,7 @@ def _schemas() -> dict[str, Any]:
             "model_version_status": {"type": "object",
                                      "additionalProperties": {"type": "array", "items": {"type": "object"}}},
             "model_state": {"type": "object", "additionalProperties": model_state}}},
-        "StatusSummary": _status_summary(),
+        **_status_schemas(),
         "Metadata": {"type": "object", "required": ["model_spec", "metadata"], "properties": {
             "model_spec": {"type": "object", "required": ["name", "version"], "properties": {
                 "name": {"type": "string"}, "version": {"type": "string"}, "signature_name": {"type": "string"}}},
@@ -130,34 +130,40 @@ def _schemas() -> dict[str, Any]:
     }
 
 
-def _status_summary() -> dict[str, Any]:
+def _status_schemas() -> dict[str, Any]:
+    """GET /v1/status (StatusSummary: every model in a line) and ?model=NAME (StatusDetails)."""
     def obj(required: list[str], **properties) -> dict:
         return {"type": "object", "required": required, "properties": properties}
     integer, number, string = {"type": "integer"}, {"type": "number"}, {"type": "string"}
-    model_state = MODEL_STATE
     # OpenAPI 3.0's "nullable" is no JSON Schema: a field that may be null is left untyped.
     maybe = {"description": "A number, or null when there is none (no request in the window)"}
     tensor = obj(["alias", "dtype", "shape"], alias=string, tensor=string, dtype=string,
                  shape={"description": "Dimension sizes (-1: any size), or null for an unknown rank"})
-    return obj(
+    served = {"description": "The version requests get, or null if none is available"}
+    problem = {"description": "Why no version can serve (only for an UNAVAILABLE model), or null"}
+    summary = obj(
         ["server", "window_seconds", "models"],
         server=obj(["version", "uptime_seconds", "workers"], version=string, uptime_seconds=number,
                    workers=integer),
         window_seconds=number, refresh_ms=integer,
         models={"type": "array", "items": obj(
-            ["name", "labels", "versions", "signatures", "requests"],
-            name=string, labels={"type": "object", "additionalProperties": integer}, state=model_state,
-            served_version={"description": "The version requests get, or null if none is available"},
-            problem={"description": "Why no version is available, or null"},
-            versions={"type": "array", "items": obj(
-                ["version", "state", "error"], version=integer, requests=integer,
-                state={"type": "string", "enum": ["UNKNOWN", "START", "LOADING", "AVAILABLE", "UNLOADING", "END"]},
-                error={"description": "The load error (code: message), or null"})},
-            signatures={"type": "array", "items": obj(
-                ["name", "inputs", "outputs"], name=string, method=string,
-                inputs={"type": "array", "items": tensor}, outputs={"type": "array", "items": tensor})},
+            ["name", "state", "versions", "requests"], name=string, state=MODEL_STATE, served_version=served,
+            problem=problem, versions={"type": "integer", "description": "How many versions the model has"},
+            memory_bytes={"description": "Under a budget of loaded models: its estimated memory, else null"},
             requests=obj(["total", "errors", "in_flight"], total=integer, errors=integer, in_flight=integer,
-                         per_second=maybe, latency_ms=maybe, mean_latency_ms=maybe))})
+                         per_second=maybe, latency_ms=maybe, p50_ms=maybe, mean_latency_ms=maybe))})
+    details = obj(
+        ["name", "state", "labels", "versions", "signatures"],
+        name=string, state=MODEL_STATE, labels={"type": "object", "additionalProperties": integer},
+        served_version=served, problem=problem,
+        versions={"type": "array", "items": obj(
+            ["version", "state", "error"], version=integer, requests=integer,
+            state={"type": "string", "enum": ["UNKNOWN", "START", "LOADING", "AVAILABLE", "UNLOADING", "END"]},
+            error={"description": "The load error (code: message), or null"})},
+        signatures={"type": "array", "items": obj(
+            ["name", "inputs", "outputs"], name=string, method=string,
+            inputs={"type": "array", "items": tensor}, outputs={"type": "array", "items": tensor})})
+    return {"StatusSummary": summary, "StatusDetails": details}
 
 
 def document() -> dict[str, Any]:
@@ -176,8 +182,15 @@ def document() -> dict[str, Any]:
         "/": {"get": {"summary": "Status page: models, versions, errors, labels, signatures, request rates",
                       "responses": {"200": {"description": "An HTML page refreshing itself from /v1/status",
                                             "content": {"text/html": {"schema": {"type": "string"}}}}}}},
-        "/v1/status": {"get": {"summary": "What the status page shows, as JSON", "responses": {
-            "200": _json({"$ref": "#/components/schemas/StatusSummary"}, "Every model's state and traffic")}}},
+        "/v1/status": {"get": {
+            "summary": "What the status page shows, as JSON: every model in a line, or one model in full",
+            "parameters": [{"name": "model", "in": "query", "required": False, "schema": {"type": "string"},
+                            "description": "A configured model: its versions, labels and signatures"}],
+            "responses": {
+                "200": _json({"oneOf": [{"$ref": "#/components/schemas/StatusSummary"},
+                                        {"$ref": "#/components/schemas/StatusDetails"}]},
+                             "Every model's state and traffic, or the one model's details"),
+                "404": _json({"$ref": "#/components/schemas/Error"}, "No such model is configured")}}},
         **openapi_v2.paths(),
     }
     return {"openapi": "3.0.3",
