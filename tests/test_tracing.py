@@ -221,3 +221,27 @@ def test_tracing_it_cannot_do_ends_the_start_in_one_line(env, message, tmp_path)
     lines = [line for line in result.stderr.splitlines() if "pyserving" in line or "OTEL" in line]
     assert any(message in line for line in lines), result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+
+
+def test_regress_is_traced_and_a_clients_signature_name_is_no_attribute(server, receiver):
+    from tensorflow_serving.apis import regression_pb2
+
+    trace_id, parent, header = _parent()
+    request = regression_pb2.RegressionRequest()
+    request.model_spec.name, request.model_spec.signature_name = "hpt", "regress_x_to_y"
+    request.input.example_list.examples.add().features.feature["x"].float_list.value.append(3.0)
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(server.channel())
+    assert stub.Regress(request, timeout=30, metadata=(("traceparent", header),)).result.regressions[0].value == 3.5
+    span, children = _check_model_span(receiver, trace_id, parent, "tensorflow.serving.PredictionService/Regress")
+    assert span.attributes["pyserving.api"] == "regress"
+    assert span.attributes["pyserving.model.signature"] == "regress_x_to_y"
+
+    trace_id, _, header = _parent()
+    made_up = "sig" * 2000
+    answer = server.post("/v1/models/hpt:predict", json={"signature_name": made_up, "instances": [1.0]},
+                         headers={"traceparent": header})
+    assert answer.status_code == 400
+    wait_for(lambda: receiver.of(trace_id), 20, "the made-up signature's span")
+    span = next(s for s in receiver.of(trace_id) if s.kind == SERVER)
+    assert span.attributes["pyserving.model.signature"] == "(unknown)"
+    assert span.attributes["pyserving.outcome"] == "FAILED_PRECONDITION"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pyserving.observability.statistics import Phases
 from pyserving.observability.tracing import RequestSpan
-from pyserving.runtime.servable import DEFAULT_SIGNATURE
 
 # A phase shorter than this gets no span of its own: it would only clutter the trace.
 SIGNIFICANT_SECONDS = 50e-6
@@ -18,7 +17,7 @@ def record(span: RequestSpan, api: str, model: str, version: int | None, signatu
            reason: str, start: float, phases: Phases) -> None:
     """The model's attributes on the server span, and a span per significant phase below it."""
     span.server.attributes.update({"pyserving.model.name": model, "pyserving.model.version": version,
-                                   "pyserving.model.signature": signature or DEFAULT_SIGNATURE,
+                                   "pyserving.model.signature": signature,
                                    "pyserving.api": api, "pyserving.outcome": status})
     if version is None:  # no version was chosen
         del span.server.attributes["pyserving.model.version"]

@@ -194,7 +194,7 @@ class DataPlane:
             if served is not None:
                 self.statistics.record(spec.name, served, status == "OK", seconds, phases)
             if caller.span is not None:
-                breakdown.record(caller.span, api, label, served, spec.signature_name, status, reason, start, phases)
+                breakdown.record(caller.span, api, label, served, signature, status, reason, start, phases)
             if self._access_log:
                 access_line(caller.entrypoint, api, label, served, status, seconds, caller.peer, reason, span=caller.span)
 
