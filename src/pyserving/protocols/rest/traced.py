@@ -3,6 +3,7 @@ conventions say, its status the response's."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Awaitable, Callable
 
@@ -52,15 +53,20 @@ async def traced(tracing: Tracing, request: web.Request, model: str,
     if span is None:
         return await answer()
     token = CURRENT.set(span)
-    status = 500  # unless an answer comes back
+    status: int | None = 500  # unless an answer comes back
     try:
         response = await answer()
         status = response.status
         return response
+    except asyncio.CancelledError:  # the client went away: no answer, and not the server's failure
+        status = None
+        span.set("pyserving.outcome", "CANCELLED")
+        raise
     finally:
         CURRENT.reset(token)
         span.server.attributes.setdefault("pyserving.model.name", model)
-        span.set("http.response.status_code", status)
-        if status >= 500:
-            span.set("error.type", str(status))
-        span.finish(status >= 500)
+        if status is not None:
+            span.set("http.response.status_code", status)
+            if status >= 500:
+                span.set("error.type", str(status))
+        span.finish(status is not None and status >= 500)
