@@ -167,7 +167,7 @@ def _families() -> dict[str, Family]:
         "multi_output": Family(export_multi_output, lambda: {
             "features": np.random.default_rng(RNG_SEED).normal(size=(5, 4)).astype(np.float32)}),
         "tf1_examples": Family(models.export_tf1_examples, _examples),
-        "resnet50": Family(export_vision("ResNet50"), vision_inputs, heavy=True),
+        "resnet50": Family(export_vision("ResNet50"), vision_inputs, heavy=True, bench_only=True),
         "mobilenet_v3": Family(export_vision("MobileNetV3Small"), vision_inputs, heavy=True),
         # Its export and load cost 15 s of make test's 10 minutes; ResNet50 and MobileNetV3 cover the kind.
         "efficientnet": Family(export_vision("EfficientNetB0"), vision_inputs, heavy=True, bench_only=True),
