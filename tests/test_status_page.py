@@ -43,8 +43,12 @@ def server(tmp_path_factory):
     monitoring.write_text(f'prometheus_config {{ enable: true path: "{METRICS_PATH}" }}\n')
     server = ServerProcess(f"--model_config_file={config}", f"--monitoring_config_file={monitoring}",
                            "--max_num_load_retries=0", log_path=root / "server.log").wait_ready()
-    arrive(broken, 7, not_a_saved_model)
-    wait_for(lambda: _broken_version(server).get("error"), 60, "version 7 of 'broken' to fail")
+    try:
+        arrive(broken, 7, not_a_saved_model)
+        wait_for(lambda: _broken_version(server).get("error"), 60, "version 7 of 'broken' to fail")
+    except BaseException:  # a fixture that fails never reaches its teardown: stop the server here
+        server.stop()
+        raise
     yield server
     assert server.stop() == 0
 
