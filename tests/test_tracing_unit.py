@@ -82,3 +82,15 @@ def test_the_root_shortcut_decides_as_the_sdks_sampler(sampler, arg, monkeypatch
     for trace_id in ids:
         expected = sdk.should_sample(None, trace_id, "x", SpanKind.SERVER).decision.is_sampled()
         assert (trace_id & _TRACE_ID_LIMIT < bound) == expected, (sampler, trace_id)
+
+
+def test_equal_values_of_other_types_keep_their_own_encoding():
+    """1, 1.0 and True are equal (and hash alike) in Python: the attribute cache must not give one
+    the other's bytes."""
+    encoder = Encoder({}, "pyserving", "1")
+    kinds = []
+    for value in (1, True, 1.0, 1):
+        span = Span("x", b"\x01" * 16, b"\x02" * 8, b"", 0, attributes={"v": value})
+        (parsed,) = ExportTraceServiceRequest.FromString(encoder.request([span])).resource_spans[0].scope_spans[0].spans
+        kinds.append(parsed.attributes[0].value.WhichOneof("value"))
+    assert kinds == ["int_value", "bool_value", "double_value", "int_value"]

@@ -96,9 +96,7 @@ class Encoder:
         return found
 
     def _attribute(self, key: str, value: Any) -> bytes:
-        found = self._attributes.get((key, type(value), value))
-        return found if found is not None else self._cached(
-            (key, type(value), value), lambda: _field(0x4A, key_value(key, value)))
+        return self._cached((key, type(value), value), lambda: _field(0x4A, key_value(key, value)))
 
     def span(self, span: Span) -> bytes:
         return self.fields(span.trace_id, span.span_id, span.parent_id, span.name, span.kind, span.start, span.end,
@@ -118,11 +116,12 @@ class Encoder:
         parts += (head, _TIMES.pack(0x39, start, 0x41, end))
         if attributes:
             # A route's or a model's spans mostly repeat one set of attributes: one lookup for them all.
-            items = tuple(attributes.items())
+            # The values' types are in the key: 1, 1.0 and True are equal, and encode differently.
+            items = (tuple(attributes.items()), tuple(map(type, attributes.values())))
             block = self._attributes.get(items)
             if block is None:
                 attribute = self._attribute
-                block = self._cached(items, lambda: b"".join([attribute(k, v) for k, v in items]))
+                block = self._cached(items, lambda: b"".join([attribute(k, v) for k, v in items[0]]))
             parts.append(block)
         if status:
             body = (_field(0x12, message.encode("utf-8", "replace")) if message else b"") + b"\x18" + bytes((status,))
