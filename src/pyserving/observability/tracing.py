@@ -163,7 +163,6 @@ class Tracing:
 
         resource = Resource.create(_resource_attributes(worker, version))
         self._encoder = Encoder(dict(resource.attributes), "pyserving", version)
-        self.resource = dict(resource.attributes)
         self._sampler = TracerProvider().sampler  # OTEL_TRACES_SAMPLER[_ARG]
         self._root_bound = _root_bound(self._sampler)
         self._propagator = propagate.get_global_textmap()  # OTEL_PROPAGATORS
@@ -269,10 +268,6 @@ def _resource_attributes(worker: int | None, version: str) -> dict[str, Any]:
     if worker is not None:
         attributes["pyserving.worker"] = worker
     return attributes
-
-
-def server_error_http(status: int) -> bool:
-    return status >= 500
 
 
 # gRPC's codes that are the server's failures, as OpenTelemetry's RPC conventions list them
