@@ -39,7 +39,8 @@ class Phases:
     compute_output: float = 0.0  # building the answer
     ran: bool = False  # the model was run (else the failure came first)
     began: float = 0.0  # perf_counter() when the worker started it
-    # Read only for a traced request (serving/breakdown.py):
+    # Taken only for a traced request (serving/breakdown.py):
+    traced: bool = False
     resident: float = 0.0  # making the model resident under a budget (a cold start if long)
     batch_rows: int = 0  # the rows of the batch the run joined (0: not batched)
     batch_wait: float = 0.0  # of compute_infer, the wait for that batch to start

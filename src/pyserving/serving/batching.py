@@ -112,6 +112,7 @@ class BatchingServable:
 
     def run(self, signature_key: str, inputs: Mapping[str, np.ndarray],
             output_filter: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        self._last.batch = (0, 0.0)  # until this run's batch starts (a run not batched, or failed, keeps it)
         size = _batch_size(inputs)
         if size is None:  # scalars or disagreeing dim 0: nothing to batch on
             return self._servable.run(signature_key, inputs, output_filter)
@@ -130,9 +131,7 @@ class BatchingServable:
     def last_batch(self) -> tuple[int, float]:
         """The rows of the batch this thread's last run joined and the seconds it waited for it
         ((0, 0.0) if that run was not batched)."""
-        batch = getattr(self._last, "batch", (0, 0.0))
-        self._last.batch = (0, 0.0)
-        return batch
+        return getattr(self._last, "batch", (0, 0.0))
 
     def _run_split(self, signature_key, inputs, output_filter, size) -> dict[str, np.ndarray]:
         step = self._options.max_batch_size

@@ -141,7 +141,8 @@ class DataPlane:
                          work: Callable[[int, Servable], T]) -> T:
         """Run ``work(version, servable)`` in a worker thread (inline when cheap: inline.py), the
         version held loaded meanwhile."""
-        start, status, served, reason, phases = time.perf_counter(), "OK", None, "", Phases()
+        start, status, served, reason = time.perf_counter(), "OK", None, ""
+        phases = Phases(traced=caller.span is not None)
         signature = UNKNOWN_SIGNATURE  # a metric label: only a signature the version has
         label = self.model_label(spec.name)
         in_flight = self._metrics.requests_in_flight(label)
@@ -153,7 +154,7 @@ class DataPlane:
             try:
                 resident = time.perf_counter()
                 await self._manager.ensure_resident(spec.name, caller.deadline)  # --max_loaded_models
-                if caller.span is not None:
+                if phases.traced:
                     phases.resident = time.perf_counter() - resident
                 with self._manager.handle(spec.name, self._version_of(spec)) as (version, servable):
                     served = version
@@ -228,7 +229,7 @@ class DataPlane:
             if phases is not None and not phases.ran:  # the first run: MultiInference runs several
                 phases.ran, phases.compute_infer = True, seconds
                 phases.compute_input = start - phases.began
-                last_batch = getattr(servable, "last_batch", None)
+                last_batch = getattr(servable, "last_batch", None) if phases.traced else None
                 if last_batch is not None:
                     phases.batch_rows, phases.batch_wait = last_batch()
 
