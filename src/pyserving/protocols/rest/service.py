@@ -163,7 +163,7 @@ class RestService:
         if match is None or (method == "GET") == bool(match["verb"]) or method not in ("GET", "POST"):
             return _error(Code.NOT_FOUND, f"Malformed request: {method} {request.path}")
         api = match["verb"] or ("metadata" if match["suffix"] == "metadata" else None)
-        return await self._guard(request, api, match["name"], partial(self._route, match, request))
+        return await self._guard(request, api, match["name"], partial(self._route, match, request), match)
 
     async def _route(self, match: re.Match, request: web.Request) -> web.Response:
         spec = ModelSpec(name=match["name"], version=_version(match["version"]), label=match["label"])
@@ -175,13 +175,14 @@ class RestService:
         return await verb(spec, request)
 
     async def _guard(self, request: web.Request, api: str | None, model: str,
-                     answer: Callable[[], Awaitable[web.Response]]) -> web.Response:
+                     answer: Callable[[], Awaitable[web.Response]], v1: re.Match | None = None) -> web.Response:
         """``answer()`` within --rest_api_timeout_in_ms, its failures as the API's JSON errors (with
-        the access line of a request refused before the data plane saw it), traced if tracing is on."""
+        the access line of a request refused before the data plane saw it), traced if tracing is on
+        (``v1``: the match of _PATH, for the span's route)."""
         tracing = self._dataplane.tracing
         if tracing is not None and api in traced.TRACED:
             return await traced.traced(tracing, request, self._dataplane.model_label(model),
-                                       partial(self._answer, request, api, model, answer))
+                                       partial(self._answer, request, api, model, answer), v1)
         return await self._answer(request, api, model, answer)
 
     async def _answer(self, request: web.Request, api: str | None, model: str,

@@ -15,29 +15,26 @@ from pyserving.observability.tracing import CURRENT, Tracing
 TRACED = frozenset({"predict", "classify", "regress", "infer", "metadata"})
 MAX_PATH = 1024  # of a client's path, kept in url.path
 
-_V1 = re.compile(r"^/v1/models/[^/:]+(?P<version>/versions/[^/:]+)?(?P<label>/labels/[^/:]+)?"
-                 r"(?P<rest>/metadata|/ready|:predict|:classify|:regress)?$")
-
-
-def route(request: web.Request) -> str:
-    """http.route: the path's template (/v1/models/{model_name}:predict, /v2/models/{name}/infer)."""
-    path = request.path
-    match = _V1.match(path)
-    if match:
-        return ("/v1/models/{model_name}" + ("/versions/{version}" if match["version"] else "")
-                + ("/labels/{label}" if match["label"] else "") + (match["rest"] or ""))
+def route(request: web.Request, v1: re.Match | None = None) -> str:
+    """http.route: the path's template (/v1/models/{model_name}:predict, /v2/models/{name}/infer).
+    ``v1``: the match of TF Serving's path the REST service routed by (service._PATH)."""
+    if v1 is not None:
+        return ("/v1/models/{model_name}" + ("/versions/{version}" if v1["version"] is not None else "")
+                + ("/labels/{label}" if v1["label"] is not None else "")
+                + (f"/{v1['suffix']}" if v1["suffix"] else f":{v1['verb']}" if v1["verb"] else ""))
     resource = getattr(getattr(getattr(request, "match_info", None), "route", None), "resource", None)
     return getattr(resource, "canonical", None) or "/{path}"
 
 
 async def traced(tracing: Tracing, request: web.Request, model: str,
-                 answer: Callable[[], Awaitable[web.Response]]) -> web.Response:
-    """``answer()`` under a server span; ``model``: the model's label (dataplane.model_label)."""
+                 answer: Callable[[], Awaitable[web.Response]], v1: re.Match | None = None) -> web.Response:
+    """``answer()`` under a server span; ``model``: the model's label (dataplane.model_label);
+    ``v1``: as route() takes it."""
     template = ""
 
     def name() -> str:  # only for a request the sampler may keep (or must see)
         nonlocal template
-        template = route(request)
+        template = route(request, v1)
         return f"{request.method} {template}"
 
     def attributes() -> dict:
