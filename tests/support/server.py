@@ -15,6 +15,8 @@ from typing import Callable
 import grpc
 import requests
 
+from support import zygote
+
 BIN_DIR = Path(sys.executable).parent
 START_TIMEOUT = 120.0
 
@@ -88,8 +90,9 @@ class ServerProcess:
             args.append("serve")
         args += [f"--port={self.grpc_port}", f"--rest_api_port={self.rest_port}", *flags]
         self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "PYSERVING_LOG_LEVEL": "INFO", **(env or {})})
+        environ = {**os.environ, "PYSERVING_LOG_LEVEL": "INFO", **(env or {})}
+        self.proc = zygote.start(args, environ, log_path) or subprocess.Popen(
+            args, stdout=self._log, stderr=subprocess.STDOUT, env=environ)
         self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         self.rest_url = f"http://127.0.0.1:{self.rest_port}"
 
