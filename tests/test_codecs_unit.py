@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import warnings
 
 import ml_dtypes
 import numpy as np
@@ -488,3 +489,16 @@ def test_deeply_nested_json_is_a_client_error():
     with pytest.raises(ServingError) as info:
         json_codec.parse_json("[" * 100_000 + "]" * 100_000)
     assert info.value.code == Code.INVALID_ARGUMENT and "nests too deeply" in info.value.message
+
+
+def test_a_float_past_float32_is_inf_without_a_warning_in_the_log():
+    """TF Serving's JSON reader makes 1e300 a float32 inf; numpy's overflow warning would land in the
+    server's log once for every client that sends one."""
+    from pyserving.codecs import open_inference
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rows = _decode('{"instances": [1e300, -1e300, 1.5]}', {"x": types_pb2.DT_FLOAT})["x"]
+        v2 = open_inference.to_numpy(open_inference.WireTensor("x", "FP32", (3,), [1e300, -1e300, 1.5], "json"))
+    for array in (rows, v2):
+        assert array.dtype == np.float32 and array.tolist() == [math.inf, -math.inf, 1.5]

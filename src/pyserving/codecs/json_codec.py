@@ -22,7 +22,7 @@ import orjson
 
 from ..errors import ServingError
 from . import limits
-from .dtypes import BY_ENUM, DType
+from .dtypes import BY_ENUM, DType, narrow
 
 
 @dataclass(frozen=True)
@@ -233,7 +233,7 @@ def _numeric_array(value: Any, dt: DType) -> np.ndarray:
         if probe.size and (probe.min() < np.iinfo(dt.numpy).min or probe.max() > np.iinfo(dt.numpy).max):
             raise ValueError(f"a value is out of range for {dt.name}")
         return probe.astype(dt.numpy, copy=False)
-    return probe.astype(dt.numpy, copy=False)
+    return narrow(probe, dt.numpy)
 
 
 def _contains_b64(value: Any) -> bool:

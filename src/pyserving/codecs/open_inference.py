@@ -19,7 +19,7 @@ from tensorflow.core.framework import types_pb2
 from pyserving.errors import ServingError
 
 from . import limits
-from .dtypes import BY_ENUM
+from .dtypes import BY_ENUM, narrow
 
 # V2 datatype -> TensorFlow DataType (the table in docs/open_inference.md).
 TF_ENUM = {
@@ -132,7 +132,7 @@ def _from_json(data: Any, datatype: str, shape: tuple[int, ...], count: int, wha
             raise ServingError.invalid_argument(f"{what}: data out of the range of {datatype}")
     elif kind not in "iuf":
         raise ServingError.invalid_argument(f"{what}: {datatype} data must be numbers")
-    return probe.astype(dtype, copy=False).reshape(shape)
+    return narrow(probe, dtype).reshape(shape)
 
 
 def _flatten(data: Any, what: str) -> list:
