@@ -31,12 +31,10 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
-# pytest's own bookkeeping, which changes from test to test.
-IGNORED = {"PYTEST_CURRENT_TEST"}
-# Read by the interpreter, TensorFlow, gRPC, the C and math libraries, or tempfile (cached by the
-# zygote's first temporary file) before a child could set them.
+# Read by the interpreter, TensorFlow, gRPC, the C and math libraries, or tempfile (TMPDIR, cached by
+# the zygote's first temporary file) before a child could set them.
 READ_AT_START = ("TF_", "TENSORFLOW", "PYTHON", "LD_", "MALLOC", "GLIBC", "OMP_", "KMP_", "MKL", "ONEDNN",
-                 "DNNL", "GRPC_", "CUDA", "XLA_", "TMPDIR", "TEMP", "TMP", "LANG", "LC_")
+                 "DNNL", "GRPC_", "CUDA", "XLA_", "TEMP", "TMP", "LANG", "LC_")
 # Flags whose effect is decided before TensorFlow's import (runtime/quiet.py's claim_allocator).
 BEFORE_IMPORT_FLAGS = ("--max_loaded_models", "--max_loaded_model_memory_mb")
 ENTRY_POINTS = {"tensorflow_model_server": "model_server_main", "pyserving": "main"}
@@ -98,7 +96,7 @@ class ForkedProcess:
 
 class Zygote:
     def __init__(self, env: dict[str, str]) -> None:
-        self.env = {k: v for k, v in env.items() if k not in IGNORED}
+        self.env = env
         ours, theirs = socket.socketpair()
         self._proc = subprocess.Popen([sys.executable, __file__, str(theirs.fileno())], pass_fds=[theirs.fileno()],
                                       env=self.env, stdin=subprocess.DEVNULL,
@@ -112,8 +110,7 @@ class Zygote:
         threading.Thread(target=self._read, name="zygote-reader", daemon=True).start()
 
     def forkable(self, env: dict[str, str], args: Sequence[str]) -> bool:
-        differs = {k for k in env.keys() | self.env.keys() if env.get(k) != self.env.get(k)} - IGNORED
-        return (not any(k.startswith(READ_AT_START) for k in differs)
+        return (all(env.get(k) == self.env.get(k) for k in env.keys() | self.env.keys() if k.startswith(READ_AT_START))
                 and not any(a.startswith(BEFORE_IMPORT_FLAGS) for a in args))
 
     def start(self, args: Sequence[str], env: dict[str, str], log_path: Path) -> ForkedProcess:
@@ -142,7 +139,8 @@ class Zygote:
             with self._changed:
                 if "exit" in message:
                     self._exits[message["exit"]] = message["code"]
-                else:
+                else:  # a new child: an exit kept for an earlier child with its pid is not its own
+                    self._exits.pop(message.get("pid"), None)
                     self._answers.append(message)
                 self._changed.notify_all()
 
@@ -161,15 +159,17 @@ class Zygote:
 
 
 _zygote: list[Zygote] = []  # this test process's one zygote, made at its first start
+# The zygote's environment: the test process's own as it began (conftest's settings included, no
+# test's changes yet), so a first start that sets TF_* or PYTHON* can't leave every later one exec'd.
+_START_ENV = dict(os.environ)
 
 
 def start(args: Sequence[str], env: dict[str, str], log_path: Path) -> ForkedProcess | None:
-    """A forked server, or None where the start must exec (see the module's docstring). The first
-    start makes the zygote, with that start's environment."""
+    """A forked server, or None where the start must exec (see the module's docstring)."""
     if os.environ.get("PYSERVING_TESTS_EXEC") == "1" or Path(args[0]).name not in ENTRY_POINTS:
         return None
     if not _zygote:
-        _zygote.append(Zygote(env))
+        _zygote.append(Zygote(_START_ENV))
         atexit.register(_zygote[0].close)
     if not _zygote[0].forkable(env, args):
         return None
