@@ -7,10 +7,13 @@ export MNIST_DIR
 
 .PHONY: venv demo test bench clean test-tools test-packages bench-packages
 
+# uv installs the venv (from PyPI, into the venv first): it fetches and unpacks in parallel, 52 s
+# against pip's 2:29 here with empty caches, and resolves the extras to what a user's
+# `pip install 'pyserving[s3]'` gets (pip's resolver, given moto's boto3, backtracked to s3fs 0.4).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet uv
+	$(VENV)/bin/uv pip install --quiet --python $(PY) -e '.[test]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -51,7 +54,7 @@ test:
 	tools/run-tests.sh $(PY)
 
 bench: venv bench-packages
-	$(PY) -m pip install --quiet -e '.[bench]'
+	$(VENV)/bin/uv pip install --quiet --python $(PY) -e '.[bench]'
 	$(PY) benchmarks/compare_mlserver.py
 
 clean:
