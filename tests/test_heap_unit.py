@@ -49,3 +49,41 @@ def test_freed_heap_memory_goes_back_only_with_the_trimmer(trimmer):
         assert after < peak // 2 and trims >= 1
     else:  # glibc alone keeps the freed pages: what the trimmer is for
         assert after > peak * 0.9 and trims == 0
+
+
+BIG_BUFFERS = """
+import ctypes, os, sys
+from pyserving.server.heap import MMAP_THRESHOLD_BYTES, return_big_buffers_to_os
+
+
+def resident_bytes():
+    with open("/proc/self/statm", "rb") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+if sys.argv[1] == "on":
+    return_big_buffers_to_os()
+kept = []
+for _ in range(3):  # glibc alone: the first free raises its threshold, the next buffers stay
+    before = resident_bytes()
+    chunk = libc.malloc(MMAP_THRESHOLD_BYTES)
+    ctypes.memset(chunk, 1, MMAP_THRESHOLD_BYTES)
+    libc.free(chunk)
+    kept.append(resident_bytes() - before)
+print(*kept)
+"""
+
+
+@pytest.mark.parametrize("threshold", ["on", "off"])
+def test_a_freed_16_mib_buffer_leaves_the_process_every_time(threshold):
+    out = subprocess.run([sys.executable, "-c", BIG_BUFFERS, threshold], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    kept = list(map(int, out.stdout.split()))
+    if threshold == "on":
+        assert max(kept) < 2 << 20, kept
+    else:
+        assert max(kept[1:]) > 8 << 20, kept
