@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-SCRIPT = """
+PRELUDE = """
 import ctypes, os, sys, time
-from pyserving.server.heap import HeapTrimmer, return_big_buffers_to_os
+from pyserving.server.heap import MMAP_THRESHOLD_BYTES, HeapTrimmer, return_big_buffers_to_os
 
 
 def resident_bytes():
@@ -20,7 +20,11 @@ def resident_bytes():
 
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
+"""
+
+SCRIPT = PRELUDE + """
 return_big_buffers_to_os()
 trimmer = HeapTrimmer(check_seconds=0.05)
 if sys.argv[1] == "on":
@@ -51,20 +55,7 @@ def test_freed_heap_memory_goes_back_only_with_the_trimmer(trimmer):
         assert after > peak * 0.9 and trims == 0
 
 
-BIG_BUFFERS = """
-import ctypes, os, sys
-from pyserving.server.heap import MMAP_THRESHOLD_BYTES, return_big_buffers_to_os
-
-
-def resident_bytes():
-    with open("/proc/self/statm", "rb") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-libc = ctypes.CDLL("libc.so.6")
-libc.malloc.restype = ctypes.c_void_p
-libc.malloc.argtypes = [ctypes.c_size_t]
-libc.free.argtypes = [ctypes.c_void_p]
+BIG_BUFFERS = PRELUDE + """
 if sys.argv[1] == "on":
     return_big_buffers_to_os()
 kept = []
