@@ -12,10 +12,11 @@ export MNIST_DIR
 # `pip install 'pyserving[s3]'` gets (pip's resolver, given moto's boto3, backtracked to s3fs 0.4).
 # --compile-bytecode as pip does: where PYTHONDONTWRITEBYTECODE is set, an uncompiled venv parses
 # TensorFlow's sources at every start (its import: 3.8 s -> 8 s).
+UV_INSTALL := $(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY)
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet uv
-	$(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY) -e '.[test]'
+	$(UV_INSTALL) -e '.[test]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -56,7 +57,7 @@ test:
 	tools/run-tests.sh $(PY)
 
 bench: venv bench-packages
-	$(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY) -e '.[bench]'
+	$(UV_INSTALL) -e '.[bench]'
 	$(PY) benchmarks/compare_mlserver.py
 
 clean:

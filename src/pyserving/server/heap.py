@@ -9,7 +9,7 @@ Two measures, both off the request path:
   fresh pages the kernel zeroes. At 1 MiB, MobileNetV2 batched 16 at a time ran at 0.62-0.70x of
   the same model in-process (its 1-16 MiB activations zeroed anew in every batch), at 16 MiB at
   0.75-0.85x; after 30 rejected 16 MiB and million-string requests, RSS settles 30 MiB above where
-  it started at 1 MiB, 75-105 MiB at 16 MiB, 245 MiB with glibc's default.
+  it started at 1 MiB, 75-113 MiB at 16 MiB, 245 MiB with glibc's default.
 - What gRPC's core and TensorFlow allocate in smaller pieces (a 512 MB Predict's decompressed
   slices, kernels' scratch) stays in glibc's arenas once freed. A thread asks glibc every few
   seconds how much free memory its arenas hold (``mallinfo2``) and, when that has grown by
