@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,7 +15,14 @@ from support import models
 from support.server import ServerProcess, model_config
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from pyserving.serving.inline import BAN_SECONDS, BAN_STRIKES, INLINE_MAX_SECONDS, InlinePolicy
+from pyserving.serving.inline import (
+    BAN_SECONDS,
+    BAN_STRIKES,
+    INLINE_MAX_SECONDS,
+    PREEMPTED_MAX_SECONDS,
+    InlinePolicy,
+    preemptions,
+)
 
 # Run alone after the parallel phase (tools/run-tests.sh): event-loop latency while a slow model runs.
 pytestmark = pytest.mark.serial
@@ -50,6 +59,47 @@ def test_policy_learns_from_measured_calls():
             occasional.record("m", INLINE_MAX_SECONDS / 10, inline=True)
     assert occasional.inline("m", small=True)
     assert not InlinePolicy(max_seconds=0).inline("m", small=True)
+
+
+def test_a_preempted_call_is_the_machines_time_not_the_models():
+    policy = InlinePolicy()
+    for _ in range(20):
+        policy.record("m", INLINE_MAX_SECONDS / 10, inline=False)
+    for _ in range(BAN_STRIKES * 10):  # a busy node: the kernel takes the loop's CPU mid-call
+        policy.record("m", BAN_SECONDS * 4, inline=True, preempted=True)
+    assert policy.inline("m", small=True)
+    for _ in range(BAN_STRIKES):  # preempted or not, this long blocks the loop
+        policy.record("m", PREEMPTED_MAX_SECONDS * 2, inline=True, preempted=True)
+        for _ in range(100):
+            policy.record("m", INLINE_MAX_SECONDS / 10, inline=False)
+    assert not policy.inline("m", small=True)
+
+
+PREEMPTION_SCRIPT = """
+import os, sys, time
+from pyserving.serving.inline import preemptions
+os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one CPU, which a spinning child shares
+child = os.fork()
+if child == 0:
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        pass
+    os._exit(0)
+before, deadline = preemptions(), time.monotonic() + 0.5
+while time.monotonic() < deadline:
+    pass
+after = preemptions()
+os.kill(child, 9)
+print(before, after)
+"""
+
+
+def test_preemptions_counts_the_kernel_taking_the_threads_cpu():
+    out = subprocess.run([sys.executable, "-c", PREEMPTION_SCRIPT], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    before, after = map(int, out.stdout.split())
+    assert after - before >= 5, (before, after)  # CFS shares one CPU in slices of a few ms
+    assert preemptions() >= 0
 
 
 def test_slow_model_never_blocks_the_loop(tmp_path):

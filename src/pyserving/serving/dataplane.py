@@ -38,7 +38,7 @@ from pyserving.runtime.servable import (
 
 from . import breakdown, inference
 from .admission import Admission, overloaded
-from .inline import InlinePolicy
+from .inline import BAN_SECONDS, InlinePolicy, preemptions
 from .responses import metadata_response
 
 T = TypeVar("T")
@@ -203,6 +203,7 @@ class DataPlane:
                clock: Callable[[], float], inline: bool, taken: float, phases: Phases,
                span: RequestSpan | None = None) -> T:
         began, start = time.perf_counter(), clock()
+        switches = preemptions() if inline else 0
         phases.queue, phases.began = began - taken, began
         self._phases.current = phases
         trace = CURRENT.set(span) if span is not None else None  # this thread's log lines name the trace
@@ -212,7 +213,8 @@ class DataPlane:
             self._phases.current = None
             if trace is not None:
                 CURRENT.reset(trace)
-        self._inline.record(key, clock() - start, inline)
+        seconds = clock() - start
+        self._inline.record(key, seconds, inline, inline and seconds > BAN_SECONDS and preemptions() != switches)
         if phases.ran:  # the model's run splits the rest into decoding before and encoding after
             phases.compute_output = time.perf_counter() - began - phases.compute_input - phases.compute_infer
         return result
