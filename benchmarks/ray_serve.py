@@ -1,13 +1,15 @@
 """Ray Serve (pyserving.ray_serve, N replicas behind Ray's proxies) next to the plain pyserving server.
 
     .venv/bin/python benchmarks/ray_serve.py [--seconds 10] [--connections 8] [--replicas 2]
-        [--plain-workers 1,2] [--out results/ray_serve.json]
+        [--plain-workers 1,2] [--python-proxies] [--rounds 1] [--out results/ray_serve.json]
 
 The same model (TF Serving's half_plus_two, ../shared/tfs-testdata) and the same load on each
 target: gRPC Predict of [1.0, 2.0, 5.0] and REST :predict of {"instances": [1.0, 2.0, 5.0]},
 ``--connections`` clients with one request in flight each, a short warmup then ``--seconds`` timed.
 Targets: tensorflow_model_server with each ``--plain-workers`` count, then a local Ray cluster
-(ray.init on this machine, every core) serving ``--replicas`` replicas. Load generators: h2load for
+(ray.init on this machine, every core) serving ``--replicas`` replicas: on Ray Serve's fast path
+(pyserving.ray_serve's default: HAProxy in front, direct ingress) and, with ``--python-proxies``,
+a fresh cluster with Ray's Python proxies. Load generators: h2load for
 gRPC and wrk for REST when installed, else a Python client with one thread per connection (slower
 than the server it measures: its figures say so). Prints a table; writes JSON only with --out.
 """
@@ -156,18 +158,20 @@ def plain(workers: int, args: argparse.Namespace, work: Path) -> dict[str, dict]
         stop_group(proc)
 
 
-def on_ray(args: argparse.Namespace, work: Path) -> dict[str, dict]:
+def on_ray(args: argparse.Namespace, work: Path, fast: bool) -> dict[str, dict]:
     import ray
     from ray import serve
 
     from pyserving import ray_serve
 
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's Unix sockets live there
+    grpc_port, http_port = free_port(), free_port()
+    env, mode = ray_serve.fast_path(fast, (grpc_port, http_port))
+    print(mode, flush=True)
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
-             _temp_dir=temp_dir, log_to_driver=False)
+             _temp_dir=temp_dir, log_to_driver=False, runtime_env={"env_vars": env} if env else None)
     try:
-        grpc_port, http_port = free_port(), free_port()
-        ray_serve.start_proxies(grpc_port, http_port, host="127.0.0.1")
+        ray_serve.start_proxies(grpc_port, http_port, host="127.0.0.1", env=env)
         replicas = {"num_replicas": args.replicas,
                     "ray_actor_options": {"num_cpus": (os.cpu_count() or 1) / args.replicas}}
         serve.run(ray_serve.build_app({"model_name": NAME, "model_base_path": str(MODEL), **replicas}))
@@ -185,23 +189,35 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--plain-workers", default="1,2", help="comma-separated --num_workers counts")
+    parser.add_argument("--python-proxies", action="store_true",
+                        help="also Ray Serve without its fast path (Ray's Python proxies), on a fresh cluster")
+    parser.add_argument("--rounds", type=int, default=1, help="every target again, in the same order")
     parser.add_argument("--out", type=Path, help="write the figures here as JSON")
     args = parser.parse_args()
-    rows: dict[str, dict[str, dict]] = {}
+    rounds: list[dict[str, dict[str, dict]]] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for workers in (int(w) for w in args.plain_workers.split(",") if w):
-            rows[f"plain --num_workers={workers}"] = plain(workers, args, work)
-        rows[f"ray serve, {args.replicas} replicas"] = on_ray(args, work)
+        for _ in range(args.rounds):
+            rows: dict[str, dict[str, dict]] = {}
+            for workers in (int(w) for w in args.plain_workers.split(",") if w):
+                rows[f"plain --num_workers={workers}"] = plain(workers, args, work)
+            rows[f"ray serve, {args.replicas} replicas"] = on_ray(args, work, fast=True)
+            if args.python_proxies:
+                rows[f"ray, {args.replicas}, python proxies"] = on_ray(args, work, fast=False)
+            rounds.append(rows)
     print(f"\nhalf_plus_two, {args.connections} connections, {args.seconds:g} s each, {os.cpu_count()} cores")
-    print(f"{'target':30} {'protocol':8} {'tool':14} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
-    for target, protocols in rows.items():
-        for protocol, f in protocols.items():
-            print(f"{target:30} {protocol:8} {f['tool']:14} {f['rps']:9.1f} {f['p50_ms']:8.2f} "
-                  f"{f['p99_ms']:8.2f} {f['errors']:6d}")
+    print(f"{'round':5} {'target':30} {'protocol':8} {'tool':14} {'req/s':>9} {'/plain':>6} {'p50 ms':>8} "
+          f"{'p99 ms':>8} {'errors':>6}")
+    for number, rows in enumerate(rounds, 1):
+        base = list(rows.values())[len(args.plain_workers.split(",")) - 1]  # the last plain target
+        for target, protocols in rows.items():
+            for protocol, f in protocols.items():
+                ratio = f["rps"] / base[protocol]["rps"] if base[protocol]["rps"] else 0.0
+                print(f"{number:5d} {target:30} {protocol:8} {f['tool']:14} {f['rps']:9.1f} {ratio:6.2f} "
+                      f"{f['p50_ms']:8.2f} {f['p99_ms']:8.2f} {f['errors']:6d}")
     if args.out:
         args.out.write_text(json.dumps({"seconds": args.seconds, "connections": args.connections,
-                                        "cores": os.cpu_count(), "results": rows}, indent=1) + "\n")
+                                        "cores": os.cpu_count(), "rounds": rounds}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

