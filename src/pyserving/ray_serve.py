@@ -6,7 +6,8 @@ through Ray's HTTP proxy (``__call__``, answered by ``RestService.respond``: the
 routes and handlers) and TF Serving's gRPC services through Ray's gRPC proxy (the methods named as
 the RPCs, answered by the gRPC server's own servicers), so the official clients work unchanged::
 
-    ray start --head
+    RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_HAPROXY_METRICS_ENABLED=0 \\
+        RAY_SERVE_FALLBACK_PROXY_HTTP_PORT=18500 ray start --head     # the fast path: see fast_path()
     serve start --http-host 0.0.0.0 --http-port 8501 --grpc-port 8500 \\
         --grpc-servicer-functions tensorflow_serving.apis.prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server \\
         --grpc-servicer-functions tensorflow_serving.apis.model_service_pb2_grpc.add_ModelServiceServicer_to_server
