@@ -24,10 +24,7 @@ deployment's Ray options: ``num_replicas`` (an integer or ``auto``), ``autoscali
 ``health_check_period_s``, ``health_check_timeout_s``, ``graceful_shutdown_timeout_s``. Flags about
 pyserving's own listeners (ports, TLS, worker processes) have no effect here: Ray's proxies listen.
 
-Ray Serve's fast path is the default of ``python -m pyserving.ray_serve`` (``--ray_fast_path=false``
-turns it off): HAProxy, a native proxy, in front instead of Ray's Python proxies, each request
-straight into a replica's own HTTP and gRPC listeners (direct ingress), user code on the replica's
-event loop; ``fast_path()`` says which variables do it, for clusters started by hand.
+``python -m pyserving.ray_serve`` runs Ray Serve's fast path (``fast_path()``; docs/deploy.md).
 """
 
 from __future__ import annotations
@@ -80,19 +77,15 @@ _NO_EFFECT = ("port", "grpc_socket_path", "rest_api_port", "ssl_config_file", "n
               "rest_api_body_timeout_in_ms", "rest_api_idle_timeout_in_ms", "monitoring_config_file",
               "grpc_channel_arguments", "grpc_max_message_bytes")
 _STATUS = {c.value[0]: c for c in grpc.StatusCode}
-# Ray Serve's fast path (Ray >= 2.55), set in the environment of the Serve controller and, through
-# it, of the replicas and HAProxy's manager. HAPROXY_METRICS off: with it, HAProxy sends a log line
-# per request that the Python manager parses into Ray's ingress metrics (17% of a core at 1,600
-# req/s here); each replica's /monitoring/prometheus and Ray's replica metrics still count requests.
+# Ray Serve's fast path, in the Serve controller's environment (and so its replicas'). HAProxy's
+# metrics off: Ray's manager parses a log line a request (17% of a core at 1,600 req/s here).
 FAST_PATH_ENV = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",  # HAProxy in front; implies direct ingress into the replicas
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",  # user code and router on the replica's loop, buffered logs
     "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
 }
-# Ray's fallback proxy (the Python one, for requests no replica can take) and its default ports.
 _FALLBACK_PORTS = {"RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": 8500, "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": 9500}
-# Ray's per-request access log line in every replica (tensorflow_model_server has none; pyserving's
-# own is --access_log): off unless the deployment's logging_config asks for it.
+# Ray's access log line a request (tensorflow_model_server has none): on with logging_config.
 DEFAULT_LOGGING_CONFIG = {"enable_access_log": False}
 
 
