@@ -194,12 +194,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="every target again, in the same order")
     parser.add_argument("--out", type=Path, help="write the figures here as JSON")
     args = parser.parse_args()
+    plain_workers = [int(w) for w in args.plain_workers.split(",") if w]
     rounds: list[dict[str, dict[str, dict]]] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for _ in range(args.rounds):
             rows: dict[str, dict[str, dict]] = {}
-            for workers in (int(w) for w in args.plain_workers.split(",") if w):
+            for workers in plain_workers:
                 rows[f"plain --num_workers={workers}"] = plain(workers, args, work)
             rows[f"ray serve, {args.replicas} replicas"] = on_ray(args, work, fast=True)
             if args.python_proxies:
@@ -209,7 +210,7 @@ def main() -> None:
     print(f"{'round':5} {'target':30} {'protocol':8} {'tool':14} {'req/s':>9} {'/plain':>6} {'p50 ms':>8} "
           f"{'p99 ms':>8} {'errors':>6}")
     for number, rows in enumerate(rounds, 1):
-        base = list(rows.values())[len(args.plain_workers.split(",")) - 1]  # the last plain target
+        base = rows[f"plain --num_workers={plain_workers[-1]}"]  # the ratios' denominator
         for target, protocols in rows.items():
             for protocol, f in protocols.items():
                 ratio = f["rps"] / base[protocol]["rps"] if base[protocol]["rps"] else 0.0

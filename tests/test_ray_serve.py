@@ -38,7 +38,7 @@ with warnings.catch_warnings():  # Ray's own models use pydantic's deprecated Fi
     import ray  # pyserving[ray], in the test extras: a missing Ray fails here, never skips
     from ray import serve
 
-from support.server import HALF_PLUS_TWO, free_port, wait_for  # noqa: E402
+from support.server import HALF_PLUS_TWO, free_port, listeners, wait_for  # noqa: E402
 from support.traffic import Traffic  # noqa: E402
 
 from pyserving import ray_serve  # noqa: E402
@@ -216,12 +216,7 @@ def test_fast_path_env_and_why_not(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def listener(port: int) -> str:
     """The name of the process listening on TCP ``port`` here (from /proc: no tool needed)."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # LISTEN
-                inodes.add(f"socket:[{fields[9]}]")
+    inodes = {f"socket:[{inode}]" for _, inode in listeners(port)}
     for proc in Path("/proc").iterdir():
         try:
             if proc.name.isdigit() and any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):

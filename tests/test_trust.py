@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import glob
 import re
-import ipaddress
 import socket
 import struct
 import subprocess
@@ -20,7 +19,7 @@ import pytest
 import tensorflow as tf
 from google.protobuf import text_format
 from support import models
-from support.server import BIN_DIR, HALF_PLUS_TWO, ServerProcess, arrive, model_config, wait_state
+from support.server import BIN_DIR, HALF_PLUS_TWO, ServerProcess, arrive, listeners, model_config, wait_state
 from tensorflow_serving.apis import (
     model_management_pb2,
     model_service_pb2_grpc,
@@ -92,20 +91,11 @@ def _status_code(call) -> grpc.StatusCode:
 
 
 def _listening_address(port: int) -> str:
-    """The address a TCP listener on ``port`` is bound to, from /proc/net/tcp and tcp6 (gRPC
-    listens on IPv6 sockets, an IPv4 address as ::ffff:a.b.c.d)."""
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as f:
-            for line in f.readlines()[1:]:
-                local, state = line.split()[1], line.split()[3]
-                host, hex_port = local.split(":")
-                if int(hex_port, 16) != port or state != "0A":  # LISTEN
-                    continue
-                raw = b"".join(struct.pack("<I", int(host[i:i + 8], 16)) for i in range(0, len(host), 8))
-                address = ipaddress.ip_address(raw)
-                mapped = getattr(address, "ipv4_mapped", None)
-                return str(mapped or address)
-    raise AssertionError(f"nothing listens on port {port}")
+    """The address a TCP listener on ``port`` is bound to."""
+    found = listeners(port)
+    if not found:
+        raise AssertionError(f"nothing listens on port {port}")
+    return found[0][0]
 
 
 def test_an_admin_token_locks_reloads_and_the_profiler_but_not_inference(tmp_path):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -50,6 +52,22 @@ def free_port() -> int:
                 continue
             return port
     raise AssertionError(f"no free port in this worker's block of {PORT_BLOCK}")
+
+
+def listeners(port: int) -> list[tuple[str, str]]:
+    """The TCP sockets listening on ``port`` here, as (address, socket inode), from /proc/net/tcp
+    and tcp6 (gRPC listens on IPv6 sockets, an IPv4 address as ::ffff:a.b.c.d)."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            host, hex_port = fields[1].split(":")
+            if int(hex_port, 16) != port or fields[3] != "0A":  # LISTEN
+                continue
+            raw = b"".join(struct.pack("<I", int(host[i:i + 8], 16)) for i in range(0, len(host), 8))
+            address = ipaddress.ip_address(raw)
+            found.append((str(getattr(address, "ipv4_mapped", None) or address), fields[9]))
+    return found
 
 
 def system_tool(name: str) -> str:
