@@ -1,13 +1,16 @@
 """The bare reference server: the least Python can do to serve TF Serving's Predict.
 
 Usage: python benchmarks/bare_reference.py --grpc-port P --rest-port R --model DIR [--processes N]
+                                          [--rest-server aiohttp|httptools]
 
 Parse the request, run the model through a TF1 Session callable, build the response;
 nothing else (no model manager, no batching, no metrics, no validation beyond what the
 happy path needs). gRPC: a sync ``grpc.server`` with 8 threads serving a generic handler
 for /tensorflow.serving.PredictionService/Predict. REST: an aiohttp handler for
 POST /v1/models/<name>:predict taking ``{"instances": [...]}`` and answering
-``{"predictions": [...]}``. ``--processes`` (default: one per core) are forked before
+``{"predictions": [...]}``; or, with ``--rest-server httptools``, the same answer from an asyncio
+protocol on uvloop parsing with httptools (llhttp), the least a native-core Python server can
+do (no routing, no limits, no timeouts). ``--processes`` (default: one per core) are forked before
 TensorFlow or gRPC are imported and share both ports through SO_REUSEPORT. The parent
 prints ``ready`` once every process serves, and forwards SIGTERM/SIGINT to them.
 ``--model`` is a version folder or a base path (its highest numbered version is served).
@@ -109,6 +112,37 @@ def rest_app(run: Callable) -> Any:
     return app
 
 
+def rest_protocol(run: Callable) -> Callable[[], Any]:
+    """A protocol factory answering the same REST Predict on httptools, keep-alive, in order."""
+    import asyncio
+
+    import httptools
+    import numpy as np
+    from orjson import dumps, loads
+
+    class Predict(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.transport, self.parser, self.body = transport, httptools.HttpRequestParser(self), []
+
+        def data_received(self, data: bytes) -> None:
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserError:
+                self.transport.close()
+
+        def on_body(self, body: bytes) -> None:
+            self.body.append(body)
+
+        def on_message_complete(self) -> None:
+            x = np.asarray(loads(b"".join(self.body))["instances"], np.float32)
+            self.body = []
+            out = dumps({"predictions": run(x)[0].tolist()})
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                 b"Content-Length: %d\r\n\r\n%s" % (len(out), out))
+
+    return Predict
+
+
 def serve(args: argparse.Namespace, ready_fd: int) -> None:
     """One serving process: load, start both servers, tell the parent, serve until signalled."""
     import asyncio
@@ -120,17 +154,28 @@ def serve(args: argparse.Namespace, ready_fd: int) -> None:
     grpc = grpc_server(args.grpc_port, run, x_alias, y_alias, int(path.name) if path.name.isdigit() else 0)
 
     async def main() -> None:
-        runner = web.AppRunner(rest_app(run), access_log=None, handle_signals=False)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", args.rest_port, reuse_port=True).start()
+        if args.rest_server == "httptools":
+            listener = await asyncio.get_running_loop().create_server(
+                rest_protocol(run), "127.0.0.1", args.rest_port, reuse_port=True)
+        else:
+            runner = web.AppRunner(rest_app(run), access_log=None, handle_signals=False)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", args.rest_port, reuse_port=True).start()
         os.write(ready_fd, b"1")
         stopped = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, stopped.set)
         await stopped.wait()
-        await runner.cleanup()
+        if args.rest_server == "httptools":
+            listener.close()
+        else:
+            await runner.cleanup()
 
-    asyncio.run(main())
+    if args.rest_server == "httptools":
+        import uvloop
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
     grpc.stop(0)
 
 
@@ -178,6 +223,7 @@ def main() -> None:
     parser.add_argument("--rest-port", type=int, required=True)
     parser.add_argument("--model", required=True, help="SavedModel version folder or base path")
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--rest-server", choices=("aiohttp", "httptools"), default="aiohttp")
     sys.exit(supervise(parser.parse_args()))
 
 

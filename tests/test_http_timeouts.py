@@ -18,10 +18,11 @@ HEADER_S, BODY_S, IDLE_S = 1.0, 1.5, 3.0  # the flags below, in seconds
 MARGIN_S = 1.0  # scheduling slack on a busy 2-core machine (under IDLE_S - HEADER_S)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@pytest.fixture(scope="module", params=["native", "aiohttp"])
+def server(tmp_path_factory, request):
+    """Both HTTP cores (--rest_api_http_core) keep the same deadlines."""
     root = tmp_path_factory.mktemp("http_timeouts")
-    server = serve_models(root, {"tf1": models.export_tf1_half_plus_two},
+    server = serve_models(root, {"tf1": models.export_tf1_half_plus_two}, f"--rest_api_http_core={request.param}",
                           f"--rest_api_header_timeout_in_ms={int(HEADER_S * 1000)}",
                           f"--rest_api_body_timeout_in_ms={int(BODY_S * 1000)}",
                           f"--rest_api_idle_timeout_in_ms={int(IDLE_S * 1000)}")

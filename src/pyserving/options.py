@@ -95,6 +95,9 @@ class ServerOptions:
             "(-1 = --rest_api_timeout_in_ms, 0 = no limit)")
     rest_api_idle_timeout_in_ms: int = _flag(
         75000, "pyserving: an idle keep-alive REST connection closes after this (0 = after each response)")
+    rest_api_http_core: str = _flag(
+        "native", "pyserving: the REST port's HTTP server: 'native' (llhttp's parser on libuv, about "
+                  "twice aiohttp's rate) or 'aiohttp'")
     grpc_max_message_bytes: int = _flag(
         1 << 30, "pyserving: largest gRPC request message accepted (RESOURCE_EXHAUSTED above it)")
     max_pending_requests: int = _flag(
@@ -190,7 +193,8 @@ FLAG_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("REST", (
         "rest_api_timeout_in_ms", "rest_api_enable_cors_support", "rest_api_max_request_bytes",
         "rest_api_max_decompressed_bytes",
-        "rest_api_header_timeout_in_ms", "rest_api_body_timeout_in_ms", "rest_api_idle_timeout_in_ms")),
+        "rest_api_header_timeout_in_ms", "rest_api_body_timeout_in_ms", "rest_api_idle_timeout_in_ms",
+        "rest_api_http_core")),
     ("gRPC", (
         "grpc_channel_arguments", "enable_grpc_healthcheck_service", "enable_serialization_as_tensor_content",
         "grpc_max_message_bytes")),

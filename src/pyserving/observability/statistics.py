@@ -39,6 +39,7 @@ class Phases:
     compute_output: float = 0.0  # building the answer
     ran: bool = False  # the model was run (else the failure came first)
     began: float = 0.0  # perf_counter() when the worker started it
+    inline: bool = False  # run on the event loop's thread (serving/inline.py), not a worker's
     # Taken only for a traced request (serving/breakdown.py):
     traced: bool = False
     resident: float = 0.0  # making the model resident under a budget (a cold start if long)

@@ -6,7 +6,10 @@ Requests feed tensors by name and fetch by name through Session callables
 made once per (signature, fed aliases, fetched aliases), so the graph, not the
 signature's declared shapes, decides what it accepts: TF Serving's README
 quickstart feeds a [3]-shaped ``x`` to half_plus_two's [-1,1] placeholder.
-A callable costs ~16 µs a call where a ``tf.function`` signature costs ~190.
+A callable costs ~16 µs a call where a ``tf.function`` signature costs ~190; ~70 µs of wall time
+(90 of CPU) on a small graph are the hand-off to the Session's inter-op threads and back, which
+``run_in_caller_thread`` saves for the calls the data plane runs on its event loop (serving/inline.py:
+measured cheap, so never a graph whose branches need those threads to finish in time).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from .servable import first_line, op_error_message, run_error, runnable_signatur
 
 log = logging.getLogger("pyserving.runtime")
 MAX_CALLABLES = 64  # per version; the oldest is released first
-_Key = tuple[str, tuple[str, ...], tuple[str, ...]]
+_Key = tuple[str, tuple[str, ...], tuple[str, ...], bool]  # signature, feeds, fetches, caller thread
 
 
 class SessionServable:
@@ -47,11 +50,11 @@ class SessionServable:
         return self._signature_defs
 
     def run(self, signature_key: str, inputs: Mapping[str, np.ndarray],
-            output_filter: Sequence[str] = ()) -> dict[str, np.ndarray]:
+            output_filter: Sequence[str] = (), caller_thread: bool = False) -> dict[str, np.ndarray]:
         # Sorted, so the order a client lists aliases in never makes another callable.
         feeds = tuple(sorted(inputs))
         fetches = tuple(sorted(output_filter)) if output_filter else tuple(self.signatures[signature_key].outputs)
-        key = (signature_key, feeds, fetches)
+        key = (signature_key, feeds, fetches, caller_thread)
         run = self._callables.get(key) or self._make_callable(key)
         try:
             values = run(*(inputs[alias] for alias in feeds))
@@ -60,8 +63,13 @@ class SessionServable:
         # A Session answers a scalar string tensor as bare bytes: every servable answers arrays.
         return {alias: np.array(v, dtype=object) if isinstance(v, bytes) else v for alias, v in zip(fetches, values)}
 
+    def run_in_caller_thread(self, signature_key: str, inputs: Mapping[str, np.ndarray],
+                             output_filter: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        """run(), its graph executed on this thread (RunOptions.inter_op_thread_pool = -1)."""
+        return self.run(signature_key, inputs, output_filter, caller_thread=True)
+
     def _make_callable(self, key: _Key) -> Callable[..., list]:
-        signature_key, feeds, fetches = key
+        signature_key, feeds, fetches, caller_thread = key
         signature = self.signatures[signature_key]
         with self._lock:
             if key not in self._callables:
@@ -69,7 +77,8 @@ class SessionServable:
                     raise ServingError.unavailable("This model version is unloading")
                 options = config_pb2.CallableOptions(
                     feed=[signature.inputs[a].tensor_name for a in feeds],
-                    fetch=[signature.outputs[a].tensor_name for a in fetches])
+                    fetch=[signature.outputs[a].tensor_name for a in fetches],
+                    run_options=config_pb2.RunOptions(inter_op_thread_pool=-1 if caller_thread else 0))
                 if len(self._callables) >= MAX_CALLABLES:  # output_filter subsets are the client's to vary
                     self._callables.pop(next(iter(self._callables)))
                 try:

@@ -49,6 +49,8 @@ def check_options(options: ServerOptions) -> None:
     if options.preload_models and not (options.max_loaded_models or options.max_loaded_model_memory_mb):
         raise ConfigError("--preload_models needs a budget (--max_loaded_models or --max_loaded_model_memory_mb): "
                           "without one every model is loaded at start")
+    if options.rest_api_http_core not in ("native", "aiohttp"):
+        raise ConfigError(f"--rest_api_http_core must be native or aiohttp, not {options.rest_api_http_core!r}")
     if options.log_format not in ("text", "json"):
         raise ConfigError(f"--log_format must be text or json, not {options.log_format!r}")
     if options.num_workers < 0:

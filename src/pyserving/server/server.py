@@ -11,7 +11,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
-from aiohttp import web
 from tensorflow_serving.config import model_server_config_pb2
 
 from pyserving import __version__
@@ -36,7 +35,7 @@ from pyserving.protocols.grpc.gate import GrpcGate, core_pending_limit
 from pyserving.protocols.grpc.health import HealthReporter
 from pyserving.protocols.grpc.profiler import ProfilerServicer
 from pyserving.protocols.grpc.service import create_server, parse_channel_arguments
-from pyserving.protocols.rest import timeouts as http_timeouts
+from pyserving.protocols.rest import listener as rest_listener
 from pyserving.protocols.rest.gate import RestGate
 from pyserving.protocols.rest.service import RestService
 from pyserving.protocols.rest.status_page import StatusPage
@@ -115,8 +114,7 @@ class Server:
                                    request_logger=self.request_log, tracing=_tracing(slot))
         self.repository = ModelRepository(self.core, self.dataplane.listed_status, self._peers)
         self._grpc: grpc.aio.Server | None = None
-        self._rest: web.AppRunner | None = None
-        self._rest_listener: asyncio.AbstractServer | None = None
+        self._rest: rest_listener.RestListener | None = None
         self._background: list[asyncio.Task] = []  # pollers, cancelled at stop
         # Validated already by checks.check_options; read again here for the material.
         self._tls = TlsConfig.from_file(options.ssl_config_file) if options.ssl_config_file else None
@@ -266,24 +264,13 @@ class Server:
                               StatusPage(self.dataplane, self._metric_views),
                               max_decompressed_bytes=o.rest_api_max_decompressed_bytes,
                               repository=self.repository, control=self.control)
-        app = service.app()
-        # Read timeouts (protocols/rest/timeouts.py): the tracker outermost, the body deadline inside CORS.
-        body_ms = o.rest_api_timeout_in_ms if o.rest_api_body_timeout_in_ms < 0 else o.rest_api_body_timeout_in_ms
-        app.middlewares.insert(0, http_timeouts.request_tracker)
-        app.middlewares.append(http_timeouts.body_deadline(max(body_ms, 0) / 1000,
-                                                           o.rest_api_max_request_bytes))
-        self._rest = web.AppRunner(app, access_log=None, auto_decompress=False, handle_signals=False,
-                                   keepalive_timeout=max(o.rest_api_idle_timeout_in_ms, 0) / 1000)
-        await self._rest.setup()
         ssl_context = self._tls.ssl_context() if self._tls else None
-        header_seconds = max(o.rest_api_header_timeout_in_ms, 0) / 1000
-        # aiohttp's protocol factory (runner.server) on our own listener, each connection
-        # wrapped in a header deadline; closed in stop() before the runner drains.
-        assert self._rest.server is not None  # made by setup()
-        self._rest_listener = await asyncio.get_running_loop().create_server(
-            http_timeouts.connection_factory(self._rest.server, header_seconds, self._rest_gate),
-            o.rest_api_bind_address, o.rest_api_port, ssl=ssl_context, reuse_port=self._slot is not None,
-            ssl_handshake_timeout=(header_seconds or None) if ssl_context else None)
+        body_ms = o.rest_api_timeout_in_ms if o.rest_api_body_timeout_in_ms < 0 else o.rest_api_body_timeout_in_ms
+        settings = rest_listener.RestSettings(o.rest_api_bind_address, o.rest_api_port, o.rest_api_http_core,
+                                o.rest_api_max_request_bytes, max(o.rest_api_header_timeout_in_ms, 0) / 1000,
+                                max(body_ms, 0) / 1000, max(o.rest_api_idle_timeout_in_ms, 0) / 1000,
+                                o.rest_api_enable_cors_support, reuse_port=self._slot is not None)
+        self._rest = await rest_listener.start(service, settings, ssl_context, self._rest_gate)
         if self._rest_gate is not None:
             self._rest_gate.lag.start()
         # TF Serving's own line on its default address (scripts wait for it).
@@ -358,14 +345,12 @@ class Server:
         for grpc_server in (self._grpc, self._peer_server):
             if grpc_server:
                 stops.append(grpc_server.stop(grace))
-        if self._rest_listener:
-            self._rest_listener.close()  # stop accepting; the runner then drains
+        if self._rest:
+            stops.append(self._rest.stop(grace))
         if self._rest_gate is not None:
             self._rest_gate.lag.stop()
         if self._grpc_gate is not None:
             self._grpc_gate.stop()
-        if self._rest:
-            stops.append(self._rest.cleanup())
         await asyncio.gather(*stops, return_exceptions=True)
         await asyncio.to_thread(self.request_log.close)  # what was sampled, flushed to its files
         await self.manager.stop()

@@ -204,7 +204,7 @@ class DataPlane:
                span: RequestSpan | None = None) -> T:
         began, start = time.perf_counter(), clock()
         switches = preemptions() if inline else 0
-        phases.queue, phases.began = began - taken, began
+        phases.queue, phases.began, phases.inline = began - taken, began, inline
         self._phases.current = phases
         trace = CURRENT.set(span) if span is not None else None  # this thread's log lines name the trace
         try:
@@ -224,6 +224,8 @@ class DataPlane:
         start = time.perf_counter()
         phases = getattr(self._phases, "current", None)
         try:
+            if phases is not None and phases.inline and hasattr(servable, "run_in_caller_thread"):
+                return servable.run_in_caller_thread(signature_name, inputs, output_filter)
             return servable.run(signature_name, inputs, output_filter)
         finally:
             seconds = time.perf_counter() - start

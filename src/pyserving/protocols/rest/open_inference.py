@@ -57,7 +57,7 @@ class OpenInferenceRest:
             r.add_get(prefix + "/config", self._model_config)
             r.add_get(prefix + "/stats", self._statistics)
             r.add_get(prefix + "/ready", self._model_ready)
-            r.add_post(prefix + "/infer", self._infer, expect_handler=expect)
+            r.add_post(prefix + "/infer", self.infer, expect_handler=expect)
         r.add_post("/v2/repository/index", self._index, expect_handler=expect)
         r.add_post("/v2/repository/models/{name}/load", self._load, expect_handler=expect)
         r.add_post("/v2/repository/models/{name}/unload", self._unload, expect_handler=expect)
@@ -138,7 +138,7 @@ class OpenInferenceRest:
             self._control.check_change(request.headers.get("Authorization"), what, rest=True)
         return self._repository
 
-    async def _infer(self, request: web.Request) -> web.Response:
+    async def infer(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         return await self._guard(request, "infer", name, lambda: self._run(request, name))
 

@@ -22,7 +22,10 @@ def route(request: web.Request, v1: re.Match | None = None) -> str:
         return ("/v1/models/{model_name}" + ("/versions/{version}" if v1["version"] is not None else "")
                 + ("/labels/{label}" if v1["label"] is not None else "")
                 + (f"/{v1['suffix']}" if v1["suffix"] else f":{v1['verb']}" if v1["verb"] else ""))
-    resource = getattr(getattr(getattr(request, "match_info", None), "route", None), "resource", None)
+    match_info = getattr(request, "match_info", None)
+    if isinstance(match_info, dict):  # V2 infer as the native core routes it (service._V2_INFER)
+        return "/v2/models/{name}" + ("/versions/{version}" if match_info.get("version") else "") + "/infer"
+    resource = getattr(getattr(match_info, "route", None), "resource", None)
     return getattr(resource, "canonical", None) or "/{path}"
 
 
