@@ -136,3 +136,24 @@ def test_a_body_over_the_limit_is_answered_413_while_it_is_still_being_sent(serv
         while b"\r\n\r\n" not in answer and (chunk := connection.recv(65536)):
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+
+
+def test_a_header_that_never_ends_is_refused_long_before_its_timeout(server):
+    """A value with no line end grows in the parser's buffer: refused once the head passes its cap."""
+    with socket.create_connection(("127.0.0.1", server.rest_port), timeout=30) as connection:
+        connection.sendall(b"GET /v1/models/hpt HTTP/1.1\r\nHost: t\r\nX: ")
+        answer, sent = b"", 0
+        try:
+            while sent < 64 << 20 and not answer:  # 64 MiB at most; the cap is far below
+                connection.sendall(b"y" * 65536)
+                sent += 65536
+                connection.setblocking(False)
+                try:
+                    answer = connection.recv(65536)
+                except BlockingIOError:
+                    pass
+                connection.setblocking(True)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+    assert answer[:12] in (b"HTTP/1.1 431", b"HTTP/1.0 400"), (sent, answer[:200])  # native's, aiohttp's
+    assert sent < 16 << 20, sent  # what the socket buffers took before the answer came back

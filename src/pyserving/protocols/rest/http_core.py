@@ -108,6 +108,7 @@ class Connection(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
+        self._head_seen = 0  # bytes received while this head was incomplete (from the second chunk on)
         self._body: list[bytes] = []
         self._body_bytes = 0
         self._in_message = False
@@ -134,6 +135,10 @@ class Connection(asyncio.Protocol):
                 return
             if self._timer is None or self._timer_kind != "header":
                 self._arm(self._limits.header_seconds, self._headers_late)
+        if self._in_message and not self._headers_done:
+            # llhttp hands a header over only once it ends: a value that never ends grows in
+            # httptools' buffer unseen, so the bytes of a head still arriving are counted here.
+            self._head_seen += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -144,7 +149,7 @@ class Connection(asyncio.Protocol):
                 log.debug("Malformed HTTP request answered 400: %s", reason)
                 self._answer_early(400, f"Malformed HTTP request: {reason}")
             return
-        if not self._headers_done and self._in_message and self._head_bytes > MAX_HEAD_BYTES:
+        if not self._headers_done and self._in_message and max(self._head_bytes, self._head_seen) > MAX_HEAD_BYTES:
             self._answer_early(431, f"Request line and headers are larger than {MAX_HEAD_BYTES} bytes")
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -172,7 +177,7 @@ class Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._in_message, self._headers_done = True, False
-        self._url, self._headers, self._head_bytes = b"", [], 0
+        self._url, self._headers, self._head_bytes, self._head_seen = b"", [], 0, 0
         self._body, self._body_bytes = [], 0
 
     def on_url(self, url: bytes) -> None:
