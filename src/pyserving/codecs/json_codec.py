@@ -17,12 +17,15 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+import ml_dtypes
 import numpy as np
 import orjson
 
 from ..errors import ServingError
 from . import limits
 from .dtypes import BY_ENUM, DType, narrow
+
+_BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 
 
 @dataclass(frozen=True)
@@ -341,7 +344,7 @@ def to_json_value(array: np.ndarray, name: str) -> Any:
         return np.stack([array.real, array.imag], axis=-1).tolist()
     if array.ndim == 0:
         return array.tolist()
-    if array.dtype.kind == "f" and array.dtype.itemsize < 4 or array.dtype.name == "bfloat16":
+    if array.dtype.kind == "f" and array.dtype.itemsize < 4 or array.dtype == _BFLOAT16:  # (dtype.name: ~5 µs)
         array = array.astype(np.float32)
     return np.ascontiguousarray(array)  # serialised as a whole by the encoder
 
