@@ -98,6 +98,7 @@ class Connection(asyncio.Protocol):
         self._queue: list[BufferedRequest] = []
         self._worker: asyncio.Task | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_kind = ""  # "header", "body", "idle" or "linger"
         self._token: Token | None = None  # the gate's count of this connection's request in hand
         self._writable: asyncio.Future | None = None  # set while the transport's buffer is full
         self._paused = False
@@ -361,8 +362,6 @@ class Connection(asyncio.Protocol):
         if self._token is not None and self._core.gate is not None:
             self._core.gate.leave(self._token)
         self._token = None
-
-    _timer_kind = ""
 
     def _arm(self, seconds: float, expired: Callable[[], None], kind: str = "header") -> None:
         self._disarm()
