@@ -31,7 +31,8 @@ from pyserving.serving.admission import Token
 from .bodies import BodyTooLarge
 from .gate import RestGate
 from .request import BufferedRequest, HttpVersion
-from .wire import DateHeader, Headers, error_bytes, head, head_problem
+from .wire import (BODY_TIMEOUT_MESSAGE, HEADER_TIMEOUT_MESSAGE, BadHead, DateHeader, Headers, error_bytes, head,
+                   origin_target)
 
 log = logging.getLogger("pyserving.rest")
 
@@ -40,9 +41,6 @@ Answer = Callable[[BufferedRequest], Awaitable[tuple[int, Headers, bytes]]]
 MAX_HEAD_BYTES = 64 * 1024  # request line and headers together (431 above it)
 PIPELINE_DEPTH = 16  # requests a connection may have waiting before it stops reading
 LINGER_SECONDS = 5.0  # after a 413 or 408, how long the rest of a body is read and dropped
-
-HEADER_TIMEOUT_MESSAGE = "Request headers not received in time (--rest_api_header_timeout_in_ms)"
-BODY_TIMEOUT_MESSAGE = "Request body not received in time (--rest_api_body_timeout_in_ms)"
 
 
 @dataclass(frozen=True)
@@ -146,12 +144,10 @@ class Connection(asyncio.Protocol):
             self._closing = True  # the request before the upgrade is answered; no protocol switch
         except httptools.HttpParserError as e:
             if not self._dropping:  # (else the error is the refused body's, already answered)
-                reason = str(e.args[0] if e.args else e)[:200]
-                log.debug("Malformed HTTP request answered 400: %s", reason)
-                self._answer_early(400, f"Malformed HTTP request: {reason}")
+                self._malformed(str(e.args[0] if e.args else e)[:200])
             return
         if not self._headers_done and self._in_message and max(self._head_bytes, self._head_seen) > MAX_HEAD_BYTES:
-            self._answer_early(431, f"Request line and headers are larger than {MAX_HEAD_BYTES} bytes")
+            self._head_too_large()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._in_message and self._headers_done and not self._dropping:
@@ -193,16 +189,13 @@ class Connection(asyncio.Protocol):
         self._headers_done = True
         self._disarm()
         if self._head_bytes > MAX_HEAD_BYTES:
-            self._answer_early(431, f"Request line and headers are larger than {MAX_HEAD_BYTES} bytes")
+            self._head_too_large()
             return
-        problem = head_problem(self._url, self._headers)
-        if problem is not None:
-            log.debug("Malformed HTTP request answered 400: %s", problem)
-            self._answer_early(400, f"Malformed HTTP request: {problem}")
+        try:
+            self._url = origin_target(self._url, self._headers)
+        except BadHead as e:
+            self._malformed(str(e))
             return
-        if not self._url.startswith(b"/"):  # absolute form: served by its path and query
-            url = httptools.parse_url(self._url)
-            self._url = (url.path or b"/") + (b"?" + url.query if url.query else b"")
         length, expect = None, None
         for name, value in self._headers:
             lowered = name.lower()
@@ -326,6 +319,13 @@ class Connection(asyncio.Protocol):
             transport.close()
         else:
             self._arm(LINGER_SECONDS, transport.close, "linger")
+
+    def _malformed(self, reason: str) -> None:
+        log.debug("Malformed HTTP request answered 400: %s", reason)
+        self._answer_early(400, f"Malformed HTTP request: {reason}")
+
+    def _head_too_large(self) -> None:
+        self._answer_early(431, f"Request line and headers are larger than {MAX_HEAD_BYTES} bytes")
 
     def _error(self, status: int, message: str) -> bytes:
         return error_bytes(status, message, self._core.date(), self._core.extra_headers)

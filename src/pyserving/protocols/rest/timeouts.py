@@ -33,11 +33,10 @@ from pyserving.serving.admission import Token
 
 from .bodies import body_too_large
 from .gate import RestGate
+from .wire import BODY_TIMEOUT_MESSAGE, HEADER_TIMEOUT_MESSAGE
 
 log = logging.getLogger("pyserving.rest")
 
-HEADER_TIMEOUT_MESSAGE = "Request headers not received in time (--rest_api_header_timeout_in_ms)"
-BODY_TIMEOUT_MESSAGE = "Request body not received in time (--rest_api_body_timeout_in_ms)"
 
 
 def _timeout_response_bytes() -> bytes:

@@ -13,6 +13,9 @@ import httptools
 Headers = Iterable[tuple[str, str]]
 
 MAX_FIELD_BYTES = 8190  # the request target, or one header's name or value: aiohttp's (400 above it)
+# The 408s' words, on either HTTP core (timeouts.py is aiohttp's).
+HEADER_TIMEOUT_MESSAGE = "Request headers not received in time (--rest_api_header_timeout_in_ms)"
+BODY_TIMEOUT_MESSAGE = "Request body not received in time (--rest_api_body_timeout_in_ms)"
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 
@@ -43,20 +46,25 @@ class DateHeader:
         return self._value
 
 
-def head_problem(url: bytes, headers: list[tuple[bytes, bytes]]) -> str | None:
-    """Why a request's target or headers can't be served, or None."""
+class BadHead(Exception):
+    """A request target or header that can't be served (400), with the reason."""
+
+
+def origin_target(url: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The request's path and query, from an origin- or absolute-form target; raises BadHead for
+    an oversized field, or a target naming no resource here ("*", authority form)."""
     if len(url) > MAX_FIELD_BYTES or any(len(n) > MAX_FIELD_BYTES or len(v) > MAX_FIELD_BYTES for n, v in headers):
-        return f"the request target or a header is longer than {MAX_FIELD_BYTES} bytes"
+        raise BadHead(f"the request target or a header is longer than {MAX_FIELD_BYTES} bytes")
     if url.startswith(b"/"):
-        return None
-    try:  # "*" and authority forms name no resource here
+        return url
+    try:
         parsed = httptools.parse_url(url)
     except httptools.HttpParserInvalidURLError:
         parsed = None
     if parsed is None or parsed.schema not in (b"http", b"https") or not parsed.host:
-        return f"unsupported request target {url[:100]!r}"
-    return None
+        raise BadHead(f"unsupported request target {url[:100]!r}")
+    return (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
 
 
-
-__all__ = ["DateHeader", "Headers", "MAX_FIELD_BYTES", "error_bytes", "head", "head_problem"]
+__all__ = ["BODY_TIMEOUT_MESSAGE", "BadHead", "DateHeader", "HEADER_TIMEOUT_MESSAGE", "Headers",
+           "MAX_FIELD_BYTES", "error_bytes", "head", "origin_target"]
