@@ -129,6 +129,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     # Ray Serve's fast path, as python -m pyserving.ray_serve runs it: ray[serve] bundles HAProxy.
     env, mode = ray_serve.fast_path(True, (grpc_port, http_port))
     assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1", mode
+    # Nothing but Ray's HAProxy sends to these replicas: no 30 s hold for an outer load balancer.
+    env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "1"
     ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
              _temp_dir=temp_dir, log_to_driver=False, runtime_env={"env_vars": env})
     try:

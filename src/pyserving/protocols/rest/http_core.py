@@ -102,6 +102,7 @@ class Connection(asyncio.Protocol):
         self._paused = False
         self._closing = False  # answer what is in hand, then close
         self._dropping = False  # after an early answer (413, 408): the rest of the body is dropped
+        self._discarding = False  # after a 400 or 431: the rest is dropped unparsed until the linger ends
         self._early: bytes | None = None  # an early answer waiting for the answers before it
         # the request arriving: its target, headers, body and their sizes
         self._url = b""
@@ -125,7 +126,8 @@ class Connection(asyncio.Protocol):
             return
         if self._dropping:  # read to the refused body's end (on_message_complete closes), or until the linger
             try:
-                self._parser.feed_data(data)
+                if not self._discarding:
+                    self._parser.feed_data(data)
             except httptools.HttpParserError:
                 self._transport.close()
             return
@@ -271,8 +273,7 @@ class Connection(asyncio.Protocol):
         if transport is None:
             return
         if self._early is not None:
-            transport.write(self._early)
-            transport.close()
+            self._send_early(self._early)
         elif self._in_message:  # the next request's first bytes came during this one's answer
             self._arm(self._limits.header_seconds, self._headers_late)
         elif self._closing or self._core.closing:
@@ -306,6 +307,7 @@ class Connection(asyncio.Protocol):
         or after LINGER_SECONDS: the client reads the answer, not a reset."""
         transport = self._transport
         self._dropping, self._closing = True, True
+        self._discarding = status in (400, 431)  # the parser can't go on: the rest is dropped unparsed
         self._disarm()
         if transport is None or transport.is_closing():
             return
@@ -313,12 +315,20 @@ class Connection(asyncio.Protocol):
         answer = self._error(status, message)
         if self._worker is not None:  # after the answers to the requests before it, in order
             self._early = answer
-            return
-        transport.write(answer)
-        if not self._in_message or status in (400, 431):
-            transport.close()
         else:
-            self._arm(LINGER_SECONDS, transport.close, "linger")
+            self._send_early(answer)
+
+    def _send_early(self, answer: bytes) -> None:
+        transport = self._transport
+        assert transport is not None
+        transport.write(answer)
+        if not self._in_message and not self._discarding:
+            transport.close()
+            return
+        if self._discarding and transport.can_write_eof():
+            transport.write_eof()
+        # Closing with input unread would reset the connection, and the client could lose the answer.
+        self._arm(LINGER_SECONDS, transport.close, "linger")
 
     def _malformed(self, reason: str) -> None:
         log.debug("Malformed HTTP request answered 400: %s", reason)
