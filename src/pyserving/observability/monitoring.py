@@ -22,6 +22,8 @@ from prometheus_client.utils import floatToGoString
 
 from pyserving.config.protos import ConfigFileError, MonitoringConfig, read_text_proto
 
+from .series import CounterFamily, GaugeFamily, HistogramFamily
+
 DEFAULT_PATH = "/monitoring/prometheus/metrics"
 # TF Serving's request latency buckets: exponential, 10 us * 1.8^i, 33 of them.
 LATENCY_BUCKETS_US = tuple(10 * 1.8 ** i for i in range(33))
@@ -66,18 +68,19 @@ class Metrics:
         self.build_info = Gauge(BUILD_INFO, "pyserving's build: its version and the runtime's.",
                                 ["version", "tensorflow", "python", "grpc"], registry=r)
         self.build_info.labels(*_build()).set(1)
-        self.signature_requests = Counter(
+        # The series every request moves: series.py's, recorded on the event loop's thread.
+        self.signature_requests = CounterFamily(
             ":pyserving:signature_request_count", "The number of requests, by model, signature, API and status.",
-            ["model_name", "signature_name", "API", "status"], registry=r)
-        self.signature_latency = Histogram(
+            ["model_name", "signature_name", "API", "status"], r)
+        self.signature_latency = HistogramFamily(
             ":pyserving:signature_request_latency", "Request latency in microseconds, by model, signature and API.",
-            ["model_name", "signature_name", "API"], buckets=LATENCY_BUCKETS_US, registry=r)
-        self.request_count = Counter(
+            ["model_name", "signature_name", "API"], r, LATENCY_BUCKETS_US)
+        self.request_count = CounterFamily(
             ":tensorflow:serving:request_count", "The number of requests, by model and status.",
-            ["model_name", "status"], registry=r)
-        self.request_latency = Histogram(
+            ["model_name", "status"], r)
+        self.request_latency = HistogramFamily(
             ":tensorflow:serving:request_latency", "Request latency in microseconds.",
-            ["model_name", "API", "entrypoint"], buckets=LATENCY_BUCKETS_US, registry=r)
+            ["model_name", "API", "entrypoint"], r, LATENCY_BUCKETS_US)
         self.runtime_latency = Histogram(
             ":tensorflow:serving:runtime_latency", "Model runtime latency in microseconds.",
             ["model_name", "API", "runtime"], buckets=LATENCY_BUCKETS_US, registry=r)
@@ -105,11 +108,11 @@ class Metrics:
         self.padding_size = Histogram(
             ":tensorflow:serving:batching_session:padding_size", "Padding rows added to each batch.",
             ["model_path"], buckets=(0,) + EXAMPLE_BUCKETS, registry=r)
-        self.version_requests = Counter(
+        self.version_requests = CounterFamily(
             ":pyserving:version_request_count", "Answered requests, by model version.",
-            ["model_name", "version", "API"], registry=r)
-        self.in_flight = Gauge(
-            ":pyserving:requests_in_flight", "Requests being served right now.", ["model_name"], registry=r)
+            ["model_name", "version", "API"], r)
+        self.in_flight = GaugeFamily(
+            ":pyserving:requests_in_flight", "Requests being served right now.", ["model_name"], r)
         self.version_state = Gauge(
             VERSION_STATE, "1 while a model version is AVAILABLE, else 0.",
             ["model_name", "version", "state"], registry=r)
@@ -136,6 +139,7 @@ class Metrics:
             "(--queue_delay_target_in_ms) as they were taken, before their request was decoded.", registry=r)
         self._version_lister: VersionLister | None = None
         self._answered: set[tuple[str, str, str]] = set()  # version_requests label sets in use
+        self._requests: dict[tuple[str, ...], tuple[list[float], ...]] = {}  # record_request's series
         self._children: dict[tuple[int, tuple[str, ...]], object] = {}
         self._paths: OrderedDict[str, None] = OrderedDict()  # model_path label values, oldest first
         self._paths_lock = threading.Lock()  # load, warmup and batch threads record them
@@ -158,11 +162,18 @@ class Metrics:
     def record_request(self, model: str, api: str, entrypoint: str, status: str, seconds: float,
                        signature: str = UNKNOWN_SIGNATURE) -> None:
         """``signature``: a signature the served version has (never a client's string otherwise)."""
+        key = (model, api, entrypoint, status, signature)
+        series = self._requests.get(key)
+        if series is None:  # labels are resolved names and fixed sets: as few as the series
+            series = self._requests[key] = (
+                self.request_count.labels(model, status), self.request_latency.labels(model, api, entrypoint),
+                self.signature_requests.labels(model, signature, api, status),
+                self.signature_latency.labels(model, signature, api))
         micros = seconds * 1e6
-        self._child(self.request_count, model, status).inc()
-        self._child(self.request_latency, model, api, entrypoint).observe(micros)
-        self._child(self.signature_requests, model, signature, api, status).inc()
-        self._child(self.signature_latency, model, signature, api).observe(micros)
+        series[0][0] += 1
+        self.request_latency.observe(series[1], micros)
+        series[2][0] += 1
+        self.signature_latency.observe(series[3], micros)
 
     def record_runtime(self, model: str, api: str, seconds: float) -> None:
         self._child(self.runtime_latency, model, api, RUNTIME).observe(seconds * 1e6)
@@ -173,11 +184,12 @@ class Metrics:
 
     def record_answer(self, model: str, version: int, api: str) -> None:
         labels = (model, str(version), api)
-        self._child(self.version_requests, *labels).inc()
+        self.version_requests.labels(*labels)[0] += 1
         self._answered.add(labels)
 
-    def requests_in_flight(self, model: str):
-        return self._child(self.in_flight, model)
+    def requests_in_flight(self, model: str) -> list[float]:
+        """The gauge's series: ``[0] += 1`` as a request comes in, ``-= 1`` as it leaves."""
+        return self.in_flight.labels(model)
 
     def _path(self, path: str) -> str:
         """A model_path label value, kept among the MAX_PATH_SERIES most recent ones."""
@@ -234,7 +246,6 @@ class Metrics:
         for labels in [l for l in self._answered if l[:2] not in known]:
             self.version_requests.remove(*labels)
             self._answered.discard(labels)
-            self._children.pop((id(self.version_requests), labels), None)
 
     def families(self) -> list[Family]:
         """This process's counts as plain data (JSON-safe), for a sibling worker to add up.

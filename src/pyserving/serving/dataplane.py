@@ -146,7 +146,7 @@ class DataPlane:
         signature = UNKNOWN_SIGNATURE  # a metric label: only a signature the version has
         label = self.model_label(spec.name)
         in_flight = self._metrics.requests_in_flight(label)
-        in_flight.inc()
+        in_flight[0] += 1
         try:
             if not spec.name:
                 raise ServingError.invalid_argument("Missing ModelSpec: the request names no model")
@@ -189,7 +189,7 @@ class DataPlane:
             status = "INTERNAL"
             raise
         finally:
-            in_flight.dec()
+            in_flight[0] -= 1
             seconds = time.perf_counter() - start
             self._metrics.record_request(label, api, caller.entrypoint, status, seconds, signature)
             if served is not None:

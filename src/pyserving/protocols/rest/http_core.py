@@ -96,6 +96,8 @@ class Connection(asyncio.Protocol):
         self._queue: list[BufferedRequest] = []
         self._worker: asyncio.Task | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._due: float | None = None  # loop.time() when ``_expired`` is called (None: never)
+        self._expired: Callable[[], None] = self._idle_too_long
         self._timer_kind = ""  # "header", "body", "idle" or "linger"
         self._token: Token | None = None  # the gate's count of this connection's request in hand
         self._writable: asyncio.Future | None = None  # set while the transport's buffer is full
@@ -134,7 +136,7 @@ class Connection(asyncio.Protocol):
         if not self._in_message and not self._queue and self._worker is None:
             if self._core.gate is not None and self._gate_refused(data):
                 return
-            if self._timer is None or self._timer_kind != "header":
+            if self._timer_kind != "header":
                 self._arm(self._limits.header_seconds, self._headers_late)
         if self._in_message and not self._headers_done:
             # llhttp hands a header over only once it ends: a value that never ends grows in
@@ -157,6 +159,8 @@ class Connection(asyncio.Protocol):
             log.debug("%s %s: the client closed the connection before its body arrived",
                       self._parser.get_method().decode("latin-1"), self._url[:200].decode("utf-8", "replace"))
         self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
         self._leave_gate()
         self._transport = None
         self._queue.clear()
@@ -374,19 +378,35 @@ class Connection(asyncio.Protocol):
         self._token = None
 
     def _arm(self, seconds: float, expired: Callable[[], None], kind: str = "header") -> None:
-        self._disarm()
-        if seconds > 0:
-            self._timer_kind = kind
-            self._timer = asyncio.get_running_loop().call_later(seconds, expired)
+        """``expired()`` in ``seconds`` (0: never), in place of the deadline before. The one timer
+        moves only when a deadline comes sooner: a request's header, body and idle deadlines
+        would otherwise cost three libuv timers, each made and cancelled."""
+        if seconds <= 0:
+            self._disarm()
+            return
+        loop = asyncio.get_running_loop()
+        self._due, self._expired, self._timer_kind = loop.time() + seconds, expired, kind
+        if self._timer is None or self._timer.when() > self._due:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = loop.call_at(self._due, self._tick)
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-            self._timer_kind = ""
+        self._due, self._timer_kind = None, ""  # the timer, if one is set, finds nothing due
+
+    def _tick(self) -> None:
+        self._timer = None
+        if self._due is None:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() + 0.001 < self._due:  # moved later since (libuv's clock is in ms)
+            self._timer = loop.call_at(self._due, self._tick)
+            return
+        expired = self._expired
+        self._disarm()
+        expired()
 
     def _headers_late(self) -> None:
-        self._timer = None
         transport = self._transport
         if transport is None or transport.is_closing() or self._worker is not None:
             return
@@ -397,12 +417,10 @@ class Connection(asyncio.Protocol):
         transport.close()
 
     def _body_late(self) -> None:
-        self._timer = None
         log.info("Answering 408: the body did not arrive within %.1f s", self._limits.body_seconds)
         self._answer_early(408, BODY_TIMEOUT_MESSAGE)
 
     def _idle_too_long(self) -> None:
-        self._timer = None
         if self._transport is not None and not self._in_message and self._worker is None:
             self._transport.close()
 

@@ -33,6 +33,7 @@ from .bodies import (
     decompress,
     parse_json,
 )
+from .deadline import Deadline
 from .open_inference import OpenInferenceRest
 from .request import BufferedRequest
 
@@ -207,12 +208,15 @@ class RestService:
     async def _answer(self, request: web.Request, api: str | None, model: str,
                       answer: Callable[[], Awaitable[web.Response]]) -> web.Response:
         start = time.perf_counter()
+        # A timer on this task, not wait_for: wait_for's inner task and its failure's traceback
+        # form a cycle that kept a rejected request's body and tensors until the next GC.
+        deadline = Deadline(self._timeout) if self._timeout is not None else None
         try:
-            # asyncio.timeout, not wait_for: wait_for's inner task and its failure's traceback form
-            # a cycle that kept a rejected request's body and tensors until the next GC.
-            async with asyncio.timeout(self._timeout):
-                return await answer()
-        except asyncio.TimeoutError:  # the data plane's own access line says CANCELLED
+            return await answer()
+        except asyncio.CancelledError:
+            if deadline is None or not deadline.stop():
+                raise
+            # the data plane's own access line says CANCELLED
             return _error(Code.DEADLINE_EXCEEDED, "Request timed out (--rest_api_timeout_in_ms)")
         except Exception as e:
             # Only plain values leave this block: the traceback holds the request's body and tensors.
@@ -224,6 +228,9 @@ class RestService:
                 self._dataplane.log_refused("REST", api, model, refused, time.perf_counter() - start,
                                             _peer(request), response.status)
             return response
+        finally:
+            if deadline is not None:
+                deadline.stop()
 
     def _failure(self, e: Exception, request: web.Request) -> tuple[web.Response, ServingError]:
         """The answer to a request that failed, and a fresh error (no traceback) for the access log."""
