@@ -3,11 +3,18 @@ aiohttp's server. aiohttp's request machinery (its StreamReader, Request and Res
 middleware chain and writer) cost about half of a small model's REST request; here a connection
 parses in C, buffers the body within the limits and hands one ``BufferedRequest`` to the service.
 
-What aiohttp's server and timeouts.py did, each connection does itself: the head within
---rest_api_header_timeout_in_ms (408) and MAX_HEAD_BYTES (431); the body within
---rest_api_body_timeout_in_ms (408) and --rest_api_max_request_bytes (413, early, the rest dropped);
-``Expect: 100-continue``; keep-alive idle close; pipelining (PIPELINE_DEPTH); 400 for a malformed
-request; the REST gate (gate.py) on first bytes; drain on shutdown.
+What aiohttp's server and protocols/rest/timeouts.py did, each connection does itself:
+- request line and headers within --rest_api_header_timeout_in_ms from the connection's opening
+  or the request's first byte (408 if part of one had come), and no larger than MAX_HEAD_BYTES (431);
+- a body within --rest_api_body_timeout_in_ms after its headers (408), and no larger than
+  --rest_api_max_request_bytes (413: at once for a declared length, else when the chunks pass
+  it; the rest of the body is read and dropped, so the client sees the answer, not a reset);
+- ``Expect: 100-continue`` answered 100 only when the declared length is within the limit;
+- keep-alive closed after --rest_api_idle_timeout_in_ms idle; pipelined requests answered in order,
+  reading paused while PIPELINE_DEPTH wait; a malformed request answered 400 (its input then dropped
+  for the linger, after our EOF);
+- the REST gate (gate.py) shown a request's first bytes, so a flood's excess is refused unparsed;
+- on shutdown (``drain``), idle connections closed, busy ones closed after their answer.
 """
 
 from __future__ import annotations
@@ -23,12 +30,16 @@ from multidict import CIMultiDict
 from pyserving.serving.admission import Token
 
 from .bodies import BodyTooLarge
+from .deadline import ConnectionTimer
 from .gate import RestGate
 from .request import BufferedRequest, HttpVersion
 from .wire import (BODY_TIMEOUT_MESSAGE, HEADER_TIMEOUT_MESSAGE, BadHead, DateHeader, Headers, error_bytes, head,
                    origin_target)
 
-log = logging.getLogger("pyserving.rest"); Answer = Callable[[BufferedRequest], Awaitable[tuple[int, Headers, bytes]]]
+log = logging.getLogger("pyserving.rest")
+
+Answer = Callable[[BufferedRequest], Awaitable[tuple[int, Headers, bytes]]]
+
 MAX_HEAD_BYTES = 64 * 1024  # request line and headers together (431 above it)
 PIPELINE_DEPTH = 16  # requests a connection may have waiting before it stops reading
 LINGER_SECONDS = 5.0  # after a 413 or 408, how long the rest of a body is read and dropped
@@ -37,8 +48,9 @@ LINGER_SECONDS = 5.0  # after a 413 or 408, how long the rest of a body is read 
 @dataclass(frozen=True)
 class Limits:
     max_body_bytes: int
-    header_seconds: float  # 0: no limit, for each of the three seconds
-    body_seconds: float; idle_seconds: float  # noqa: E702
+    header_seconds: float  # 0: no limit, for each of the three
+    body_seconds: float
+    idle_seconds: float
 
 
 class HttpCore:
@@ -62,6 +74,7 @@ class HttpCore:
             self._idle.set()
 
     async def drain(self, grace: float) -> None:
+        """Idle connections closed now, busy ones after their answer; any left after ``grace``, closed."""
         self.closing = True
         for connection in list(self.connections):
             connection.close_if_idle()
@@ -82,22 +95,25 @@ class Connection(asyncio.Protocol):
         self._limits = core.limits
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
-        self._queue: list[BufferedRequest] = []; self._worker: asyncio.Task | None = None  # noqa: E702
-        self._timer: asyncio.TimerHandle | None = None
-        self._due: float | None = None  # loop.time() when ``_expired`` is called (None: never)
-        self._expired: Callable[[], None] = self._idle_too_long
-        self._timer_kind = ""  # "header", "body", "idle" or "linger"
+        self._queue: list[BufferedRequest] = []
+        self._worker: asyncio.Task | None = None
+        self._timer = ConnectionTimer()
         self._token: Token | None = None  # the gate's count of this connection's request in hand
         self._writable: asyncio.Future | None = None  # set while the transport's buffer is full
-        self._paused = self._closing = False  # _closing: answer what is in hand, then close
+        self._paused = False
+        self._closing = False  # answer what is in hand, then close
         self._dropping = False  # after an early answer (413, 408): the rest of the body is dropped
         self._discarding = False  # after a 400 or 431: the rest is dropped unparsed until the linger ends
         self._early: bytes | None = None  # an early answer waiting for the answers before it
         # the request arriving: its target, headers, body and their sizes
-        self._url, self._headers, self._head_bytes = b"", [], 0  # type: tuple[bytes, list[tuple[bytes, bytes]], int]
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
         self._head_seen = 0  # bytes received while this head was incomplete (from the second chunk on)
-        self._body, self._body_bytes = [], 0  # type: tuple[list[bytes], int]
-        self._in_message = self._headers_done = False
+        self._body: list[bytes] = []
+        self._body_bytes = 0
+        self._in_message = False
+        self._headers_done = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
@@ -117,7 +133,7 @@ class Connection(asyncio.Protocol):
         if not self._in_message and not self._queue and self._worker is None:
             if self._core.gate is not None and self._gate_refused(data):
                 return
-            if self._timer_kind != "header":
+            if self._timer.kind != "header":
                 self._arm(self._limits.header_seconds, self._headers_late)
         if self._in_message and not self._headers_done:
             # llhttp hands a header over only once it ends: a value that never ends grows in
@@ -139,9 +155,7 @@ class Connection(asyncio.Protocol):
             # The client went away mid-body: nothing of ours failed, and no one reads an answer.
             log.debug("%s %s: the client closed the connection before its body arrived",
                       self._parser.get_method().decode("latin-1"), self._url[:200].decode("utf-8", "replace"))
-        self._disarm()
-        if self._timer is not None:
-            self._timer.cancel()
+        self._timer.cancel()
         self._leave_gate()
         self._transport = None
         self._queue.clear()
@@ -352,31 +366,10 @@ class Connection(asyncio.Protocol):
         self._token = None
 
     def _arm(self, seconds: float, expired: Callable[[], None], kind: str = "header") -> None:
-        """``expired()`` in ``seconds`` (0: never); the one timer moves only for a sooner deadline."""
-        if seconds <= 0:
-            self._disarm()
-            return
-        loop = asyncio.get_running_loop()
-        self._due, self._expired, self._timer_kind = loop.time() + seconds, expired, kind
-        if self._timer is None or self._timer.when() > self._due:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = loop.call_at(self._due, self._tick)
+        self._timer.arm(seconds, expired, kind)
 
     def _disarm(self) -> None:
-        self._due, self._timer_kind = None, ""  # the timer, if one is set, finds nothing due
-
-    def _tick(self) -> None:
-        self._timer = None
-        if self._due is None:
-            return
-        loop = asyncio.get_running_loop()
-        if loop.time() + 0.001 < self._due:  # moved later since (libuv's clock is in ms)
-            self._timer = loop.call_at(self._due, self._tick)
-            return
-        expired = self._expired
-        self._disarm()
-        expired()
+        self._timer.disarm()
 
     def _headers_late(self) -> None:
         transport = self._transport

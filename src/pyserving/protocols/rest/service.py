@@ -208,13 +208,12 @@ class RestService:
     async def _answer(self, request: web.Request, api: str | None, model: str,
                       answer: Callable[[], Awaitable[web.Response]]) -> web.Response:
         start = time.perf_counter()
-        # Not wait_for: its inner task and failure's traceback kept a refused request's tensors.
-        deadline = Deadline(self._timeout) if self._timeout is not None else None
         try:
-            return await answer()
-        except asyncio.CancelledError:
-            if deadline is None or not deadline.stop():
-                raise
+            # A timer on this task, not wait_for: wait_for's inner task and its failure's traceback
+            # form a cycle that kept a rejected request's body and tensors until the next GC.
+            with Deadline(self._timeout):
+                return await answer()
+        except asyncio.TimeoutError:  # the data plane's own access line says CANCELLED
             return _error(Code.DEADLINE_EXCEEDED, "Request timed out (--rest_api_timeout_in_ms)")
         except Exception as e:
             # Only plain values leave this block: the traceback holds the request's body and tensors.
@@ -226,8 +225,6 @@ class RestService:
                 self._dataplane.log_refused("REST", api, model, refused, time.perf_counter() - start,
                                             _peer(request), response.status)
             return response
-        finally:
-            deadline is not None and deadline.stop()
 
     def _failure(self, e: Exception, request: web.Request) -> tuple[web.Response, ServingError]:
         """The answer to a request that failed, and a fresh error (no traceback) for the access log."""
@@ -361,6 +358,7 @@ class RestService:
 @dataclass(frozen=True)
 class RestAnswer:
     """RestService.respond's answer, for a transport to send."""
+
     status: int
     body: bytes
     headers: dict[str, str]

@@ -38,7 +38,6 @@ from .wire import BODY_TIMEOUT_MESSAGE, HEADER_TIMEOUT_MESSAGE
 log = logging.getLogger("pyserving.rest")
 
 
-
 def _timeout_response_bytes() -> bytes:
     body = json.dumps({"error": HEADER_TIMEOUT_MESSAGE}).encode()
     head = ("HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json; charset=utf-8\r\n"
