@@ -23,7 +23,6 @@ overloaded server refuses a flood's excess before aiohttp spends anything on it.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Callable
 
@@ -33,16 +32,9 @@ from pyserving.serving.admission import Token
 
 from .bodies import body_too_large
 from .gate import RestGate
-from .wire import BODY_TIMEOUT_MESSAGE, HEADER_TIMEOUT_MESSAGE
+from .wire import BODY_TIMEOUT_MESSAGE, HEADER_TIMEOUT_MESSAGE, DateHeader, error_bytes
 
 log = logging.getLogger("pyserving.rest")
-
-
-def _timeout_response_bytes() -> bytes:
-    body = json.dumps({"error": HEADER_TIMEOUT_MESSAGE}).encode()
-    head = ("HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json; charset=utf-8\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
-    return head + body
 
 
 class HeaderDeadline(asyncio.Protocol):
@@ -142,7 +134,7 @@ class HeaderDeadline(asyncio.Protocol):
         if self._partial and transport.get_write_buffer_size() == 0:
             log.info("Closing a REST connection from %s: request headers not received within %.1f s",
                      transport.get_extra_info("peername"), self._seconds)
-            transport.write(_timeout_response_bytes())
+            transport.write(error_bytes(408, HEADER_TIMEOUT_MESSAGE, DateHeader()()))
         transport.close()  # aiohttp's connection_lost cleans up its side
 
 
